@@ -1,0 +1,164 @@
+"""Checkpoints: atomic save, resume, and rebuilding a model with its tokenizer from a run.
+
+Layout under RUN/checkpoints/:
+  step_000500/model.safetensors   weights; metadata holds the resolved config, step, tokenizer hash
+  step_000500/state.pt            optimizer, RNG states, loader position (torch.load weights_only=True)
+  best.safetensors                the weights with the lowest val loss so far
+
+A step directory is written under a temporary name and renamed into place, so a crash mid-save
+never leaves a half checkpoint that resume would pick up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_model, save_model
+
+from .common import UserError, atomic_path
+from .config import RunConfig
+from .model import GPT
+from .run import Run
+from .tokenizer import Tokenizer
+
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def _metadata(cfg: RunConfig, step: int, tokenizer_hash: str, **extra) -> dict[str, str]:
+    meta = {
+        "config": json.dumps(cfg.to_dict()),
+        "step": str(step),
+        "tokenizer_hash": tokenizer_hash,
+        "format": "scratchlm-1",
+    }
+    return meta | {k: str(v) for k, v in extra.items()}
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state(legacy=False)
+    np_state["state"]["key"] = np_state["state"]["key"].tolist()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": json.dumps(random.getstate()),
+        "numpy": json.dumps(np_state),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = json.loads(state["python"])
+    random.setstate((version, tuple(internal), gauss))
+    np_state = json.loads(state["numpy"])
+    np_state["state"]["key"] = np.array(np_state["state"]["key"], dtype=np.uint32)
+    np.random.set_state(np_state)
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def step_dirs(run: Run) -> list[Path]:
+    """Complete step checkpoints, oldest first."""
+    if not run.checkpoints_dir.is_dir():
+        return []
+    found = [
+        p for p in run.checkpoints_dir.iterdir() if _STEP_DIR.match(p.name) and (p / "state.pt").is_file()
+    ]
+    return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
+
+
+def save_checkpoint(
+    run: Run, step: int, model: GPT, cfg: RunConfig, tokenizer_hash: str, train_state: dict, keep_last: int
+) -> Path:
+    final = run.checkpoints_dir / f"step_{step:06d}"
+    tmp = run.checkpoints_dir / f".tmp-step_{step:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / "model.safetensors"), metadata=_metadata(cfg, step, tokenizer_hash))
+    torch.save(train_state, tmp / "state.pt")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in step_dirs(run)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def save_best(run: Run, step: int, model: GPT, cfg: RunConfig, tokenizer_hash: str, val_loss: float) -> None:
+    with atomic_path(run.checkpoints_dir / "best.safetensors") as tmp:
+        save_model(model, str(tmp), metadata=_metadata(cfg, step, tokenizer_hash, val_loss=val_loss))
+
+
+def load_train_state(path: Path) -> dict:
+    return torch.load(path / "state.pt", weights_only=True)
+
+
+def resolve_weights(run: Run, which: str = "last") -> Path:
+    """ "last" (newest step), "best", or a path to a .safetensors file or step directory."""
+    if which == "best":
+        path = run.checkpoints_dir / "best.safetensors"
+        if path.is_file():
+            return path
+        which = "last"
+    if which == "last":
+        dirs = step_dirs(run)
+        if not dirs:
+            raise UserError(f"{run.root}: no checkpoint yet; run `scratchlm train {run.root}` first")
+        return dirs[-1] / "model.safetensors"
+    path = Path(which)
+    path = path / "model.safetensors" if path.is_dir() else path
+    if not path.is_file():
+        raise UserError(f"--checkpoint {which}: no such checkpoint; use best, last or a .safetensors path")
+    return path
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata() or {}
+
+
+@dataclass
+class LoadedModel:
+    """A trained model with its tokenizer and settings: what `scratchlm.load(RUN)` returns."""
+
+    model: GPT
+    tokenizer: Tokenizer
+    config: RunConfig
+    step: int
+
+    def generate(self, prompt: str, **sample_overrides) -> str:
+        """The continuation of the prompt (without it), e.g. generate("Prince", max_new_tokens=50)."""
+        from .sample import generate_text
+
+        return generate_text(self, prompt, **sample_overrides)
+
+
+def load(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu") -> LoadedModel:
+    """Rebuild the model and tokenizer of a run from its checkpoint."""
+    run = Run.at(run_dir)
+    path = resolve_weights(run, checkpoint)
+    meta = read_metadata(path)
+    cfg = RunConfig.from_dict(json.loads(meta["config"]))
+    tokenizer = Tokenizer.load(run.tokenizer_dir)
+    if tokenizer.hash != meta.get("tokenizer_hash"):
+        raise UserError(
+            f"{run.tokenizer_dir}: the tokenizer changed since {path} was trained; restore it or train again"
+        )
+    if tokenizer.vocab_size != cfg.model.vocab_size:
+        raise UserError(
+            f"{path}: model vocab {cfg.model.vocab_size} != tokenizer vocab {tokenizer.vocab_size}"
+        )
+    model = GPT(cfg.model)
+    load_model(model, str(path), device="cpu")
+    model.to(device).eval()
+    return LoadedModel(model, tokenizer, cfg, int(meta.get("step", 0)))

@@ -1,0 +1,223 @@
+"""Typed settings: the single source of truth for the CLI, YAML files and checkpoints.
+
+Each dataclass is flat, and each field's docstring is its `--help` text (jsonargparse reads them).
+`RunConfig` groups them; it is what `RUN/config.yaml` and every checkpoint hold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .common import UserError
+
+
+@dataclass
+class DataConfig:
+    inputs: list[str] = field(default_factory=list)
+    """Text files, .gz files or directories; empty means the bundled book (War and Peace)."""
+    val_fraction: float = 0.05
+    """Share of the corpus held out for validation."""
+    strip_gutenberg: bool = True
+    """Remove the Project Gutenberg header and licence footer when present."""
+    seed: int = 1337
+    """Seed of the train/val split."""
+
+
+@dataclass
+class TokenizerConfig:
+    kind: Literal["unigram", "bpe"] = "unigram"
+    """SentencePiece model type; both use byte fallback, so any text round-trips."""
+    vocab_size: int = 4096
+    """Vocabulary size, special tokens included."""
+    character_coverage: float = 0.9995
+    """Share of characters covered by pieces; the rest fall back to bytes (0.9995 suits CJK)."""
+
+
+@dataclass
+class ModelConfig:
+    flavour: Literal["gpt2", "llama"] = "gpt2"
+    """gpt2: learned positions, LayerNorm, GELU. llama: RoPE, RMSNorm, SwiGLU, grouped-query attention."""
+    vocab_size: int = 4096
+    """Tokenizer vocabulary size; set from the run's tokenizer by `train`."""
+    block_size: int = 128
+    """Context length in tokens."""
+    n_layer: int = 4
+    """Transformer blocks."""
+    n_head: int = 4
+    """Attention (query) heads."""
+    n_kv_head: int = 0
+    """Key/value heads for grouped-query attention (llama); 0 means n_head."""
+    n_embd: int = 128
+    """Width of the residual stream."""
+    mlp_hidden: int = 0
+    """MLP hidden width; 0 means 4 x n_embd (gpt2) or 8/3 x n_embd rounded up to 64 (llama)."""
+    dropout: float = 0.0
+    """Dropout on attention, residual and embeddings (0 for short runs)."""
+    bias: bool = True
+    """Biases in linear layers and LayerNorms (GPT-2 has them; llama has none)."""
+    tie_embeddings: bool = True
+    """Share the token embedding with the output head."""
+    rope_theta: float = 10000.0
+    """RoPE base (llama)."""
+    qk_norm: bool = False
+    """RMSNorm on queries and keys per head (llama)."""
+    norm_eps: float = 1e-5
+    """Epsilon of LayerNorm / RMSNorm."""
+    vocab_multiple: int = 64
+    """Pad the embedding and head to a multiple of this for fast matmuls; padding is never sampled."""
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def ffn_hidden(self) -> int:
+        if self.mlp_hidden:
+            return self.mlp_hidden
+        if self.flavour == "llama":
+            return 64 * math.ceil(8 * self.n_embd / 3 / 64)
+        return 4 * self.n_embd
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = max(1, self.vocab_multiple)
+        return m * math.ceil(self.vocab_size / m)
+
+    def validate(self) -> None:
+        """Shape rules, checked before any tensor is made; the message names the option to change."""
+        if self.n_embd % self.n_head:
+            raise UserError(f"--model.n_embd {self.n_embd} must be divisible by --model.n_head {self.n_head}")
+        if self.n_head % self.kv_heads:
+            raise UserError(
+                f"--model.n_head {self.n_head} must be divisible by --model.n_kv_head {self.kv_heads}"
+            )
+        if self.flavour == "llama" and (self.n_embd // self.n_head) % 2:
+            raise UserError("llama flavour needs an even head size (n_embd / n_head) for RoPE")
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 2000
+    """Optimizer steps to run."""
+    batch_size: int = 16
+    """Sequences per micro-batch."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    lr: float = 3e-3
+    """Peak learning rate."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a share of the peak (cosine decay)."""
+    warmup_steps: int = 100
+    """Linear warmup steps."""
+    weight_decay: float = 0.1
+    """AdamW weight decay on matrices (not on biases, norms or embeddings)."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.95
+    """AdamW beta2."""
+    grad_clip: float = 1.0
+    """Clip the gradient norm to this (0 disables)."""
+    eval_interval: int = 250
+    """Steps between validation evaluations (and checkpoints)."""
+    eval_batches: int = 20
+    """Validation batches per evaluation."""
+    log_interval: int = 10
+    """Steps between progress updates."""
+    keep_last: int = 2
+    """Step checkpoints to keep (best.safetensors is kept apart)."""
+    max_minutes: float = 0.0
+    """Stop after this many minutes of training (0: no limit)."""
+    seed: int = 1337
+    """Seed of initialization and batch order."""
+    device: str = "auto"
+    """cpu, cuda, mps or auto."""
+    threads: int = 0
+    """CPU threads for torch (0: torch's default)."""
+
+
+@dataclass
+class SampleConfig:
+    max_new_tokens: int = 200
+    """Tokens to generate."""
+    temperature: float = 0.8
+    """Softmax temperature; 0 means greedy."""
+    top_k: int = 50
+    """Keep the k most likely tokens (0 keeps all)."""
+    seed: int = 1337
+    """Seed; the same seed gives the same text."""
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        kwargs = {}
+        for name, section_cls in _SECTION_CLASSES.items():
+            values = d.get(name) or {}
+            known = {f.name for f in dataclasses.fields(section_cls)}
+            # Keys from other versions are ignored so old run directories still load.
+            kwargs[name] = section_cls(**{k: v for k, v in values.items() if k in known})
+        return cls(**kwargs)
+
+
+_SECTION_CLASSES = {
+    "data": DataConfig,
+    "tokenizer": TokenizerConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "sample": SampleConfig,
+}
+
+# Presets set the model shape and the batch/schedule that suits it; anything can be overridden.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # ~1M parameters with a 4k vocabulary: the CPU demo and the tests.
+    "tiny": {
+        "model": {"block_size": 128, "n_layer": 4, "n_head": 4, "n_embd": 128},
+        "train": {"batch_size": 16, "lr": 3e-3, "max_steps": 2000, "warmup_steps": 100, "eval_interval": 250},
+    },
+    # ~10M parameters: a laptop hour or a few GPU minutes.
+    "small": {
+        "model": {"block_size": 256, "n_layer": 6, "n_head": 6, "n_embd": 384},
+        "train": {"batch_size": 32, "lr": 1e-3, "max_steps": 5000, "warmup_steps": 200, "eval_interval": 500},
+    },
+    # GPT-2 small (124M with the 50k GPT-2 vocabulary): 12 layers, 12 heads, 768 wide, context 1024.
+    "gpt2": {
+        "model": {"block_size": 1024, "n_layer": 12, "n_head": 12, "n_embd": 768},
+        "train": {
+            "batch_size": 16,
+            "grad_accum": 32,
+            "lr": 6e-4,
+            "max_steps": 20000,
+            "warmup_steps": 700,
+            "eval_interval": 1000,
+        },
+    },
+}
+
+
+def preset_defaults(name: str) -> dict[str, Any]:
+    """The preset as flat dotted keys, e.g. {"model.n_layer": 4}."""
+    return {f"{section}.{k}": v for section, values in PRESETS[name].items() for k, v in values.items()}
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

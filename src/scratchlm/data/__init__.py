@@ -1,0 +1,1 @@
+"""The data path: corpus sources → documents → token shards → batches."""

@@ -1,0 +1,233 @@
+"""The GPT, readable top to bottom: norm → attention → MLP → block → GPT.
+
+Two flavours, chosen by `ModelConfig.flavour`, with the math of their transformers namesakes so
+export is a plain key map:
+- "gpt2":  learned positions, LayerNorm, GELU (tanh approximation), biases, tied head.
+- "llama": RoPE, RMSNorm, SwiGLU, no biases, grouped-query attention, optional QK-norm.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+
+GPTConfig = ModelConfig
+
+
+def norm(cfg: ModelConfig, dim: int) -> nn.Module:
+    if cfg.flavour == "llama":
+        return nn.RMSNorm(dim, eps=cfg.norm_eps)
+    return nn.LayerNorm(dim, eps=cfg.norm_eps, bias=cfg.bias)
+
+
+# ---------------------------------------------------------------- rotary position embedding
+def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # (max_len, head_dim/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (max_len, head_dim), the "rotate half" layout of HF Llama
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+# ---------------------------------------------------------------- KV cache for generation
+@dataclass
+class KVCache:
+    """Keys and values of past positions, preallocated per layer: (B, n_kv_head, max_len, head_dim)."""
+
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+    pos: int = 0
+
+    @classmethod
+    def empty(cls, cfg: ModelConfig, batch: int, max_len: int, device, dtype) -> KVCache:
+        shape = (batch, cfg.kv_heads, max_len, cfg.n_embd // cfg.n_head)
+        return cls(
+            [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)],
+            [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)],
+        )
+
+
+# ---------------------------------------------------------------- attention
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.n_kv_head = cfg.n_head, cfg.kv_heads
+        self.head_dim = cfg.n_embd // cfg.n_head
+        qkv_out = (self.n_head + 2 * self.n_kv_head) * self.head_dim
+        self.c_attn = nn.Linear(cfg.n_embd, qkv_out, bias=cfg.bias)  # q, k and v in one matmul
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.c_proj.residual = True  # scaled init, see GPT.init_weights
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
+        self.dropout = cfg.dropout
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, rope=None, cache: KVCache | None = None, layer: int = 0):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(
+            [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim],
+            dim=-1,
+        )
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, n_head, T, head_dim)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv_head, T, head_dim)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv_head, T, head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            cos, sin = rope  # (T, head_dim) each
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+        mask, is_causal = None, True
+        if cache is not None:
+            start = cache.pos
+            cache.k[layer][:, :, start : start + T] = k
+            cache.v[layer][:, :, start : start + T] = v
+            k, v = cache.k[layer][:, :, : start + T], cache.v[layer][:, :, : start + T]  # (B, n_kv, S, hd)
+            if start > 0:
+                is_causal = False
+                if T > 1:  # new query i sees every cached key and the new keys up to itself
+                    mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=is_causal and mask is None,
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.n_kv_head != self.n_head,
+        )  # (B, n_head, T, head_dim)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, n_embd)
+        return self.resid_dropout(self.c_proj(y))
+
+
+# ---------------------------------------------------------------- MLP
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        hidden = cfg.ffn_hidden
+        self.swiglu = cfg.flavour == "llama"
+        self.c_fc = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)
+        self.c_gate = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias) if self.swiglu else None
+        self.c_proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
+        self.c_proj.residual = True
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        if self.swiglu:
+            h = F.silu(self.c_gate(x)) * self.c_fc(x)
+        else:
+            h = F.gelu(self.c_fc(x), approximate="tanh")  # GPT-2's "gelu_new"
+        return self.dropout(self.c_proj(h))
+
+
+# ---------------------------------------------------------------- block
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln_1 = norm(cfg, cfg.n_embd)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = norm(cfg, cfg.n_embd)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, rope=None, cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), rope, cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+# ---------------------------------------------------------------- GPT
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        self.config = cfg
+        vocab = cfg.padded_vocab_size
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(vocab, cfg.n_embd),
+                wpe=nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.flavour == "gpt2" else None,
+                drop=nn.Dropout(cfg.dropout),
+                h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
+                ln_f=norm(cfg, cfg.n_embd),
+            )
+        )
+        self.lm_head = nn.Linear(cfg.n_embd, vocab, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+        if cfg.flavour == "llama":
+            cos, sin = rope_tables(cfg.n_embd // cfg.n_head, cfg.block_size, cfg.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """GPT-2's scheme: N(0, 0.02) for matrices and embeddings, zero biases, unit norms, and the
+        projections that write into the residual stream scaled by 1/sqrt(2 * n_layer)."""
+        std = 0.02
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                scale = 1 / math.sqrt(2 * self.config.n_layer) if getattr(module, "residual", False) else 1.0
+                nn.init.normal_(module.weight, mean=0.0, std=std * scale)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+                nn.init.ones_(module.weight)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wte.weight.numel()
+            if self.transformer.wpe is not None:
+                n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token: 6 per weight (forward + backward) plus attention scores (PaLM)."""
+        c = self.config
+        return 6 * self.num_params(non_embedding=True) + 12 * c.n_layer * c.n_embd * c.block_size
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None):
+        """idx (B, T) → logits (B, T, vocab_size), and the mean loss when targets are given.
+
+        Targets of -1 are ignored. With a cache, positions continue from `cache.pos`.
+        """
+        B, T = idx.shape
+        start = cache.pos if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
+        x = self.transformer.wte(idx)  # (B, T, n_embd)
+        rope = None
+        if self.transformer.wpe is not None:
+            x = x + self.transformer.wpe(torch.arange(start, start + T, device=idx.device))
+        else:
+            rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])  # (T, head_dim)
+        x = self.transformer.drop(x)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, rope, cache, i)
+        if cache is not None:
+            cache.pos += T
+        x = self.transformer.ln_f(x)
+        # Padding rows of the head exist only for matmul speed: they are cut so they are never sampled.
+        logits = self.lm_head(x)[..., : self.config.vocab_size]  # (B, T, vocab_size)
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(
+            logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1
+        )
+        return logits, loss

@@ -1,0 +1,68 @@
+"""Shared fixtures: a tiny corpus cut from the bundled book, and a tiny trained run built once."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from scratchlm.config import RunConfig
+from scratchlm.data.corpus import bundled_corpus, clean, read_text
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def tiny_config(corpus: Path) -> RunConfig:
+    """~100k parameters: trains in seconds on a laptop CPU."""
+    cfg = RunConfig()
+    cfg.data.inputs = [str(corpus)]
+    cfg.tokenizer.vocab_size = 600
+    cfg.model.block_size = 64
+    cfg.model.n_layer = 2
+    cfg.model.n_head = 2
+    cfg.model.n_embd = 64
+    cfg.train.batch_size = 8
+    cfg.train.max_steps = 60
+    cfg.train.warmup_steps = 10
+    cfg.train.eval_interval = 30
+    cfg.train.eval_batches = 4
+    cfg.train.log_interval = 5
+    cfg.train.lr = 1e-2
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    """The first ~150 kB of War and Peace (after the Gutenberg header)."""
+    text = clean(read_text(bundled_corpus()))[:150_000]
+    path = tmp_path_factory.mktemp("corpus") / "wp_slice.txt"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_run_template(tmp_path_factory, tiny_corpus) -> Path:
+    from scratchlm.prepare import prepare
+    from scratchlm.train import train
+
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    cfg = tiny_config(tiny_corpus)
+    prepare(run, cfg)
+    train(run, cfg)
+    return run
+
+
+@pytest.fixture
+def trained_run(trained_run_template, tmp_path) -> Path:
+    """A private copy of the tiny trained run, free to modify."""
+    dst = tmp_path / "run"
+    shutil.copytree(trained_run_template, dst)
+    return dst
+
+
+def shared_file(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.is_file():
+        pytest.skip(f"{path} is not present (../shared/data is optional)")
+    return path
