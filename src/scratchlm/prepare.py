@@ -10,6 +10,7 @@ from .data.corpus import read_documents
 from .data.shards import split_documents, write_shards
 from .run import Run
 from .tokenizer import Tokenizer, train_tokenizer
+from .tokenizer import exists as tokenizer_exists
 
 
 def prepare(run_dir: str | Path, cfg: RunConfig | None = None) -> dict:
@@ -22,13 +23,11 @@ def prepare(run_dir: str | Path, cfg: RunConfig | None = None) -> dict:
         docs.append(text)
     rank0_print(f"read {len(docs)} document(s), {sum(len(d) for d in docs):,} characters")
 
-    if (run.tokenizer_dir / "tokenizer.model").is_file():
+    if tokenizer_exists(run.tokenizer_dir):
         tokenizer = Tokenizer.load(run.tokenizer_dir)
         rank0_print(f"using the run's tokenizer ({tokenizer.kind}, {tokenizer.vocab_size} tokens)")
     else:
-        rank0_print(
-            f"training a SentencePiece {cfg.tokenizer.kind} tokenizer of {cfg.tokenizer.vocab_size} tokens…"
-        )
+        rank0_print(f"training a {cfg.tokenizer.kind} tokenizer of {cfg.tokenizer.vocab_size} tokens…")
         tokenizer = train_tokenizer(docs, cfg.tokenizer)
         tokenizer.save(run.tokenizer_dir)
     cfg.model.vocab_size = tokenizer.vocab_size
