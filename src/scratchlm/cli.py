@@ -86,7 +86,15 @@ def build_parser() -> ArgumentParser:
         help="model size and schedule: tiny (~1M params), small (~10M), gpt2 (124M)",
     )
     p.add_argument("--config", action=ActionConfigFile, help="YAML file with model/train settings")
-    p.add_argument("--fresh", action="store_true", help="ignore existing checkpoints and start from step 0")
+    resume = p.add_mutually_exclusive_group()
+    resume.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest checkpoint (the default when one exists); error if none",
+    )
+    resume.add_argument(
+        "--fresh", action="store_true", help="ignore existing checkpoints and start from step 0"
+    )
     p.add_class_arguments(ModelConfig, "model")
     p.add_class_arguments(TrainConfig, "train")
     subcommands.add_subcommand("train", p, help="pretrain the model")
@@ -174,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         elif cmd == "train":
             from .train import train
 
-            train(args.run, cfg, resume=not args.fresh)
+            train(args.run, cfg, resume=False if args.fresh else (True if args.resume else None))
         elif cmd == "eval":
             from .evaluate import evaluate
 

@@ -102,24 +102,38 @@ class ModelConfig:
 class TrainConfig:
     max_steps: int = 2000
     """Optimizer steps to run."""
+    max_tokens: int = 0
+    """Stop after this many training tokens instead (sets max_steps; 0: use max_steps)."""
+    max_minutes: float = 0.0
+    """Stop after this many minutes of training, saving a checkpoint (0: no limit)."""
     batch_size: int = 16
-    """Sequences per micro-batch."""
+    """Sequences per micro-batch on each process."""
     grad_accum: int = 1
-    """Micro-batches per optimizer step."""
+    """Micro-batches per optimizer step (ignored when batch_tokens is set)."""
+    batch_tokens: int = 0
+    """Tokens per optimizer step over all processes; sets grad_accum (0: use grad_accum)."""
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    """adamw, or muon for the hidden matrices with AdamW for embeddings, head, norms and biases."""
     lr: float = 3e-3
     """Peak learning rate."""
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    """After warmup: cosine decay, warmup-stable-decay, or constant."""
     min_lr_ratio: float = 0.1
-    """Final learning rate as a share of the peak (cosine decay)."""
+    """Final learning rate as a share of the peak (cosine and wsd)."""
     warmup_steps: int = 100
     """Linear warmup steps."""
+    decay_fraction: float = 0.2
+    """Share of max_steps spent decaying at the end of a wsd schedule."""
     weight_decay: float = 0.1
-    """AdamW weight decay on matrices (not on biases, norms or embeddings)."""
+    """Weight decay on matrices (not on biases, norms or embeddings)."""
     beta1: float = 0.9
     """AdamW beta1."""
     beta2: float = 0.95
     """AdamW beta2."""
     grad_clip: float = 1.0
     """Clip the gradient norm to this (0 disables)."""
+    on_nan: Literal["stop", "skip"] = "stop"
+    """A NaN/inf loss stops training (pointing to the last good checkpoint) or skips that batch."""
     eval_interval: int = 250
     """Steps between validation evaluations (and checkpoints)."""
     eval_batches: int = 20
@@ -128,14 +142,22 @@ class TrainConfig:
     """Steps between progress updates."""
     keep_last: int = 2
     """Step checkpoints to keep (best.safetensors is kept apart)."""
-    max_minutes: float = 0.0
-    """Stop after this many minutes of training (0: no limit)."""
     seed: int = 1337
     """Seed of initialization and batch order."""
     device: str = "auto"
     """cpu, cuda, mps or auto."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Autocast dtype: auto is bfloat16 on CUDA (fp32 master weights), float32 elsewhere."""
+    compile: bool | None = None
+    """torch.compile the model; default: on for CUDA, off on CPU."""
+    deterministic: bool = False
+    """Use only deterministic kernels (bit-identical reruns; slower on GPU)."""
+    fsdp: bool = False
+    """Shard parameters, gradients and optimizer state across processes (FSDP2) under torchrun."""
     threads: int = 0
     """CPU threads for torch (0: torch's default)."""
+    tensorboard: bool = False
+    """Also log to RUN/tensorboard (needs the tensorboard package)."""
 
 
 @dataclass
