@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter, set_parsing_settings
+from jsonargparse import ArgumentParser, DefaultHelpFormatter, set_parsing_settings
 
 from .common import UserError
 from .config import PRESETS, DataConfig, ModelConfig, RunConfig, SampleConfig, TokenizerConfig, TrainConfig
@@ -72,7 +72,9 @@ def build_parser() -> ArgumentParser:
         metavar="PATH",
         help="text file, .gz, directory or glob; repeat for more (default: the bundled book)",
     )
-    p.add_argument("--config", action=ActionConfigFile, help="YAML file with data/tokenizer settings")
+    p.add_argument(
+        "--config", metavar="FILE.yaml", help="recipe: YAML with data/tokenizer (and other) sections"
+    )
     p.add_class_arguments(DataConfig, "data")
     p.add_class_arguments(TokenizerConfig, "tokenizer")
     subcommands.add_subcommand("prepare", p, help="corpus → tokenizer → token shards")
@@ -85,7 +87,7 @@ def build_parser() -> ArgumentParser:
         default=None,
         help="model size and schedule: tiny (~1M params), small (~10M), gpt2 (124M)",
     )
-    p.add_argument("--config", action=ActionConfigFile, help="YAML file with model/train settings")
+    p.add_argument("--config", metavar="FILE.yaml", help="recipe: YAML with model/train (and other) sections")
     resume = p.add_mutually_exclusive_group()
     resume.add_argument(
         "--resume",
@@ -131,6 +133,56 @@ def normalize_option_names(argv: list[str]) -> list[str]:
     return out
 
 
+COMMAND_SECTIONS = {"prepare": ("data", "tokenizer"), "train": ("model", "train")}
+
+
+def recipe_flags(path: str, command: str) -> list[str]:
+    """A recipe YAML as --section.key flags, so jsonargparse type-checks it like the command line.
+
+    A recipe may hold every section (one file for prepare and train); each command takes its own.
+    """
+    import json
+
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            recipe = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise UserError(f"--config {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(recipe, dict):
+        raise UserError(f"--config {path}: expected sections such as 'model:' and 'train:' at the top level")
+    flags = []
+    for section, values in recipe.items():
+        if section not in RunConfig.__dataclass_fields__:
+            known = ", ".join(RunConfig.__dataclass_fields__)
+            raise UserError(f"--config {path}: unknown section '{section}' (known: {known})")
+        if section in COMMAND_SECTIONS[command]:
+            for key, value in (values or {}).items():
+                flags += [f"--{section}.{key}", value if isinstance(value, str) else json.dumps(value)]
+    return flags
+
+
+def _expand_recipe(args: list[str]) -> list[str]:
+    """Replace `--config FILE` with the recipe's flags, placed before the user's own flags (which win)."""
+    if not args or args[0] not in COMMAND_SECTIONS:
+        return args
+    rest, path = [], None
+    i = 1
+    while i < len(args):
+        if args[i] == "--config" and i + 1 < len(args):
+            path, i = args[i + 1], i + 2
+            continue
+        if args[i].startswith("--config="):
+            path = args[i].split("=", 1)[1]
+        else:
+            rest.append(args[i])
+        i += 1
+    return [args[0], *(recipe_flags(path, args[0]) if path else []), *rest]
+
+
 def _base_config(run_dir: str, preset: str | None) -> RunConfig:
     from .run import Run
 
@@ -145,7 +197,7 @@ def _base_config(run_dir: str, preset: str | None) -> RunConfig:
 
 def _parse(argv: list[str]):
     parser = build_parser()
-    args = normalize_option_names(argv)
+    args = _expand_recipe(normalize_option_names(argv))
     ns = parser.parse_args(args)
     cmd = ns.command
     if cmd in ("prepare", "train"):
