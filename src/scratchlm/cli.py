@@ -12,7 +12,16 @@ import sys
 from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter, set_parsing_settings
 
 from .common import UserError
-from .config import PRESETS, DataConfig, ModelConfig, RunConfig, SampleConfig, TokenizerConfig, TrainConfig
+from .config import (
+    PRESETS,
+    DataConfig,
+    EvalConfig,
+    ModelConfig,
+    RunConfig,
+    SampleConfig,
+    TokenizerConfig,
+    TrainConfig,
+)
 
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
@@ -33,10 +42,15 @@ EXAMPLES = {
   scratchlm train runs/demo                 # continues from the newest checkpoint""",
     "eval": """examples:
   scratchlm eval runs/demo                      # the run's validation split
-  scratchlm eval runs/demo --text chapter.txt   # any UTF-8 text file""",
+  scratchlm eval runs/demo --text chapter.txt   # any UTF-8 text file
+  scratchlm eval runs/demo --jsonl docs.jsonl --text-field body --stride 32
+  scratchlm eval runs/a runs/b runs/c           # one comparison table (compare bits/byte across tokenizers)""",
     "sample": """examples:
   scratchlm sample runs/demo "Prince Andrew"
-  scratchlm sample runs/demo "The war" --max-new-tokens 100 --temperature 0.7 --top-k 40 --seed 3""",
+  scratchlm sample runs/demo "The war" --max-new-tokens 100 --temperature 0.7 --top-k 40 --seed 3
+  scratchlm sample runs/demo "Natasha" --top-p 0.9 --min-p 0.05 --repetition-penalty 1.2 --stop+ '.'
+  scratchlm sample runs/demo "" --temperature 0              # greedy, from <|bos|>
+  scratchlm sample runs/demo --prompts-file prompts.txt      # one output per line (or .jsonl "prompt")""",
     "demo": """examples:
   scratchlm demo                  # prepare, train, eval and sample into runs/demo
   scratchlm demo --steps 100      # a shorter training""",
@@ -91,15 +105,19 @@ def build_parser() -> ArgumentParser:
     p.add_class_arguments(TrainConfig, "train")
     subcommands.add_subcommand("train", p, help="pretrain the model")
 
-    p = _subparser("eval", "Validation loss, perplexity and bits per byte.")
-    p.add_argument("run", help="a trained run directory")
-    p.add_argument("--text", default=None, help="score this UTF-8 text file instead of the val split")
-    p.add_argument("--checkpoint", default="best", help="best, last, or a path to a .safetensors file")
+    p = _subparser(
+        "eval",
+        "Loss, perplexity and bits per byte with a sliding window; fixed-seed samples; eval.json and "
+        "report.md in each RUN; a comparison table for several runs.",
+    )
+    p.add_argument("runs", nargs="+", help="one or more trained run directories")
+    p.add_class_arguments(EvalConfig, None)
     subcommands.add_subcommand("eval", p, help="loss, perplexity, bits per byte")
 
     p = _subparser("sample", "Continue PROMPT with the run's model, streaming to the terminal.")
     p.add_argument("run", help="a trained run directory")
-    p.add_argument("prompt", help="text to continue ('' starts from nothing)")
+    p.add_argument("prompt", nargs="?", default=None, help="text to continue ('' starts from <|bos|>)")
+    p.add_argument("--prompts_file", default=None, help='one prompt per line (or .jsonl with "prompt")')
     p.add_argument("--checkpoint", default="best", help="best, last, or a path to a .safetensors file")
     p.add_class_arguments(SampleConfig, None)
     subcommands.add_subcommand("sample", p, help="generate text")
@@ -178,14 +196,17 @@ def main(argv: list[str] | None = None) -> int:
         elif cmd == "eval":
             from .evaluate import evaluate
 
-            evaluate(args.run, text=args.text, checkpoint=args.checkpoint)
+            fields = EvalConfig.__dataclass_fields__
+            evaluate(list(args.runs), EvalConfig(**{k: args[k] for k in fields}))
         elif cmd == "sample":
-            from .sample import sample
+            from .sample import read_prompts, sample
 
+            if (args.prompt is None) == (args.prompts_file is None):
+                raise UserError("give a PROMPT or --prompts_file FILE (one of them)")
             fields = SampleConfig.__dataclass_fields__
             sample(
                 args.run,
-                args.prompt,
+                args.prompt if args.prompts_file is None else read_prompts(args.prompts_file),
                 SampleConfig(**{k: args[k] for k in fields}),
                 checkpoint=args.checkpoint,
             )
