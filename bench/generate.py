@@ -166,14 +166,8 @@ def bench(flavour: str, args) -> None:
         "scratchlm (no cache)": timed(lambda: scratch_uncached(model, prompt, n), max(1, args.repeats // 2)),
     }
     ours = results["scratchlm (KV cache)"]
-    agree = next(
-        (
-            i
-            for i, (a, b) in enumerate(zip(ours[1], results["transformers generate (KV cache)"][1]))
-            if a != b
-        ),
-        n,
-    )
+    theirs = results["transformers generate (KV cache)"][1]
+    agree = next((i for i, (a, b) in enumerate(zip(ours[1], theirs, strict=True)) if a != b), n)
     print(
         f"\n{flavour}: {cfg.n_layer} layers, {cfg.n_embd} wide, {cfg.n_head} heads, vocab {cfg.vocab_size}, "
         f"{model.num_params():,} parameters; batch 1, {len(prompt)}-token prompt, {n} new tokens, "

@@ -144,7 +144,7 @@ def test_stop_string_ends_generation_and_is_not_printed(trained_run):
 @pytest.fixture(scope="module")
 def japanese_tokenizer():
     rng = random.Random(0)
-    base = "吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。何でも薄暗いじめじめした所で泣いていた。"
+    base = "吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。何でも薄暗い所で泣いていた。"
     docs = ["".join(rng.sample(base, len(base))) + "\n" for _ in range(200)]
     return train_tokenizer(docs, TokenizerConfig(vocab_size=340))
 

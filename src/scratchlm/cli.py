@@ -44,7 +44,7 @@ EXAMPLES = {
   scratchlm eval runs/demo                      # the run's validation split
   scratchlm eval runs/demo --text chapter.txt   # any UTF-8 text file
   scratchlm eval runs/demo --jsonl docs.jsonl --text-field body --stride 32
-  scratchlm eval runs/a runs/b runs/c           # one comparison table (compare bits/byte across tokenizers)""",
+  scratchlm eval runs/a runs/b runs/c           # a comparison table (bits/byte compares tokenizers)""",
     "sample": """examples:
   scratchlm sample runs/demo "Prince Andrew"
   scratchlm sample runs/demo "The war" --max-new-tokens 100 --temperature 0.7 --top-k 40 --seed 3
