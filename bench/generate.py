@@ -134,15 +134,17 @@ def hf_generate(hf, prompt: list[int], n: int) -> list[int]:
     return y[0, len(prompt) :].tolist()
 
 
-def timed(fn, repeats: int) -> tuple[float, list[int]]:
-    """Median seconds of `repeats` calls after one warm-up call."""
-    out = fn()
-    times = []
+def timed(contenders: dict, repeats: int) -> dict:
+    """Median seconds per contender. The contenders take turns within each repeat, so a change in
+    the machine's load (it is shared) hits all of them alike; one warm-up call each first."""
+    outputs = {name: fn() for name, fn in contenders.items()}
+    times = {name: [] for name in contenders}
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), out
+        for name, fn in contenders.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: (statistics.median(times[name]), outputs[name]) for name in contenders}
 
 
 def bench(flavour: str, args) -> None:
@@ -160,11 +162,14 @@ def bench(flavour: str, args) -> None:
     hf = to_transformers(model)
     prompt = torch.randint(0, args.vocab, (16,), generator=torch.Generator().manual_seed(1)).tolist()
     n = args.new_tokens
-    results = {
-        "scratchlm (KV cache)": timed(lambda: scratch_cached(model, prompt, n), args.repeats),
-        "transformers generate (KV cache)": timed(lambda: hf_generate(hf, prompt, n), args.repeats),
-        "scratchlm (no cache)": timed(lambda: scratch_uncached(model, prompt, n), max(1, args.repeats // 2)),
-    }
+    results = timed(
+        {
+            "scratchlm (KV cache)": lambda: scratch_cached(model, prompt, n),
+            "transformers generate (KV cache)": lambda: hf_generate(hf, prompt, n),
+            "scratchlm (no cache)": lambda: scratch_uncached(model, prompt, n),
+        },
+        args.repeats,
+    )
     ours = results["scratchlm (KV cache)"]
     theirs = results["transformers generate (KV cache)"][1]
     agree = next((i for i, (a, b) in enumerate(zip(ours[1], theirs, strict=True)) if a != b), n)
