@@ -12,10 +12,14 @@ Options transformers' classes cannot express are refused with the option's name,
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import torch
 
 from ..common import UserError
-from ..config import ModelConfig
+from ..config import ModelConfig, RunConfig, TokenizerConfig
 
 Tensor = torch.Tensor
 
@@ -279,3 +283,155 @@ def from_hf_model(hf_model, vocab_multiple: int = 64):
         sd.pop("lm_head.weight", None)
     model.load_state_dict(from_hf_state_dict(sd, cfg))
     return model.eval()
+
+
+# ---------------------------------------------------------------- the Hugging Face folder
+# Files of RUN/tokenizer/ that transformers reads; tokenizer.model keeps SentencePiece runs readable by
+# llama.cpp's converter, which prefers it to tokenizer.json for Llama-family vocabularies.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
+
+# The chat format of scratchlm: each message as <|role|>content<|end|>, the reply opened by <|assistant|>.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+
+
+def _tokenizer_config(tok_dir: Path, tokenizer) -> dict:
+    """The run's tokenizer_config.json with the special tokens and the chat template set."""
+    path = tok_dir / "tokenizer_config.json"
+    d = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    ids = tokenizer.special_ids
+    names = {v: k for k, v in ids.items()}
+    d.update(
+        {
+            "bos_token": names.get(tokenizer.bos_id, "<|bos|>"),
+            "eos_token": names.get(tokenizer.eos_id, "<|eos|>"),
+            "pad_token": names.get(tokenizer.pad_id, "<|pad|>"),
+            "chat_template": CHAT_TEMPLATE,
+        }
+    )
+    d.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
+    d.setdefault("model_max_length", None)
+    return d
+
+
+def write_hf_folder(lm, tok_dir: Path, out: Path, dtype: str, card: str) -> None:
+    """Write the model, tokenizer, generation config and model card of a LoadedModel into `out`."""
+    from transformers import GenerationConfig
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # one "wrote DIR" line is enough for a model this small
+    tok = lm.tokenizer
+    torch_dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    hf = to_hf_model(lm.model, tok.bos_id, tok.eos_id, tok.pad_id, dtype=torch_dtype)
+    hf.save_pretrained(out)
+    sc = lm.config.sample
+    gen = GenerationConfig(
+        bos_token_id=tok.bos_id,
+        eos_token_id=tok.eos_id,
+        pad_token_id=tok.pad_id,
+        do_sample=sc.temperature > 0,
+        **({"temperature": sc.temperature, "top_k": sc.top_k} if sc.temperature > 0 else {}),
+        max_new_tokens=sc.max_new_tokens,
+    )
+    gen.save_pretrained(out)
+    for name in TOKENIZER_FILES:
+        if (tok_dir / name).is_file() and name != "tokenizer_config.json":
+            shutil.copyfile(tok_dir / name, out / name)
+    cfg_text = json.dumps(_tokenizer_config(tok_dir, tok), indent=2, ensure_ascii=False) + "\n"
+    (out / "tokenizer_config.json").write_text(cfg_text, encoding="utf-8")
+    (out / "README.md").write_text(card, encoding="utf-8")
+
+
+# ---------------------------------------------------------------- import
+def read_hf_weights(hf_dir: Path) -> dict[str, Tensor]:
+    """model.safetensors, or the shards listed by model.safetensors.index.json (never pickles)."""
+    from safetensors.torch import load_file
+
+    single, index = hf_dir / "model.safetensors", hf_dir / "model.safetensors.index.json"
+    if single.is_file():
+        return load_file(str(single))
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        return {k: v for shard in shards for k, v in load_file(str(hf_dir / shard)).items()}
+    raise UserError(
+        f"{hf_dir}: no model.safetensors; scratchlm reads only safetensors weights "
+        "(re-save the model with save_pretrained(..., safe_serialization=True))"
+    )
+
+
+def import_hf(hf_dir: str | Path, run_dir: str | Path) -> None:
+    """Turn a GPT-2 or Llama Hugging Face folder into a scratchlm run in the (new, empty) run_dir.
+
+    The run gets config.yaml, tokenizer/ and a weights-only step-0 checkpoint (+ best.safetensors), so
+    eval, sample and train (which then starts at step 0 from these weights) accept it.
+    """
+    from safetensors.torch import save_model
+
+    from ..checkpoint import _metadata
+    from ..model import GPT
+    from ..run import Run
+
+    hf_dir, run = Path(hf_dir), Run.at(run_dir)
+    if not (hf_dir / "config.json").is_file():
+        raise UserError(f"{hf_dir}: no config.json; give a Hugging Face model folder")
+    cfg = RunConfig()
+    cfg.model = model_config_from_hf(json.loads((hf_dir / "config.json").read_text(encoding="utf-8")))
+    tokenizer = _import_tokenizer(hf_dir, run.tokenizer_dir)
+    if tokenizer.vocab_size != cfg.model.vocab_size:
+        raise UserError(
+            f"{hf_dir}: config.json vocab_size {cfg.model.vocab_size} != tokenizer's {tokenizer.vocab_size}"
+        )
+    cfg.tokenizer = TokenizerConfig(kind=tokenizer.kind, vocab_size=tokenizer.vocab_size)
+    gen_path = hf_dir / "generation_config.json"
+    if gen_path.is_file():
+        gen = json.loads(gen_path.read_text(encoding="utf-8"))
+        if gen.get("do_sample") is False:
+            cfg.sample.temperature = 0.0
+        elif "temperature" in gen:
+            cfg.sample.temperature = float(gen["temperature"])
+        cfg.sample.top_k = int(gen.get("top_k", cfg.sample.top_k))
+        cfg.sample.max_new_tokens = int(gen.get("max_new_tokens", cfg.sample.max_new_tokens))
+
+    model = GPT(cfg.model)
+    hf_sd = read_hf_weights(hf_dir)
+    if cfg.model.tie_embeddings:
+        hf_sd.pop("lm_head.weight", None)
+    model.load_state_dict({k: v.float() for k, v in from_hf_state_dict(hf_sd, cfg.model).items()})
+
+    step_dir = run.checkpoints_dir / "step_000000"
+    tmp = run.checkpoints_dir / ".tmp-step_000000"
+    tmp.mkdir(parents=True)
+    meta = _metadata(cfg, 0, tokenizer.hash, imported_from=str(hf_dir))
+    save_model(model, str(tmp / "model.safetensors"), metadata=meta)
+    # Weights only: no optimizer or loader state, so `train` starts fresh at step 0 from these weights.
+    torch.save({"step": 0, "best_val": float("inf"), "elapsed_s": 0.0}, tmp / "state.pt")
+    tmp.replace(step_dir)
+    save_model(model, str(run.checkpoints_dir / "best.safetensors"), metadata=meta)
+    run.save_config(cfg)
+
+
+def _import_tokenizer(hf_dir: Path, tok_dir: Path):
+    """Copy the folder's tokenizer files into RUN/tokenizer and load them as a scratchlm Tokenizer."""
+    from ..tokenizer import Tokenizer
+
+    if not (hf_dir / "tokenizer.model").is_file():
+        raise UserError(
+            f"{hf_dir}: no tokenizer.model; scratchlm imports SentencePiece tokenizers only for now"
+        )
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    proto = pb.ModelProto()
+    model_bytes = (hf_dir / "tokenizer.model").read_bytes()
+    proto.ParseFromString(model_bytes)
+    kind = {pb.TrainerSpec.UNIGRAM: "unigram", pb.TrainerSpec.BPE: "bpe"}.get(proto.trainer_spec.model_type)
+    if kind is None:
+        raise UserError(f"{hf_dir}/tokenizer.model: only SentencePiece unigram or bpe models are supported")
+    tokenizer = Tokenizer(model_bytes, kind)
+    tokenizer.save(tok_dir)
+    for name in TOKENIZER_FILES:
+        if (hf_dir / name).is_file() and name != "tokenizer.model":
+            shutil.copyfile(hf_dir / name, tok_dir / name)
+    return tokenizer
