@@ -4,9 +4,9 @@
     PYTHONPATH=src python bench/generate.py --flavour llama --new-tokens 128 --repeats 5
 
 Both sides decode greedily with a KV cache from the same 16-token prompt; the weights are random
-(speed does not depend on them) and copied into GPT2LMHeadModel / LlamaForCausalLM. The first
-tokens of both outputs are compared, which checks the weight copy. The ratios are what to read:
-absolute tokens/s on a shared machine are noisy.
+(speed does not depend on them) and copied into GPT2LMHeadModel / LlamaForCausalLM with the export
+key map (scratchlm.export.hf, issue 8). The outputs are compared token by token, which checks the
+copy. The ratios are what to read: absolute tokens/s on a shared machine are noisy.
 """
 
 from __future__ import annotations
@@ -18,89 +18,9 @@ import time
 import torch
 
 from scratchlm.config import ModelConfig, SampleConfig
+from scratchlm.export.hf import to_hf_model
 from scratchlm.model import GPT
 from scratchlm.sample import generate_ids
-
-
-def to_transformers(model: GPT):
-    """The same weights in a transformers model (GPT2LMHeadModel or LlamaForCausalLM).
-
-    Written here because the export key map (src/scratchlm/export/hf.py, issue 8) was not on a
-    branch yet when this benchmark was written.
-    """
-    c = model.config
-    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    hd = c.n_embd // c.n_head
-    if c.flavour == "gpt2":
-        from transformers import GPT2Config, GPT2LMHeadModel
-
-        hf = GPT2LMHeadModel(
-            GPT2Config(
-                vocab_size=c.padded_vocab_size,
-                n_positions=c.block_size,
-                n_embd=c.n_embd,
-                n_layer=c.n_layer,
-                n_head=c.n_head,
-                n_inner=c.ffn_hidden,
-                layer_norm_epsilon=c.norm_eps,
-                activation_function="gelu_new",
-                resid_pdrop=0.0,
-                embd_pdrop=0.0,
-                attn_pdrop=0.0,
-            )
-        )
-        out = {}
-        for k, v in sd.items():
-            if k == "lm_head.weight":
-                continue
-            # HF GPT-2 uses Conv1D, whose weight is (in, out): transpose the linear weights.
-            linear = k.endswith(".weight") and any(m in k for m in ("c_attn", "c_proj", "c_fc"))
-            out[k] = v.t().contiguous() if linear else v
-        missing, unexpected = hf.load_state_dict(out, strict=False)
-    else:
-        from transformers import LlamaConfig, LlamaForCausalLM
-
-        hf = LlamaForCausalLM(
-            LlamaConfig(
-                vocab_size=c.padded_vocab_size,
-                hidden_size=c.n_embd,
-                intermediate_size=c.ffn_hidden,
-                num_hidden_layers=c.n_layer,
-                num_attention_heads=c.n_head,
-                num_key_value_heads=c.kv_heads,
-                head_dim=hd,
-                max_position_embeddings=c.block_size,
-                rms_norm_eps=c.norm_eps,
-                rope_theta=c.rope_theta,
-                tie_word_embeddings=c.tie_embeddings,
-                attention_bias=c.bias,
-                mlp_bias=c.bias,
-            )
-        )
-        out = {
-            "model.embed_tokens.weight": sd["transformer.wte.weight"],
-            "model.norm.weight": sd["transformer.ln_f.weight"],
-        }
-        if not c.tie_embeddings:
-            out["lm_head.weight"] = sd["lm_head.weight"]
-        for i in range(c.n_layer):
-            p, q = f"transformer.h.{i}.", f"model.layers.{i}."
-            wq, wk, wv = sd[p + "attn.c_attn.weight"].split([c.n_head * hd, c.kv_heads * hd, c.kv_heads * hd])
-            out |= {
-                q + "self_attn.q_proj.weight": wq,
-                q + "self_attn.k_proj.weight": wk,
-                q + "self_attn.v_proj.weight": wv,
-                q + "self_attn.o_proj.weight": sd[p + "attn.c_proj.weight"],
-                q + "mlp.gate_proj.weight": sd[p + "mlp.c_gate.weight"],
-                q + "mlp.up_proj.weight": sd[p + "mlp.c_fc.weight"],
-                q + "mlp.down_proj.weight": sd[p + "mlp.c_proj.weight"],
-                q + "input_layernorm.weight": sd[p + "ln_1.weight"],
-                q + "post_attention_layernorm.weight": sd[p + "ln_2.weight"],
-            }
-        missing, unexpected = hf.load_state_dict(out, strict=False)
-    missing = [k for k in missing if not k.endswith(("attn.bias", "masked_bias", "lm_head.weight"))]
-    assert not missing and not unexpected, (missing, unexpected)
-    return hf.eval()
 
 
 def scratch_cached(model: GPT, prompt: list[int], n: int) -> list[int]:
@@ -159,7 +79,7 @@ def bench(flavour: str, args) -> None:
         bias=flavour == "gpt2",
     )
     model = GPT(cfg).eval()
-    hf = to_transformers(model)
+    hf = to_hf_model(model)  # the export key map (issue 8)
     prompt = torch.randint(0, args.vocab, (16,), generator=torch.Generator().manual_seed(1)).tolist()
     n = args.new_tokens
     results = timed(

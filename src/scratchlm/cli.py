@@ -51,6 +51,12 @@ EXAMPLES = {
   scratchlm sample runs/demo "Natasha" --top-p 0.9 --min-p 0.05 --repetition-penalty 1.2 --stop+ '.'
   scratchlm sample runs/demo "" --temperature 0              # greedy, from <|bos|>
   scratchlm sample runs/demo --prompts-file prompts.txt      # one output per line (or .jsonl "prompt")""",
+    "export": """examples:
+  scratchlm export runs/demo --format hf --out exports/demo-hf         # AutoModelForCausalLM loads it
+  scratchlm export runs/demo --format gguf --out demo.gguf --dtype q8_0  # for llama.cpp tools
+  scratchlm export runs/demo --format hf --out exports/demo-hf --checkpoint last --force""",
+    "import": """examples:
+  scratchlm import exports/demo-hf runs/imported   # then eval, sample or train it like any run""",
     "demo": """examples:
   scratchlm demo                  # prepare, train, eval and sample into runs/demo
   scratchlm demo --steps 100      # a shorter training""",
@@ -121,6 +127,20 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--checkpoint", default="best", help="best, last, or a path to a .safetensors file")
     p.add_class_arguments(SampleConfig, None)
     subcommands.add_subcommand("sample", p, help="generate text")
+
+    p = _subparser("export", "Write the run's model as a Hugging Face folder or a GGUF file.")
+    p.add_argument("run", help="a trained run directory")
+    p.add_argument("--format", required=True, help="hf (GPT2LMHeadModel / LlamaForCausalLM folder) or gguf")
+    p.add_argument("--out", required=True, help="output folder (hf) or .gguf file")
+    p.add_argument("--checkpoint", default="best", help="best, last, or a path to a .safetensors file")
+    p.add_argument("--dtype", default="f32", help="hf: f32, f16 or bf16; gguf: f32, f16 or q8_0")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    subcommands.add_subcommand("export", p, help="to Hugging Face transformers or GGUF (llama.cpp)")
+
+    p = _subparser("import", "Turn a Hugging Face GPT-2 or Llama folder into a scratchlm run.")
+    p.add_argument("hf_dir", help="a folder with config.json, model.safetensors and tokenizer files")
+    p.add_argument("run", help="the new run directory")
+    subcommands.add_subcommand("import", p, help="a Hugging Face GPT-2 / Llama folder → a run")
 
     p = _subparser("demo", "The whole pipeline on the bundled book, in a few CPU minutes.")
     p.add_argument("run", nargs="?", default="runs/demo", help="run directory (default: runs/demo)")
@@ -210,6 +230,16 @@ def main(argv: list[str] | None = None) -> int:
                 SampleConfig(**{k: args[k] for k in fields}),
                 checkpoint=args.checkpoint,
             )
+        elif cmd == "export":
+            from .export import export
+
+            out = export(args.run, args.format, args.out, args.checkpoint, args.dtype, args.force)
+            print(f"wrote {out}")
+        elif cmd == "import":
+            from .export import import_run
+
+            run = import_run(args.hf_dir, args.run)
+            print(f"imported {args.hf_dir} into {run}")
         elif cmd == "demo":
             from .demo import demo
 
