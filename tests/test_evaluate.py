@@ -153,6 +153,11 @@ def test_several_runs_print_a_comparison_table(trained_run, tmp_path, capsys):
         (["--jsonl", "a.jsonl", "--text_field", "body"], 'a.jsonl:1: no string field "body"'),
         (["--jsonl", "bad.jsonl"], "bad.jsonl:2: not valid JSON"),
         (["--stride", "65"], "--stride 65: must be between 1 and the context length 64"),
+        pytest.param(
+            ["--device", "cuda"],
+            "--device cuda: no CUDA device is visible",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible"),
+        ),
     ],
 )
 def test_eval_mistakes_are_one_line_errors(trained_run, tmp_path, monkeypatch, capsys, args, message):

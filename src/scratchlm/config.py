@@ -174,6 +174,8 @@ class EvalConfig:
     of context. 0 means block_size // 2."""
     batch_size: int = 16
     """Windows per forward pass."""
+    device: str = "auto"
+    """cpu, cuda, mps or auto."""
     prompts: list[str] = field(default_factory=lambda: ["", "The", "Once upon a time", "He said"])
     """Fixed prompts sampled into RUN/samples.txt and report.md ('' starts from <|bos|>)."""
     sample_tokens: int = 64

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from .checkpoint import load
-from .common import UserError, atomic_write_text, rank0_print
+from .common import UserError, atomic_write_text, pick_device, rank0_print
 from .config import EvalConfig
 from .data.corpus import clean, read_text
 from .data.loader import sequential_windows
@@ -185,7 +185,9 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out=None) -
     cfg = cfg or EvalConfig()
     out = out or sys.stdout
     run = Run.at(run_dir)
-    lm = load(run.root, cfg.checkpoint)
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {cfg.device}: no CUDA device is visible; use --device cpu")
+    lm = load(run.root, cfg.checkpoint, device=str(pick_device(cfg.device)))
     block = lm.model.config.block_size
     stride = cfg.stride or max(1, block // 2)
     source, tokens = _eval_tokens(lm, run, cfg)
