@@ -232,3 +232,29 @@ def test_prompt_mistakes_are_one_line_errors(trained_run, tmp_path, capsys, cont
     assert main(["sample", str(trained_run), *args, "--prompts_file", str(path)]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_filters_match_transformers_logits_processors(seed):
+    tf = pytest.importorskip("transformers")
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(200, generator=g)
+    history = torch.randint(0, 200, (30,), generator=g)
+    cfg = SampleConfig(temperature=1.5, top_k=50, top_p=0.9, min_p=0.05, repetition_penalty=1.3)
+    seen = torch.zeros(200, dtype=torch.bool)
+    seen[history] = True
+    ours = filter_logits(logits, cfg, seen)
+    theirs = logits[None].clone()
+    for processor in (
+        tf.RepetitionPenaltyLogitsProcessor(1.3),
+        tf.TemperatureLogitsWarper(1.5),
+        tf.TopKLogitsWarper(50),
+        tf.TopPLogitsWarper(0.9),
+        tf.MinPLogitsWarper(0.05),
+    ):
+        theirs = processor(history[None], theirs)
+    theirs = theirs[0]
+    assert torch.equal(torch.isfinite(ours), torch.isfinite(theirs))
+    assert 3 < int(torch.isfinite(ours).sum()) < 50  # the filters did cut, and not to one token
+    kept = torch.isfinite(ours)
+    torch.testing.assert_close(ours[kept], theirs[kept])
