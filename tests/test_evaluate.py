@@ -167,3 +167,18 @@ def test_eval_mistakes_are_one_line_errors(trained_run, tmp_path, monkeypatch, c
     assert main(["eval", str(trained_run), "--prompts", "[]", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_comparison_table_warns_when_tokenizers_differ():
+    from scratchlm.evaluate import comparison_table
+
+    def result(run, tok_hash, bpb):
+        return {
+            "run": run, "step": 10, "parameters": 1000, "tokens_seen": None, "loss": 2.0,
+            "perplexity": 7.39, "bits_per_byte": bpb, "tokens": 50, "tokenizer": {"hash": tok_hash},
+        }  # fmt: skip
+
+    same = comparison_table([result("runs/a", "h1", 1.25), result("runs/b", "h1", 1.5)])
+    assert "1.2500" in same and "1.5000" in same and "n/a" in same and "different tokenizers" not in same
+    mixed = comparison_table([result("runs/a", "h1", 1.25), result("runs/char", "h2", 1.5)])
+    assert mixed.splitlines()[-1].startswith("(the runs use different tokenizers: compare bits/byte")
