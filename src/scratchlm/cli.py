@@ -12,7 +12,16 @@ import sys
 from jsonargparse import ArgumentParser, DefaultHelpFormatter, set_parsing_settings
 
 from .common import UserError
-from .config import PRESETS, DataConfig, ModelConfig, RunConfig, SampleConfig, TokenizerConfig, TrainConfig
+from .config import (
+    PRESETS,
+    DataConfig,
+    EvalConfig,
+    ModelConfig,
+    RunConfig,
+    SampleConfig,
+    TokenizerConfig,
+    TrainConfig,
+)
 
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
@@ -33,10 +42,21 @@ EXAMPLES = {
   scratchlm train runs/demo                 # continues from the newest checkpoint""",
     "eval": """examples:
   scratchlm eval runs/demo                      # the run's validation split
-  scratchlm eval runs/demo --text chapter.txt   # any UTF-8 text file""",
+  scratchlm eval runs/demo --text chapter.txt   # any UTF-8 text file
+  scratchlm eval runs/demo --jsonl docs.jsonl --text-field body --stride 32
+  scratchlm eval runs/a runs/b runs/c           # a comparison table (bits/byte compares tokenizers)""",
     "sample": """examples:
   scratchlm sample runs/demo "Prince Andrew"
-  scratchlm sample runs/demo "The war" --max-new-tokens 100 --temperature 0.7 --top-k 40 --seed 3""",
+  scratchlm sample runs/demo "The war" --max-new-tokens 100 --temperature 0.7 --top-k 40 --seed 3
+  scratchlm sample runs/demo "Natasha" --top-p 0.9 --min-p 0.05 --repetition-penalty 1.2 --stop+ '.'
+  scratchlm sample runs/demo "" --temperature 0              # greedy, from <|bos|>
+  scratchlm sample runs/demo --prompts-file prompts.txt      # one output per line (or .jsonl "prompt")""",
+    "export": """examples:
+  scratchlm export runs/demo --format hf --out exports/demo-hf         # AutoModelForCausalLM loads it
+  scratchlm export runs/demo --format gguf --out demo.gguf --dtype q8_0  # for llama.cpp tools
+  scratchlm export runs/demo --format hf --out exports/demo-hf --checkpoint last --force""",
+    "import": """examples:
+  scratchlm import exports/demo-hf runs/imported   # then eval, sample or train it like any run""",
     "demo": """examples:
   scratchlm demo                  # prepare, train, eval and sample into runs/demo
   scratchlm demo --steps 100      # a shorter training""",
@@ -101,18 +121,36 @@ def build_parser() -> ArgumentParser:
     p.add_class_arguments(TrainConfig, "train")
     subcommands.add_subcommand("train", p, help="pretrain the model")
 
-    p = _subparser("eval", "Validation loss, perplexity and bits per byte.")
-    p.add_argument("run", help="a trained run directory")
-    p.add_argument("--text", default=None, help="score this UTF-8 text file instead of the val split")
-    p.add_argument("--checkpoint", default="best", help="best, last, or a path to a .safetensors file")
+    p = _subparser(
+        "eval",
+        "Loss, perplexity and bits per byte with a sliding window; fixed-seed samples; eval.json and "
+        "report.md in each RUN; a comparison table for several runs.",
+    )
+    p.add_argument("runs", nargs="+", help="one or more trained run directories")
+    p.add_class_arguments(EvalConfig, None)
     subcommands.add_subcommand("eval", p, help="loss, perplexity, bits per byte")
 
     p = _subparser("sample", "Continue PROMPT with the run's model, streaming to the terminal.")
     p.add_argument("run", help="a trained run directory")
-    p.add_argument("prompt", help="text to continue ('' starts from nothing)")
+    p.add_argument("prompt", nargs="?", default=None, help="text to continue ('' starts from <|bos|>)")
+    p.add_argument("--prompts_file", default=None, help='one prompt per line (or .jsonl with "prompt")')
     p.add_argument("--checkpoint", default="best", help="best, last, or a path to a .safetensors file")
     p.add_class_arguments(SampleConfig, None)
     subcommands.add_subcommand("sample", p, help="generate text")
+
+    p = _subparser("export", "Write the run's model as a Hugging Face folder or a GGUF file.")
+    p.add_argument("run", help="a trained run directory")
+    p.add_argument("--format", required=True, help="hf (GPT2LMHeadModel / LlamaForCausalLM folder) or gguf")
+    p.add_argument("--out", required=True, help="output folder (hf) or .gguf file")
+    p.add_argument("--checkpoint", default="best", help="best, last, or a path to a .safetensors file")
+    p.add_argument("--dtype", default="f32", help="hf: f32, f16 or bf16; gguf: f32, f16 or q8_0")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    subcommands.add_subcommand("export", p, help="to Hugging Face transformers or GGUF (llama.cpp)")
+
+    p = _subparser("import", "Turn a Hugging Face GPT-2 or Llama folder into a scratchlm run.")
+    p.add_argument("hf_dir", help="a folder with config.json, model.safetensors and tokenizer files")
+    p.add_argument("run", help="the new run directory")
+    subcommands.add_subcommand("import", p, help="a Hugging Face GPT-2 / Llama folder → a run")
 
     p = _subparser("demo", "The whole pipeline on the bundled book, in a few CPU minutes.")
     p.add_argument("run", nargs="?", default="runs/demo", help="run directory (default: runs/demo)")
@@ -238,17 +276,30 @@ def main(argv: list[str] | None = None) -> int:
         elif cmd == "eval":
             from .evaluate import evaluate
 
-            evaluate(args.run, text=args.text, checkpoint=args.checkpoint)
+            fields = EvalConfig.__dataclass_fields__
+            evaluate(list(args.runs), EvalConfig(**{k: args[k] for k in fields}))
         elif cmd == "sample":
-            from .sample import sample
+            from .sample import read_prompts, sample
 
+            if (args.prompt is None) == (args.prompts_file is None):
+                raise UserError("give a PROMPT or --prompts_file FILE (one of them)")
             fields = SampleConfig.__dataclass_fields__
             sample(
                 args.run,
-                args.prompt,
+                args.prompt if args.prompts_file is None else read_prompts(args.prompts_file),
                 SampleConfig(**{k: args[k] for k in fields}),
                 checkpoint=args.checkpoint,
             )
+        elif cmd == "export":
+            from .export import export
+
+            out = export(args.run, args.format, args.out, args.checkpoint, args.dtype, args.force)
+            print(f"wrote {out}")
+        elif cmd == "import":
+            from .export import import_run
+
+            run = import_run(args.hf_dir, args.run)
+            print(f"imported {args.hf_dir} into {run}")
         elif cmd == "demo":
             from .demo import demo
 

@@ -168,8 +168,42 @@ class SampleConfig:
     """Softmax temperature; 0 means greedy."""
     top_k: int = 50
     """Keep the k most likely tokens (0 keeps all)."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the most likely tokens whose probabilities sum to this (1 keeps all)."""
+    min_p: float = 0.0
+    """Drop tokens less likely than min_p x the top token's probability (0 keeps all)."""
+    repetition_penalty: float = 1.0
+    """Above 1, makes tokens already in the prompt or output less likely (CTRL / transformers rule)."""
+    stop: list[str] = field(default_factory=list)
+    """Stop strings: generation ends before the first one, which is not printed. A JSON list
+    (--stop '["\\n\\n", "THE END"]') or --stop+ STRING once per string."""
     seed: int = 1337
     """Seed; the same seed gives the same text."""
+
+
+@dataclass
+class EvalConfig:
+    text: str | None = None
+    """Score this UTF-8 text file instead of the run's val split."""
+    jsonl: str | None = None
+    """Score this JSONL file instead of the val split: one document per line, in --text_field."""
+    text_field: str = "text"
+    """Field of each JSONL record that holds the text."""
+    checkpoint: str = "best"
+    """best, last, or a path to a .safetensors file."""
+    stride: int = 0
+    """Sliding-window step in tokens; each token is scored once with up to block_size - stride tokens
+    of context. 0 means block_size // 2."""
+    batch_size: int = 16
+    """Windows per forward pass."""
+    device: str = "auto"
+    """cpu, cuda, mps or auto."""
+    prompts: list[str] = field(default_factory=lambda: ["", "The", "Once upon a time", "He said"])
+    """Fixed prompts sampled into RUN/samples.txt and report.md ('' starts from <|bos|>)."""
+    sample_tokens: int = 64
+    """New tokens per eval sample."""
+    seed: int = 1234
+    """Seed of every eval sample, so reports of different runs and steps are comparable."""
 
 
 @dataclass
