@@ -71,6 +71,8 @@ class DocCleaner:
 
     def _gutenberg(self, piece: str) -> str:
         """Keep only text inside START…END blocks (a file of several concatenated books works too)."""
+        if "***" not in piece:
+            return piece if self.inside else ""
         kept, pos = [], 0
         for m in _GUTENBERG.finditer(piece):
             if self.inside:
@@ -90,7 +92,11 @@ class DocCleaner:
 
     def _whitespace(self, piece: str) -> str:
         """No trailing spaces, at most one blank line in a row, no newlines at the document's ends."""
-        piece = _BLANK_RUN.sub("\n\n", _TRAILING_SPACE.sub("", piece))
+        # The cheap `in` tests skip the regex scans on most pieces (a third of prepare's time otherwise).
+        if " \n" in piece or "\t\n" in piece or piece.endswith((" ", "\t")):
+            piece = _TRAILING_SPACE.sub("", piece)
+        if "\n\n\n" in piece:
+            piece = _BLANK_RUN.sub("\n\n", piece)
         stripped = piece.lstrip("\n")
         if not stripped.strip("\n"):
             if not self.first_text_seen:

