@@ -48,6 +48,8 @@ class DocCleaner:
         return after
 
     def feed(self, piece: str) -> str:
+        if self.cfg.normalize_whitespace:
+            piece = piece.replace("\r\n", "\n").replace("\r", "\n")
         if self.first:
             piece = piece.lstrip("\ufeff")
             if self.cfg.strip_gutenberg and _GUTENBERG.search(piece):
@@ -56,8 +58,6 @@ class DocCleaner:
                 self.aozora = looks_like_aozora(piece)
             if self.aozora:
                 piece = self._count("aozora_chars", piece, _AOZORA_HEADER.sub("", piece, count=1))
-        if self.cfg.normalize_whitespace:
-            piece = piece.replace("\r\n", "\n").replace("\r", "\n")
         if self.gutenberg:
             piece = self._count("gutenberg_chars", piece, self._gutenberg(piece))
         if self.aozora:

@@ -130,9 +130,11 @@ def text_pieces(path: Path, encoding: str = "utf-8", errors: str = "strict") -> 
             if not chunk:
                 break
             cut = carry.rfind("\n") + 1
-            if not cut and len(carry) > MAX_PIECE_CHARS:
-                cut = _cut_point(carry, MAX_PIECE_CHARS)
             if cut:
+                yield carry[:cut]
+                carry = carry[cut:]
+            while len(carry) > MAX_PIECE_CHARS:  # a line longer than any piece may be
+                cut = _cut_point(carry, MAX_PIECE_CHARS)
                 yield carry[:cut]
                 carry = carry[cut:]
     if carry:
