@@ -173,6 +173,29 @@ def test_a_huge_single_line_is_read_in_bounded_pieces(tmp_path, monkeypatch):
     assert "".join(pieces) == line
     assert len(pieces) > 100 and max(len(p) for p in pieces) <= 1000 + sources.CHUNK_BYTES
     assert not any(p[0] == "\u0301" for p in pieces)  # never cut between a letter and its accent
+    record = "x" * 2500 + "\n" + "y" * 700
+    assert [len(p) for p in sources.split_text(record)] == [1000, 1000, 501, 700]
+    assert "".join(sources.split_text(line)) == line and "".join(sources.split_text(record)) == record
+
+
+@pytest.mark.slow
+def test_a_200_mb_single_line_prepares_in_bounded_memory(tmp_path, tokenizer_dir):
+    path = tmp_path / "one_line.txt.gz"
+    with gzip.open(path, "wt", encoding="utf-8", compresslevel=1) as f:
+        for i in range(200):
+            f.write(f"chunk {i} of a line that never ends, " * 27_000)  # ~1 MB, no newline
+    shutil.copytree(tokenizer_dir, tmp_path / "run" / "tokenizer")
+    child = (
+        "import resource, sys; from scratchlm.cli import main; rc = main(sys.argv[1:]); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024); sys.exit(rc)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", child, "prepare", str(tmp_path / "run"), "--input", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.split()[-1]) < 400  # MB: the line is ~200 MB of text, ~40 M tokens
 
 
 def test_jsonl_with_dotted_field_and_bad_lines(tmp_path):

@@ -16,6 +16,8 @@ from .common import UserError
 
 @dataclass
 class DataConfig:
+    """The corpus: where the text comes from and how it is cleaned, selected and split."""
+
     inputs: list[str] = field(default_factory=list)
     """Text, .gz, JSONL, Parquet, folders, globs, HF save_to_disk folders, hf:NAME; empty: bundled book."""
     val_fraction: float = 0.05

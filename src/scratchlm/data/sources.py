@@ -19,8 +19,9 @@ from pathlib import Path
 from ..common import UserError
 
 CHUNK_BYTES = 1 << 16
-# A line longer than this many characters is cut into pieces so memory stays bounded.
-MAX_PIECE_CHARS = 1 << 22
+# A longer line or record is cut into pieces of at most this many characters: the encoder's memory
+# grows with the length of what it is given, and many pieces spread over all cores.
+MAX_PIECE_CHARS = 1 << 16
 DIR_SUFFIXES = (".txt", ".md", ".text", ".jsonl", ".ndjson", ".parquet", ".gz")
 HF_PREFIX = "hf:"
 
@@ -94,11 +95,22 @@ def _open_binary(path: Path):
     return gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb")
 
 
-def _cut_point(text: str, at: int) -> int:
+def _cut_point(text: str, at: int, start: int = 0) -> int:
     """A cut at or before `at` that does not separate a base character from its combining marks."""
-    while at > 1 and unicodedata.combining(text[at]):
+    while at > start + 1 and unicodedata.combining(text[at]):
         at -= 1
     return at
+
+
+def split_text(text: str) -> Iterator[str]:
+    """One record's text as pieces of at most MAX_PIECE_CHARS, cut after a newline when there is one."""
+    start = 0
+    while len(text) - start > MAX_PIECE_CHARS:
+        end = start + MAX_PIECE_CHARS
+        cut = text.rfind("\n", start, end) + 1 or _cut_point(text, end, start)
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
 
 
 def text_pieces(path: Path, encoding: str = "utf-8", errors: str = "strict") -> Iterator[str]:
@@ -172,7 +184,7 @@ def jsonl_records(path: Path, field: str, encoding: str, errors: str) -> Iterato
             except json.JSONDecodeError as e:
                 raise UserError(f"{where}: not valid JSON ({e.msg}); write one JSON object a line") from None
             text = get_field(obj, field, where)
-            yield Document(where, lambda t=text: iter((t,)))
+            yield Document(where, lambda t=text: split_text(t))
 
 
 def _batch_records(batches, field: str, name: str) -> Iterator[Document]:
@@ -182,7 +194,7 @@ def _batch_records(batches, field: str, name: str) -> Iterator[Document]:
             row += 1
             where = f"{name}:row {row}"
             text = get_field({top: value}, field, where)
-            yield Document(where, lambda t=text: iter((t,)))
+            yield Document(where, lambda t=text: split_text(t))
 
 
 def _check_column(names: list[str], field: str, where: str) -> None:
@@ -249,4 +261,4 @@ def hf_hub_records(name: str, config: str, split: str, field: str) -> Iterator[D
             raise fail(e) from None
         where = f"hf:{name}:row {i + 1}"
         text = get_field(row, field, where)
-        yield Document(where, lambda t=text: iter((t,)))
+        yield Document(where, lambda t=text: split_text(t))
