@@ -29,7 +29,7 @@ EXAMPLES = {
   scratchlm prepare runs/ja --input neko.txt --data.encoding cp932            # Shift_JIS Aozora Bunko file
   scratchlm prepare runs/wiki --input wiki.jsonl --data.text_field text --data.include '["ファミコン"]'
   scratchlm prepare runs/news --input data.parquet --input saved_dataset/ --data.hf_split train
-  scratchlm prepare runs/hub --input hf:owner/name --data.hf_config ja      # needs `datasets` and a network""",
+  scratchlm prepare runs/hub --input hf:owner/name --data.hf_config ja   # needs `datasets` + network""",
     "train": """examples:
   scratchlm train runs/demo --preset tiny
   scratchlm train runs/demo --model.n-layer 6 --train.max-steps 2000
