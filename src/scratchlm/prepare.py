@@ -11,7 +11,7 @@ from .config import RunConfig
 from .data.corpus import Corpus
 from .data.shards import write_shards
 from .run import Run
-from .tokenizer import Tokenizer, train_tokenizer
+from .tokenizer import META_FILE, Tokenizer, train_tokenizer
 
 REPORT_LINES = {
     "binary_files_skipped": "binary files skipped",
@@ -34,7 +34,7 @@ def prepare(run_dir: str | Path, cfg: RunConfig | None = None) -> dict:
     cfg = cfg or (run.load_config() if run.has_config() else RunConfig())
     corpus = Corpus(cfg.data)
 
-    if (run.tokenizer_dir / "tokenizer.model").is_file():
+    if (run.tokenizer_dir / META_FILE).is_file():  # written last by Tokenizer.save: a complete tokenizer
         tokenizer = Tokenizer.load(run.tokenizer_dir)
         rank0_print(f"using the run's tokenizer ({tokenizer.kind}, {tokenizer.vocab_size} tokens)")
     else:

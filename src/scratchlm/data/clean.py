@@ -22,7 +22,7 @@ _AOZORA_HEADER = re.compile(
 )
 _AOZORA_MARKUP = re.compile(r"《[^》\n]*》|［＃[^］\n]*］|｜")  # ruby reading, editor's note, ruby start
 _AOZORA_COLOPHON = re.compile(r"^底本：", re.M)
-_TRAILING_SPACE = re.compile(r"[ \t]+$", re.M)
+_TRAILING_SPACE = re.compile(r"[ \t]+(?=\n)")  # not at a piece's end: that may be mid-line
 _BLANK_RUN = re.compile(r"\n{3,}")
 
 
@@ -93,7 +93,7 @@ class DocCleaner:
     def _whitespace(self, piece: str) -> str:
         """No trailing spaces, at most one blank line in a row, no newlines at the document's ends."""
         # The cheap `in` tests skip the regex scans on most pieces (a third of prepare's time otherwise).
-        if " \n" in piece or "\t\n" in piece or piece.endswith((" ", "\t")):
+        if " \n" in piece or "\t\n" in piece:
             piece = _TRAILING_SPACE.sub("", piece)
         if "\n\n\n" in piece:
             piece = _BLANK_RUN.sub("\n\n", piece)

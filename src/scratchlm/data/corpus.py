@@ -174,16 +174,13 @@ class Corpus:
         return None
 
     def sample(self, max_chars: int) -> list[str]:
-        """The first `max_chars` characters of the kept documents: the tokenizer's training text."""
+        """The first `max_chars` characters of the kept documents, as pieces: the tokenizer's training
+        text. Pieces, not whole documents, so a file that is one huge line still gives many lines."""
         out, n = [], 0
         for doc in self.documents(Counter()):
-            parts = []
             for piece in doc.pieces():
-                parts.append(piece[: max_chars - n])
-                n += len(parts[-1])
+                out.append(piece[: max_chars - n])
+                n += len(out[-1])
                 if n >= max_chars:
-                    break
-            out.append("".join(parts))
-            if n >= max_chars:
-                break
+                    return out
         return out
