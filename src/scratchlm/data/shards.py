@@ -162,7 +162,7 @@ def write_shards(
             if ends:
                 writers[split].write(eos)  # documents end with <|eos|>
                 writers[split].documents += 1
-        progress.update(sum(len(t) for _, t, _ in batch))
+        progress.update(sum(len(t.encode("utf-8", "surrogatepass")) for _, t, _ in batch))  # in bytes
 
     def submit(batch: list[tuple[str, str, bool]]) -> None:
         nonlocal pending

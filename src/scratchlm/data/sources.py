@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import gzip
+import itertools
 import json
 import unicodedata
 from collections.abc import Callable, Iterator
@@ -252,13 +253,13 @@ def hf_hub_records(name: str, config: str, split: str, field: str) -> Iterator[D
         rows = iter(datasets.load_dataset(name, config or None, split=split, streaming=True))
     except Exception as e:  # any failure of a remote load is the user's to fix (name, network)
         raise fail(e) from None
-    for i in range(1 << 62):
+    for i in itertools.count(1):
         try:
             row = next(rows)
         except StopIteration:
             return
-        except Exception as e:
+        except Exception as e:  # a stream can fail midway too (network)
             raise fail(e) from None
-        where = f"hf:{name}:row {i + 1}"
+        where = f"hf:{name}:row {i}"
         text = get_field(row, field, where)
         yield Document(where, lambda t=text: split_text(t))
