@@ -400,10 +400,16 @@ def test_training_refuses_shards_of_another_tokenizer_or_damaged_ones(tmp_path, 
         open_split(run / "data", "train")
 
 
-def test_an_empty_validation_split_says_what_to_do(tmp_path, tokenizer_dir):
-    path = write_jsonl(tmp_path / "three.jsonl", [{"text": "one"}, {"text": "two"}, {"text": "three"}])
+def test_few_records_hold_out_the_end_of_each_and_an_empty_val_split_is_an_error(tmp_path, tokenizer_dir):
+    records = [{"text": f"Record {i}.\n\n" + "Some more words. " * 10} for i in range(3)]
+    path = write_jsonl(tmp_path / "three.jsonl", records)
+    manifest = prepared(tmp_path / "run", tokenizer_dir, [path], val_fraction=0.2)
+    assert manifest["split_mode"] == "tail of each document"
+    train, val = split_docs(tmp_path / "run", "train"), split_docs(tmp_path / "run", "val")
+    assert [t + v for t, v in zip(train, val, strict=True)] == [clean(r["text"]) for r in records]
+    many = write_jsonl(tmp_path / "twelve.jsonl", [{"text": f"doc {i}"} for i in range(12)])
     with pytest.raises(UserError, match="no document went to the val split.*raise --data.val_fraction"):
-        prepared(tmp_path / "run", tokenizer_dir, [path], val_fraction=0.01)
+        prepared(tmp_path / "run2", tokenizer_dir, [many], val_fraction=0.001)
 
 
 def test_cli_prepare_with_filters_and_bad_jsonl(tmp_path, tokenizer_dir):

@@ -92,7 +92,7 @@ class Corpus:
 
     @property
     def few_text_files(self) -> bool:
-        """A few books: hold out the end of each instead of whole documents."""
+        """A few books: hold out the end of each instead of whole documents (known before reading)."""
         return len(self.sources) < 10 and all(s.kind == "text" for s in self.sources)
 
     def _raw_documents(self, src: Source) -> Iterator[Document]:

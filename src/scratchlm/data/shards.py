@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import time
 from collections.abc import Iterable, Iterator
@@ -25,6 +26,8 @@ from ..config import DataConfig
 from .corpus import CleanDoc
 
 MANIFEST = "manifest.json"
+FEW_DOCS = 10  # fewer documents than this: hold out the end of each instead of whole documents
+LOOKAHEAD_CHARS = 1 << 24
 BATCH_CHARS = 1 << 20  # ~1M tokens as Python ints in flight (~40 MB); larger batches only cost memory
 SPLITS = ("train", "val")
 
@@ -113,6 +116,18 @@ def _with_last(items: Iterable[str]) -> Iterator[tuple[str, bool]]:
         yield prev, True
 
 
+def few_documents(docs: Iterable[CleanDoc]) -> tuple[bool, Iterator[CleanDoc]]:
+    """Whether the corpus has fewer than FEW_DOCS documents, by looking ahead (at most LOOKAHEAD_CHARS
+    of cached text are held), and the documents again."""
+    docs, head, chars = iter(docs), [], 0
+    for doc in docs:
+        head.append(doc)
+        chars += doc.chars
+        if len(head) >= FEW_DOCS or chars > LOOKAHEAD_CHARS:
+            return False, itertools.chain(head, docs)
+    return True, iter(head)
+
+
 def _route(docs: Iterable[CleanDoc], cfg: DataConfig, tail: bool) -> Iterator[tuple[str, str, bool]]:
     """(split, text, ends_document) for every piece. Whole documents go to val with probability
     val_fraction (a seeded draw per document); with `tail`, the last val_fraction of each document does."""
@@ -136,7 +151,10 @@ def _route(docs: Iterable[CleanDoc], cfg: DataConfig, tail: bool) -> Iterator[tu
 def write_shards(
     data_dir: Path, tokenizer, docs: Iterable[CleanDoc], cfg: DataConfig, tail: bool, extra: dict
 ) -> dict:
-    """Encode `docs` into train/val shards and write the manifest; returns the manifest."""
+    """Encode `docs` into train/val shards and write the manifest; returns the manifest.
+
+    `tail` holds out the end of each document (for a few books); it is also chosen when the stream
+    turns out to hold fewer than FEW_DOCS documents."""
     if not 0 < cfg.val_fraction < 1:
         raise UserError(f"--data.val_fraction {cfg.val_fraction}: must be between 0 and 1")
     if cfg.shard_tokens < 1:
@@ -172,6 +190,8 @@ def write_shards(
         pending = job
 
     try:
+        if not tail:
+            tail, docs = few_documents(docs)
         batch, size = [], 0
         for item in _route(docs, cfg, tail):
             batch.append(item)
