@@ -21,7 +21,7 @@ class DataConfig:
     inputs: list[str] = field(default_factory=list)
     """Text, .gz, JSONL, Parquet, folders, globs, HF save_to_disk folders, hf:NAME; empty: bundled book."""
     val_fraction: float = 0.05
-    """Share of the documents held out for validation (of each file's end when under 10 text files)."""
+    """Share of the documents held out for validation (the end of each one when there are under 10)."""
     strip_gutenberg: bool = True
     """Remove the Project Gutenberg header and licence footer when present."""
     seed: int = 1337
