@@ -50,7 +50,7 @@ class DocCleaner:
         return after
 
     def feed(self, piece: str) -> str:
-        if self.cfg.normalize_whitespace:
+        if self.cfg.normalize_whitespace and "\r" in piece:
             piece = piece.replace("\r\n", "\n").replace("\r", "\n")
         if self.first:
             piece = piece.lstrip("\ufeff")
@@ -100,7 +100,7 @@ class DocCleaner:
         if "\n\n\n" in piece:
             piece = _BLANK_RUN.sub("\n\n", piece)
         stripped = piece.lstrip("\n")
-        if not stripped.strip("\n"):
+        if not stripped:
             if not self.first_text_seen:
                 return ""
             self.newlines = min(2, self.newlines + len(piece))
