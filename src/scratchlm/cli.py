@@ -34,7 +34,11 @@ EXAMPLES = {
     "prepare": """examples:
   scratchlm prepare runs/demo                                  # the bundled book (War and Peace)
   scratchlm prepare runs/mine --input novel.txt --input more/  # your own text files or folders
-  scratchlm prepare runs/mine --input book.txt --tokenizer.vocab_size 8000 --tokenizer.kind bpe""",
+  scratchlm prepare runs/mine --input book.txt --tokenizer.vocab_size 8000 --tokenizer.kind bpe
+  scratchlm prepare runs/ja --input neko.txt --data.encoding cp932            # Shift_JIS Aozora Bunko file
+  scratchlm prepare runs/wiki --input wiki.jsonl --data.text_field text --data.include '["ファミコン"]'
+  scratchlm prepare runs/news --input data.parquet --input saved_dataset/ --data.hf_split train
+  scratchlm prepare runs/hub --input hf:owner/name --data.hf_config ja   # needs `datasets` + network""",
     "train": """examples:
   scratchlm train runs/demo --preset tiny
   scratchlm train runs/demo --model.n-layer 6 --train.max-steps 2000
@@ -90,7 +94,8 @@ def build_parser() -> ArgumentParser:
         action="append",
         default=None,
         metavar="PATH",
-        help="text file, .gz, directory or glob; repeat for more (default: the bundled book)",
+        help="text/.gz/.jsonl/.parquet file, directory, glob, save_to_disk folder or hf:NAME; repeatable "
+        "(default: the bundled book)",
     )
     p.add_argument(
         "--config", metavar="FILE.yaml", help="recipe: YAML with data/tokenizer (and other) sections"

@@ -16,14 +16,50 @@ from .common import UserError
 
 @dataclass
 class DataConfig:
+    """The corpus: where the text comes from and how it is cleaned, selected and split."""
+
     inputs: list[str] = field(default_factory=list)
-    """Text files, .gz files or directories; empty means the bundled book (War and Peace)."""
+    """Text, .gz, JSONL, Parquet, folders, globs, HF save_to_disk folders, hf:NAME; empty: bundled book."""
     val_fraction: float = 0.05
-    """Share of the corpus held out for validation."""
+    """Share of the documents held out for validation (the end of each one when there are under 10)."""
     strip_gutenberg: bool = True
     """Remove the Project Gutenberg header and licence footer when present."""
     seed: int = 1337
     """Seed of the train/val split."""
+    text_field: str = "text"
+    """Field holding the text in JSONL, Parquet and Hugging Face records; dotted for nested (a.b)."""
+    hf_split: str = "train"
+    """Split of a Hugging Face dataset (hub name or save_to_disk folder)."""
+    hf_config: str = ""
+    """Configuration (subset) of a Hugging Face hub dataset."""
+    encoding: str = "utf-8"
+    """Encoding of text files (e.g. cp932 for Shift_JIS Aozora Bunko files)."""
+    errors: Literal["strict", "replace"] = "strict"
+    """Undecodable bytes: strict stops with the file and byte offset; replace writes U+FFFD."""
+    strict: bool = False
+    """Refuse binary files and empty files found in folders instead of skipping and counting them."""
+    aozora: Literal["auto", "on", "off"] = "auto"
+    """Remove Aozora Bunko markup (ruby, notes, header, colophon); auto detects Aozora files."""
+    unicode: Literal["NFC", "NFKC", "none"] = "NFC"
+    """Unicode normalization (NFKC also folds full-width letters and compatibility characters)."""
+    normalize_whitespace: bool = True
+    """CRLF to LF, no trailing spaces, at most one blank line in a row, no blank lines at the ends."""
+    min_chars: int = 1
+    """Drop documents shorter than this many characters after cleaning."""
+    max_chars: int = 0
+    """Drop documents longer than this many characters after cleaning (0: no limit)."""
+    include: list[str] = field(default_factory=list)
+    """Keep only documents containing one of these keywords (or regexes with --data.regex)."""
+    exclude: list[str] = field(default_factory=list)
+    """Drop documents containing any of these keywords (or regexes with --data.regex)."""
+    regex: bool = False
+    """Read include/exclude as regular expressions."""
+    dedup: bool = True
+    """Drop exact duplicate documents (after cleaning)."""
+    tokenizer_sample_mb: float = 32.0
+    """The tokenizer is trained on the first this-many MB of cleaned text (memory stays bounded)."""
+    shard_tokens: int = 100_000_000
+    """Tokens per shard file."""
 
 
 @dataclass
