@@ -1,0 +1,93 @@
+"""Export a run to a Hugging Face folder or a GGUF file, and import a Hugging Face folder as a run.
+
+transformers and gguf are imported lazily inside the functions that need them (the `[export]` extra).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..common import UserError, atomic_path
+
+FORMATS = ("hf", "gguf")
+DTYPES = {"hf": ("f32", "f16", "bf16"), "gguf": ("f32", "f16", "q8_0")}
+
+
+def export(
+    run_dir: str | Path,
+    fmt: str,
+    out: str | Path,
+    checkpoint: str = "best",
+    dtype: str = "f32",
+    force: bool = False,
+) -> Path:
+    """Write RUN's model as a Hugging Face folder (fmt "hf") or a .gguf file (fmt "gguf")."""
+    from ..checkpoint import load
+    from ..run import Run
+
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt}: unknown format; use hf or gguf")
+    if dtype not in DTYPES[fmt]:
+        raise UserError(f"--dtype {dtype}: {fmt} export supports {', '.join(DTYPES[fmt])}")
+    out = Path(out)
+    if out.exists() and not force:
+        raise UserError(f"--out {out}: already exists; choose another path or add --force to replace it")
+    run = Run.at(run_dir)
+    if not run.root.is_dir():
+        raise UserError(f"{run.root}: no such run directory")
+    lm = load(run.root, checkpoint)
+
+    if fmt == "hf":
+        from .card import model_card
+        from .hf import check_exportable, write_hf_folder
+
+        check_exportable(lm.config.model)
+        arch = "GPT2LMHeadModel" if lm.config.model.flavour == "gpt2" else "LlamaForCausalLM"
+        card = model_card(lm, run.root, "hf", arch)
+        _replace_dir(out, lambda tmp: write_hf_folder(lm, run.tokenizer_dir, tmp, dtype, card))
+    else:
+        from .gguf import write_gguf
+
+        with atomic_path(out) as tmp:
+            write_gguf(lm, run.tokenizer_dir, tmp, dtype, name=run.root.name)
+    return out
+
+
+def _replace_dir(out: Path, write) -> None:
+    """Build the folder under a temporary name beside `out`, then swap it in: never half a folder."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        write(tmp)
+        # mkdtemp makes 0700 and some writers 0600 files: give the result the usual permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        for f in tmp.rglob("*"):
+            os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~umask)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        else:
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def import_run(hf_dir: str | Path, run_dir: str | Path) -> Path:
+    """`scratchlm import HF_DIR RUN`: a Hugging Face GPT-2 / Llama folder → a scratchlm run."""
+    from .hf import import_hf
+
+    hf_dir, run_dir = Path(hf_dir), Path(run_dir)
+    if not hf_dir.is_dir():
+        raise UserError(f"{hf_dir}: no such folder")
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise UserError(f"{run_dir}: already exists and is not empty; import into a new run directory")
+    # Staged like an export: a failed import leaves no half run behind.
+    _replace_dir(run_dir, lambda tmp: import_hf(hf_dir, tmp))
+    return run_dir

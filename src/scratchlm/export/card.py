@@ -1,0 +1,104 @@
+"""The README.md model card of an exported model: what it is, what it read, how well it does."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..common import UserError
+
+# The bundled book is the only source whose licence scratchlm knows; anything else is the user's to state.
+_KNOWN_LICENCES = {
+    "war_and_peace.txt.gz": "public domain (Tolstoy, tr. Louise and Aylmer Maude; Project Gutenberg #2600)",
+}
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); fix or delete it") from None
+
+
+def _licence(source: dict) -> str:
+    for key in ("licence", "license"):
+        if source.get(key):
+            return str(source[key])
+    name = Path(str(source.get("path", ""))).name
+    return _KNOWN_LICENCES.get(name, "not recorded: state the licence of this text before publishing")
+
+
+def model_card(lm, run_root: Path, fmt: str, arch: str) -> str:
+    """Markdown for README.md from the loaded model, RUN/data/manifest.json and RUN/eval.json."""
+    cfg, m, t = lm.config, lm.config.model, lm.config.train
+    tokens_seen = lm.step * t.batch_size * t.grad_accum * m.block_size
+    params = sum(p.numel() for p in lm.model.parameters())
+    manifest = _read_json(run_root / "data" / "manifest.json") or {}
+    sources = manifest.get("sources") or []
+    evaluation = _read_json(run_root / "eval.json")
+
+    lines = [
+        "---",
+        "library_name: transformers" if fmt == "hf" else "library_name: gguf",
+        "pipeline_tag: text-generation",
+        "tags: [scratchlm]",
+        "---",
+        f"# {run_root.name}",
+        "",
+        f"A {params / 1e6:.2f}M-parameter {arch} language model trained from scratch with scratchlm.",
+        "",
+        "## Architecture",
+        f"- {m.flavour} flavour: {m.n_layer} layers, {m.n_head} heads ({m.kv_heads} key/value heads), "
+        f"width {m.n_embd}, MLP hidden {m.ffn_hidden}, context {m.block_size} tokens",
+        f"- vocabulary {m.vocab_size} ({cfg.tokenizer.kind} tokenizer), "
+        f"{'tied' if m.tie_embeddings else 'separate'} input/output embeddings",
+        f"- {params:,} parameters",
+        "",
+        "## Data",
+    ]
+    if sources:
+        for s in sources:
+            lines.append(
+                f"- `{Path(str(s.get('path', '?'))).name}`: {s.get('chars', '?'):,} characters; "
+                f"licence: {_licence(s)}"
+            )
+    else:
+        lines.append("- not recorded (RUN/data/manifest.json is missing)")
+    splits = manifest.get("splits") or {}
+    for split, shards in splits.items():
+        lines.append(f"- {split} split: {sum(s.get('tokens', 0) for s in shards):,} tokens")
+    lines += [
+        "",
+        "## Training",
+        f"- {lm.step:,} steps, {tokens_seen:,} tokens seen "
+        f"({t.batch_size} sequences x {t.grad_accum} accumulation x {m.block_size} tokens per step)",
+        f"- AdamW, peak learning rate {t.lr}, {t.warmup_steps} warmup steps, cosine decay to "
+        f"{t.min_lr_ratio} x peak, weight decay {t.weight_decay}, gradient clip {t.grad_clip}, seed {t.seed}",
+        "",
+        "## Evaluation",
+    ]
+    if evaluation:
+        keys = [k for k in ("loss", "perplexity", "bits_per_byte", "tokens", "step") if k in evaluation]
+        lines.append(f"On `{evaluation.get('source', 'val')}`:")
+        lines += [f"- {k}: {evaluation[k]}" for k in keys]
+    else:
+        lines.append("Not evaluated yet (run `scratchlm eval RUN` before exporting to include metrics).")
+    lines += ["", "## Use", ""]
+    if fmt == "hf":
+        lines += [
+            "```python",
+            "from transformers import AutoModelForCausalLM, AutoTokenizer",
+            'tok = AutoTokenizer.from_pretrained("PATH")',
+            'model = AutoModelForCausalLM.from_pretrained("PATH")  # no trust_remote_code needed',
+            "```",
+        ]
+    else:
+        lines += ["```", "llama-cli -m MODEL.gguf -p 'Once upon a time'", "```"]
+    lines += [
+        "",
+        "Chat format: `<|system|>...<|end|><|user|>...<|end|><|assistant|>` (the tokenizer's chat template).",
+        "",
+    ]
+    return "\n".join(lines)

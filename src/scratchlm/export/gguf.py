@@ -1,0 +1,170 @@
+"""GGUF for llama.cpp, written with the `gguf` package.
+
+Tensor names come from gguf's own map of transformers names (gguf.get_tensor_name_map), fed with the
+names of our Hugging Face key map, so they stay what llama.cpp's own converter writes. Two details of
+llama.cpp's converter matter and are copied here, proven by the llama-cpp-python parity test:
+- Llama Q and K rows are permuted from transformers' rotate-half RoPE layout to the interleaved pairs
+  llama.cpp's "normal" RoPE rotates.
+- 1-D tensors (norms, biases) stay f32 at every --dtype; q8_0 applies to matrices whose rows are a
+  multiple of 32 and falls back to f16 otherwise.
+Vocabulary: a SentencePiece run becomes tokenizer.ggml.model "llama" (pieces, scores, token types),
+a byte-level BPE run "gpt2" with its merges and the GPT-2 pre-tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..common import UserError
+from .hf import CHAT_TEMPLATE, check_exportable, to_hf_state_dict
+
+_GPT2_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def _permute_rope(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Rotate-half halves [x0..x(d/2-1) | x(d/2)..] → interleaved pairs (x0, x(d/2)), per head."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def gguf_tensors(model_sd: dict[str, torch.Tensor], cfg) -> dict[str, torch.Tensor]:
+    """scratchlm state dict → {gguf tensor name: tensor in torch (out, in) layout}."""
+    import gguf
+
+    check_exportable(cfg)
+    arch = gguf.MODEL_ARCH.GPT2 if cfg.flavour == "gpt2" else gguf.MODEL_ARCH.LLAMA
+    names = gguf.get_tensor_name_map(arch, cfg.n_layer)
+    out = {}
+    for key, t in to_hf_state_dict(model_sd, cfg).items():
+        if key == "lm_head.weight" and cfg.tie_embeddings:
+            continue  # llama.cpp reuses token_embd when there is no output tensor
+        if cfg.flavour == "gpt2" and key.endswith(_GPT2_CONV1D):
+            t = t.t()  # back from Conv1D (in, out) to (out, in), as llama.cpp's converter does
+        if cfg.flavour == "llama" and ".self_attn.q_proj." in key:
+            t = _permute_rope(t, cfg.n_head)
+        if cfg.flavour == "llama" and ".self_attn.k_proj." in key:
+            t = _permute_rope(t, cfg.kv_heads)
+        name = names.get_name(key, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise RuntimeError(f"no GGUF name for {key}")
+        out[name] = t.detach().float().contiguous()
+    return out
+
+
+def _encode(t: torch.Tensor, dtype: str):
+    """The array and its GGML type for one tensor under --dtype."""
+    from gguf import GGMLQuantizationType as Q
+    from gguf import quants
+
+    a = t.numpy()
+    if a.ndim == 1 or dtype == "f32":
+        return a.astype(np.float32), Q.F32
+    if dtype == "q8_0" and a.shape[-1] % 32 == 0:
+        return quants.quantize(a, Q.Q8_0), Q.Q8_0
+    return a.astype(np.float16), Q.F16
+
+
+def write_gguf(lm, tok_dir: Path, path: Path, dtype: str = "f32", name: str = "scratchlm") -> None:
+    import gguf
+
+    cfg = lm.config.model
+    tensors = gguf_tensors({k: v.cpu() for k, v in lm.model.state_dict().items()}, cfg)
+    w = gguf.GGUFWriter(str(path), cfg.flavour)  # "gpt2" and "llama" are also llama.cpp's names
+    w.add_name(name)
+    w.add_file_type(
+        {
+            "f32": gguf.LlamaFileType.ALL_F32,
+            "f16": gguf.LlamaFileType.MOSTLY_F16,
+            "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+        }[dtype]
+    )
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    w.add_context_length(cfg.block_size)
+    w.add_embedding_length(cfg.n_embd)
+    w.add_block_count(cfg.n_layer)
+    w.add_feed_forward_length(cfg.ffn_hidden)
+    w.add_head_count(cfg.n_head)
+    if cfg.flavour == "gpt2":
+        w.add_layer_norm_eps(cfg.norm_eps)
+    else:
+        w.add_head_count_kv(cfg.kv_heads)
+        w.add_layer_norm_rms_eps(cfg.norm_eps)
+        w.add_rope_dimension_count(cfg.n_embd // cfg.n_head)
+        w.add_rope_freq_base(cfg.rope_theta)
+        w.add_vocab_size(cfg.vocab_size)
+    _add_vocab(w, tok_dir, lm.tokenizer)
+    w.add_chat_template(CHAT_TEMPLATE)
+    for tname, t in tensors.items():
+        array, qtype = _encode(t, dtype)
+        w.add_tensor(tname, array, raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+# ---------------------------------------------------------------- vocabulary
+def _add_vocab(w, tok_dir: Path, tokenizer) -> None:
+    if (tok_dir / "tokenizer.model").is_file():
+        _add_sentencepiece_vocab(w, tok_dir / "tokenizer.model")
+    elif (tok_dir / "tokenizer.json").is_file():
+        _add_bytelevel_vocab(w, tok_dir / "tokenizer.json")
+    else:
+        raise UserError(f"{tok_dir}: neither tokenizer.model nor tokenizer.json; GGUF needs one of them")
+    w.add_bos_token_id(tokenizer.bos_id)
+    w.add_eos_token_id(tokenizer.eos_id)
+    w.add_pad_token_id(tokenizer.pad_id)
+    # scratchlm starts every prompt with <|bos|>; llama.cpp does the same when this is set.
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(False)
+
+
+def _add_sentencepiece_vocab(w, path: Path) -> None:
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    proto = pb.ModelProto()
+    proto.ParseFromString(path.read_bytes())
+    # SentencePiece's piece types (NORMAL=1 … BYTE=6) are GGUF's token types, value for value.
+    w.add_tokenizer_model("llama")
+    w.add_token_list([p.piece for p in proto.pieces])
+    w.add_token_scores([p.score for p in proto.pieces])
+    w.add_token_types([int(p.type) for p in proto.pieces])
+    unk = [i for i, p in enumerate(proto.pieces) if p.type == pb.ModelProto.SentencePiece.UNKNOWN]
+    if unk:
+        w.add_unk_token_id(unk[0])
+    # scratchlm trains without a dummy prefix: llama.cpp must not prepend "▁" to the text either.
+    w.add_add_space_prefix(proto.normalizer_spec.add_dummy_prefix)
+
+
+def _add_bytelevel_vocab(w, path: Path) -> None:
+    import gguf
+
+    tj = json.loads(path.read_text(encoding="utf-8"))
+    model = tj.get("model") or {}
+    if model.get("type") != "BPE" or "ByteLevel" not in json.dumps(tj.get("pre_tokenizer")):
+        raise UserError(
+            f"{path}: GGUF export supports SentencePiece and byte-level BPE tokenizers, not this one "
+            f"({model.get('type')})"
+        )
+    vocab: dict[str, int] = dict(model["vocab"])
+    added = {t["content"]: t for t in tj.get("added_tokens", [])}
+    for t in added.values():
+        vocab.setdefault(t["content"], t["id"])
+    size = max(vocab.values()) + 1
+    tokens = [f"[PAD{i}]" for i in range(size)]
+    types = [gguf.TokenType.UNUSED] * size
+    for tok, i in vocab.items():
+        tokens[i] = tok
+        if tok in added:
+            types[i] = gguf.TokenType.CONTROL if added[tok].get("special") else gguf.TokenType.USER_DEFINED
+        else:
+            types[i] = gguf.TokenType.NORMAL
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt2")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
