@@ -175,7 +175,7 @@ def build_parser() -> ArgumentParser:
     q.add_argument("run", help="run directory (created if missing)")
     q.add_argument("--input", action="append", default=None, metavar="PATH", help="as for `prepare`")
     q.add_argument("--overwrite", action="store_true", help="replace the run's existing tokenizer")
-    q.add_argument("--config", action=ActionConfigFile, help="YAML file with data/tokenizer settings")
+    q.add_argument("--config", metavar="FILE.yaml", help="recipe: YAML with data/tokenizer sections")
     q.add_class_arguments(DataConfig, "data")
     q.add_class_arguments(TokenizerConfig, "tokenizer")
     tok_commands.add_subcommand("train", q, help="train the tokenizer only")
@@ -208,7 +208,11 @@ def normalize_option_names(argv: list[str]) -> list[str]:
     return out
 
 
-COMMAND_SECTIONS = {"prepare": ("data", "tokenizer"), "train": ("model", "train")}
+COMMAND_SECTIONS = {
+    "prepare": ("data", "tokenizer"),
+    "train": ("model", "train"),
+    "tokenizer train": ("data", "tokenizer"),
+}
 
 
 def recipe_flags(path: str, command: str) -> list[str]:
@@ -242,10 +246,12 @@ def recipe_flags(path: str, command: str) -> list[str]:
 
 def _expand_recipe(args: list[str]) -> list[str]:
     """Replace `--config FILE` with the recipe's flags, placed before the user's own flags (which win)."""
-    if not args or args[0] not in COMMAND_SECTIONS:
+    head = 2 if args[:2] == ["tokenizer", "train"] else 1
+    command = " ".join(args[:head])
+    if command not in COMMAND_SECTIONS:
         return args
     rest, path = [], None
-    i = 1
+    i = head
     while i < len(args):
         if args[i] == "--config" and i + 1 < len(args):
             path, i = args[i + 1], i + 2
@@ -255,7 +261,7 @@ def _expand_recipe(args: list[str]) -> list[str]:
         else:
             rest.append(args[i])
         i += 1
-    return [args[0], *(recipe_flags(path, args[0]) if path else []), *rest]
+    return [*args[:head], *(recipe_flags(path, command) if path else []), *rest]
 
 
 def _base_config(run_dir: str, preset: str | None) -> RunConfig:
@@ -295,16 +301,14 @@ def _parse(argv: list[str]):
         return cmd, sub, cfg
     if cmd == "tokenizer" and ns[cmd].action == "train":
         # As for prepare: the run's saved settings are the defaults that flags override.
-        sub = ns[cmd]["train"]
-        base = _base_config(sub.run, None)
-        subparser = parser._subcommands_action._name_parser_map[cmd]._subcommands_action._name_parser_map[
-            "train"
-        ]
+        base = _base_config(ns[cmd].train.run, None)
+        group = parser._subcommands_action._name_parser_map[cmd]
+        subparser = group._subcommands_action._name_parser_map["train"]
         known = {a.dest for a in subparser._actions}
         flat = {f"{s}.{k}": v for s in ("data", "tokenizer") for k, v in base.to_dict()[s].items()}
         subparser.set_defaults({k: v for k, v in flat.items() if k in known})
-        sub = parser.parse_args(args)[cmd]["train"]
-        d = sub.as_dict()
+        sub = parser.parse_args(args)[cmd]
+        d = sub.train.as_dict()
         cfg = RunConfig.from_dict({**base.to_dict(), "data": d["data"], "tokenizer": d["tokenizer"]})
         return cmd, sub, cfg
     return cmd, ns[cmd], None

@@ -178,7 +178,8 @@ class Tokenizer:
         directory = Path(directory)
         if not exists(directory):
             raise UserError(
-                f"{directory}: no tokenizer here; run `scratchlm prepare` (or `scratchlm tokenizer train`) first"
+                f"{directory}: no tokenizer here; run `scratchlm prepare` "
+                "(or `scratchlm tokenizer train`) first"
             )
         meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
         kind = meta.get("kind")

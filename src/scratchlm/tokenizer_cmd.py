@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import sys
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from .common import UserError, rank0_print
 from .config import RunConfig
-from .data.corpus import clean, read_documents, read_text
+from .data.corpus import Corpus, clean, read_text
 from .run import Run
 from .tokenizer import Tokenizer, exists, train_tokenizer
 
@@ -22,9 +24,14 @@ def train_command(run_dir: str | Path, cfg: RunConfig, overwrite: bool = False) 
             f"{run.tokenizer_dir} already holds a tokenizer; pass --overwrite to replace it "
             "(then run `scratchlm prepare` again: shards and checkpoints belong to the old one)"
         )
-    docs = (text for _, text in read_documents(cfg.data.inputs, gutenberg=cfg.data.strip_gutenberg))
-    rank0_print(f"training a {cfg.tokenizer.kind} tokenizer of {cfg.tokenizer.vocab_size} tokens…")
-    tok = train_tokenizer(docs, cfg.tokenizer)
+    # The same text as `prepare` trains on: the first --data.tokenizer_sample_mb of cleaned documents.
+    sample = Corpus(cfg.data).sample(int(cfg.data.tokenizer_sample_mb * 1e6))
+    rank0_print(
+        f"training a {cfg.tokenizer.kind} tokenizer of {cfg.tokenizer.vocab_size} tokens "
+        f"on {sum(len(d) for d in sample):,} characters…"
+    )
+    tok = train_tokenizer(sample, cfg.tokenizer)
+    del sample
     tok.save(run.tokenizer_dir)
     cfg.model.vocab_size = tok.vocab_size
     run.save_config(cfg)
@@ -56,22 +63,41 @@ def decode_command(run_dir: str | Path, ids: list[str]) -> str:
     return text
 
 
+def _texts(run: Run, text: str | None) -> Iterator[str]:
+    if text:  # cleaned as prepare cleans, so the numbers are those of the training data
+        yield clean(read_text(Path(text)), gutenberg=False)
+        return
+    cfg = run.load_config() if run.has_config() else RunConfig()
+    for doc in Corpus(cfg.data).documents(Counter()):
+        yield from doc.pieces()
+
+
+def _batches(texts: Iterable[str], chars: int = 1 << 22) -> Iterator[list[str]]:
+    """Groups of about `chars` characters: a whole corpus is measured in bounded memory."""
+    batch, n = [], 0
+    for t in texts:
+        batch.append(t)
+        n += len(t)
+        if n >= chars:
+            yield batch
+            batch, n = [], 0
+    if batch:
+        yield batch
+
+
 def stats(run_dir: str | Path, text: str | None = None, top: int = 20) -> dict:
     """How the tokenizer cuts a text (the run's corpus by default), and its longest tokens."""
     run = Run.at(run_dir)
     tok = Tokenizer.load(run.tokenizer_dir)
-    if text:
-        texts = [clean(read_text(Path(text)), gutenberg=False)]
-    else:
-        cfg = run.load_config() if run.has_config() else RunConfig()
-        texts = [t for _, t in read_documents(cfg.data.inputs, gutenberg=cfg.data.strip_gutenberg)]
-    ids = np.concatenate(
-        [np.asarray(x, dtype=np.int64) for x in tok.encode_batch(texts)] + [np.zeros(0, int)]
-    )
-    n_tokens = int(ids.size)
-    n_bytes = sum(len(t.encode("utf-8")) for t in texts)
-    n_chars = sum(len(t) for t in texts)
-    fallback = int(tok.fallback_mask()[ids].sum())
+    counts = np.zeros(tok.vocab_size, dtype=np.int64)
+    n_bytes = n_chars = 0
+    for batch in _batches(_texts(run, text)):
+        for ids in tok.encode_batch(batch):
+            counts += np.bincount(np.asarray(ids, dtype=np.int64), minlength=tok.vocab_size)
+        n_bytes += sum(len(t.encode("utf-8", "surrogatepass")) for t in batch)
+        n_chars += sum(len(t) for t in batch)
+    n_tokens = int(counts.sum())
+    fallback = int(counts[tok.fallback_mask()].sum())
     lengths = tok.token_bytes()
     longest = [int(i) for i in np.argsort(-lengths, kind="stable")[:top]]
     result = {
@@ -83,7 +109,7 @@ def stats(run_dir: str | Path, text: str | None = None, top: int = 20) -> dict:
         "bytes_per_token": n_bytes / max(1, n_tokens),
         "chars_per_token": n_chars / max(1, n_tokens),
         "byte_fallback_rate": fallback / max(1, n_tokens),
-        "vocab_used": int(np.unique(ids).size),
+        "vocab_used": int((counts > 0).sum()),
         "longest": [(i, tok.decode([i])) for i in longest],
     }
     fallback_line = (

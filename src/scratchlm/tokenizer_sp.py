@@ -212,7 +212,8 @@ def _user_error(msg: str, cfg: TokenizerConfig) -> Exception:
         return UserError(
             f"--tokenizer.vocab_size {cfg.vocab_size} is too small: the characters that "
             f"--tokenizer.character_coverage {cfg.character_coverage} keeps, with the special and byte "
-            f"tokens, need {m.group(2)} ids; try --tokenizer.vocab_size {int(m.group(2)) + 256} or more, or a lower "
+            f"tokens, need {m.group(2)} ids; try --tokenizer.vocab_size {int(m.group(2)) + 256} or more, "
+            "or a lower "
             "--tokenizer.character_coverage"
         )
     return RuntimeError(msg)

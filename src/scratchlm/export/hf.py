@@ -415,7 +415,7 @@ def import_hf(hf_dir: str | Path, run_dir: str | Path) -> None:
 
 def _import_tokenizer(hf_dir: Path, tok_dir: Path):
     """Copy the folder's tokenizer files into RUN/tokenizer and load them as a scratchlm Tokenizer."""
-    from ..tokenizer import Tokenizer
+    from ..tokenizer_sp import SentencePieceTokenizer
 
     if not (hf_dir / "tokenizer.model").is_file():
         raise UserError(
@@ -429,7 +429,7 @@ def _import_tokenizer(hf_dir: Path, tok_dir: Path):
     kind = {pb.TrainerSpec.UNIGRAM: "unigram", pb.TrainerSpec.BPE: "bpe"}.get(proto.trainer_spec.model_type)
     if kind is None:
         raise UserError(f"{hf_dir}/tokenizer.model: only SentencePiece unigram or bpe models are supported")
-    tokenizer = Tokenizer(model_bytes, kind)
+    tokenizer = SentencePieceTokenizer(model_bytes, kind)
     tokenizer.save(tok_dir)
     for name in TOKENIZER_FILES:
         if (hf_dir / name).is_file() and name != "tokenizer.model":
