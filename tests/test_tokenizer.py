@@ -365,3 +365,23 @@ def test_cli_tokenizer_train_takes_a_recipe(tmp_path):
     n_chars = len(set(text.read_text()))
     assert tok.kind == "char" and tok.vocab_size == len(SPECIALS) + 256 + n_chars
     assert len(tok.encode("Before we")) == 9
+
+
+def test_prepare_with_a_char_tokenizer_gives_a_small_vocabulary(tmp_path):
+    """The Tiny Shakespeare recipe's setting: one token per character seen, plus specials and bytes."""
+    from scratchlm.config import RunConfig
+    from scratchlm.data.shards import open_split
+    from scratchlm.prepare import prepare
+
+    text = _english()[:20_000]
+    (tmp_path / "book.txt").write_text(text, encoding="utf-8")
+    cfg = RunConfig()
+    cfg.data.inputs = [str(tmp_path / "book.txt")]
+    cfg.tokenizer.kind = "char"
+    prepare(tmp_path / "run", cfg)
+    tok = Tokenizer.load(tmp_path / "run" / "tokenizer")
+    assert tok.kind == "char" and tok.vocab_size == len(SPECIALS) + 256 + len(set(text))
+    assert cfg.model.vocab_size == tok.vocab_size
+    train, val = open_split(tmp_path / "run" / "data", "train"), open_split(tmp_path / "run" / "data", "val")
+    ids = np.concatenate([np.asarray(a) for a in train.arrays + val.arrays])
+    assert ids.size == len(text) + 2 and not tok.fallback_mask()[ids].any()  # + one <|eos|> per split
