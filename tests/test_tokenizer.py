@@ -385,3 +385,17 @@ def test_prepare_with_a_char_tokenizer_gives_a_small_vocabulary(tmp_path):
     train, val = open_split(tmp_path / "run" / "data", "train"), open_split(tmp_path / "run" / "data", "val")
     ids = np.concatenate([np.asarray(a) for a in train.arrays + val.arrays])
     assert ids.size == len(text) + 2 and not tok.fallback_mask()[ids].any()  # + one <|eos|> per split
+
+
+def test_encode_batch_shows_a_progress_bar_on_large_inputs_only(loaded, corpus, monkeypatch, capsys):
+    import scratchlm.tokenizer as tokenizer_module
+
+    monkeypatch.setattr(tokenizer_module, "is_interactive", lambda: True)
+    monkeypatch.setattr(tokenizer_module, "_BAR_CHARS", 10_000)
+    tok = loaded["bytelevel"]
+    texts = [corpus[0][:20_000], corpus[1][:5_000]]
+    assert tok.encode_batch(texts) == [tok.encode(t) for t in texts]
+    assert "tokenizing" in capsys.readouterr().err
+    monkeypatch.setattr(tokenizer_module, "_BAR_CHARS", 1 << 30)
+    assert tok.encode_batch(texts) == [tok.encode(t) for t in texts]
+    assert "tokenizing" not in capsys.readouterr().err
