@@ -75,9 +75,10 @@ def train(run_dir: str | Path, cfg: RunConfig, resume: bool = True) -> dict:
     if previous:
         state = load_train_state(previous[-1])
         load_model(model, str(previous[-1] / "model.safetensors"), device=str(device))
-        optimizer.load_state_dict(state["optimizer"])
-        loader.load_state_dict(state["loader"])
-        set_rng_state(state["rng"])
+        if "optimizer" in state:  # absent from weights-only checkpoints (`scratchlm import`): start fresh
+            optimizer.load_state_dict(state["optimizer"])
+            loader.load_state_dict(state["loader"])
+            set_rng_state(state["rng"])
         step, best_val, elapsed_before = state["step"], state["best_val"], state["elapsed_s"]
         rank0_print(f"resuming from {previous[-1]} (step {step})")
         if step >= tc.max_steps:

@@ -1,0 +1,344 @@
+"""Export to Hugging Face and GGUF, import back: parity with transformers and llama.cpp, round trips,
+and the one-line errors of bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config
+from safetensors.torch import load_file
+
+import scratchlm
+from scratchlm.checkpoint import save_best, save_checkpoint
+from scratchlm.cli import main
+from scratchlm.config import SampleConfig
+from scratchlm.export import export, import_run
+from scratchlm.model import GPT
+from scratchlm.run import Run
+from scratchlm.sample import generate_ids
+from scratchlm.tokenizer import Tokenizer
+
+transformers = pytest.importorskip("transformers")
+gguf = pytest.importorskip("gguf")
+
+PROMPTS = ["Prince Andrew said that", "吾輩は猫である。名前はまだ無い。"]
+FLAVOURS = {
+    "gpt2": dict(flavour="gpt2"),
+    "llama": dict(flavour="llama", bias=False, n_kv_head=1, tie_embeddings=False),
+}
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory, tiny_corpus) -> dict[str, Path]:
+    """Prepared (tokenizer + shards) but untrained runs, one per SentencePiece kind."""
+    from scratchlm.prepare import prepare
+
+    out = {}
+    for kind in ("unigram", "bpe"):
+        cfg = tiny_config(tiny_corpus)
+        cfg.tokenizer.kind = kind
+        out[kind] = tmp_path_factory.mktemp("prepared") / kind
+        prepare(out[kind], cfg)
+    return out
+
+
+def make_run(prepared: dict[str, Path], dst: Path, kind: str = "unigram", **model_kw) -> Path:
+    """A run with a random checkpoint, its weights pushed off init so every tensor shapes the output
+    and greedy decoding does not sit on near-ties."""
+    shutil.copytree(prepared[kind], dst)
+    run = Run.at(dst)
+    cfg = run.load_config()
+    cfg.model.block_size = 128  # room for a byte-fallback Japanese prompt and 20 new tokens
+    for k, v in model_kw.items():
+        setattr(cfg.model, k, v)
+    run.save_config(cfg)
+    torch.manual_seed(0)
+    model = GPT(cfg.model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.15)
+    tok = Tokenizer.load(run.tokenizer_dir)
+    save_checkpoint(run, 7, model, cfg, tok.hash, {"step": 7}, keep_last=2)
+    save_best(run, 7, model, cfg, tok.hash, val_loss=5.0)
+    (dst / "eval.json").write_text(json.dumps({"source": "val", "step": 7, "loss": 5.0, "perplexity": 148.4}))
+    return dst
+
+
+def prompt_ids(lm, prompt: str) -> list[int]:
+    return [lm.tokenizer.bos_id] + lm.tokenizer.encode(prompt)  # what `scratchlm sample` feeds the model
+
+
+def greedy(lm, ids: list[int], n: int = 20) -> list[int]:
+    cfg = SampleConfig(temperature=0, max_new_tokens=n)
+    return list(generate_ids(lm.model, ids, cfg, stop_ids={lm.tokenizer.eos_id}))
+
+
+# ---------------------------------------------------------------- Hugging Face
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_hf_export_loads_natively_and_matches(prepared, tmp_path, flavour):
+    run = make_run(prepared, tmp_path / "run", **FLAVOURS[flavour])
+    out = tmp_path / "hf"
+    assert main(["export", str(run), "--format", "hf", "--out", str(out)]) == 0
+    for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer_config.json"):
+        assert (out / name).is_file(), name
+    assert (out / "tokenizer.model").read_bytes() == (run / "tokenizer" / "tokenizer.model").read_bytes()
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out)  # no trust_remote_code
+    assert type(hf).__name__ == {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}[flavour]
+    assert hf.get_input_embeddings().weight.shape[0] == 600  # padding rows sliced off
+    lm = scratchlm.load(run)
+    for prompt in PROMPTS:
+        ids = prompt_ids(lm, prompt)
+        x = torch.tensor([ids])
+        with torch.no_grad():
+            torch.testing.assert_close(hf(x).logits, lm.model(x)[0], atol=1e-4, rtol=0)
+        ours = greedy(lm, ids)
+        theirs = hf.generate(x, do_sample=False, max_new_tokens=len(ours))[0, len(ids) :].tolist()
+        assert theirs == ours and len(set(ours)) > 3, (ours, theirs)
+
+    card = (out / "README.md").read_text()
+    for needle in ("## Architecture", "wp_slice.txt", "## Training", "perplexity: 148.4", "7 steps"):
+        assert needle in card, needle
+    gen = json.loads((out / "generation_config.json").read_text())
+    assert gen["eos_token_id"] == lm.tokenizer.eos_id and gen["bos_token_id"] == lm.tokenizer.bos_id
+
+
+def test_hf_chat_template_renders_scratchlm_chat_format(prepared, tmp_path):
+    from jinja2 import Template
+
+    run = make_run(prepared, tmp_path / "run")
+    out = tmp_path / "hf"
+    export(run, "hf", out)
+    tc = json.loads((out / "tokenizer_config.json").read_text())
+    assert (tc["bos_token"], tc["eos_token"], tc["pad_token"]) == ("<|bos|>", "<|eos|>", "<|pad|>")
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    text = Template(tc["chat_template"]).render(
+        messages=messages, bos_token="<|bos|>", add_generation_prompt=True
+    )
+    assert text == "<|bos|><|system|>Be brief.<|end|><|user|>Hi<|end|><|assistant|>"
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_import_round_trip_gives_identical_tensors_and_a_usable_run(prepared, tmp_path, flavour):
+    run = make_run(prepared, tmp_path / "run", **FLAVOURS[flavour])
+    assert main(["export", str(run), "--format", "hf", "--out", str(tmp_path / "a"), "--dtype", "f32"]) == 0
+    assert main(["import", str(tmp_path / "a"), str(tmp_path / "imported")]) == 0
+    assert main(["export", str(tmp_path / "imported"), "--format", "hf", "--out", str(tmp_path / "b")]) == 0
+    a, b = (
+        load_file(str(tmp_path / "a" / "model.safetensors")),
+        load_file(str(tmp_path / "b" / "model.safetensors")),
+    )
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+    lm, imported = scratchlm.load(run), scratchlm.load(tmp_path / "imported", checkpoint="last")
+    assert imported.config.model.flavour == flavour and imported.step == 0
+    ids = prompt_ids(lm, PROMPTS[0])
+    assert greedy(imported, ids) == greedy(lm, ids)
+    text = tmp_path / "t.txt"
+    text.write_text("Prince Andrew looked at the sky. " * 20)
+    from scratchlm.evaluate import evaluate
+
+    assert evaluate(tmp_path / "imported", text=str(text))["loss"] == pytest.approx(
+        evaluate(run, text=str(text))["loss"], abs=1e-5
+    )
+
+
+@pytest.mark.slow
+def test_imported_run_trains_on_from_its_weights(prepared, tiny_corpus, tmp_path):
+    from scratchlm.prepare import prepare
+    from scratchlm.train import train
+
+    run = make_run(prepared, tmp_path / "run")
+    export(run, "hf", tmp_path / "hf")
+    import_run(tmp_path / "hf", tmp_path / "imported")
+    cfg = Run.at(tmp_path / "imported").load_config()
+    cfg.data.inputs = [str(tiny_corpus)]
+    prepare(tmp_path / "imported", cfg)
+    cfg.train.max_steps, cfg.train.eval_interval, cfg.train.eval_batches = 2, 2, 1
+    cfg.train.lr = 1e-6  # so the weights after 2 steps are still (nearly) the imported ones
+    train(tmp_path / "imported", cfg)
+    before = scratchlm.load(run).model.state_dict()
+    after = scratchlm.load(tmp_path / "imported", checkpoint="last")
+    assert after.step == 2
+    w = after.model.state_dict()["transformer.h.0.attn.c_attn.weight"]
+    torch.testing.assert_close(w, before["transformer.h.0.attn.c_attn.weight"], atol=1e-3, rtol=0)
+
+
+# ---------------------------------------------------------------- GGUF
+def _field(reader, key):
+    f = reader.fields[key]
+    if f.types and f.types[0] == gguf.GGUFValueType.ARRAY:
+        return (
+            [f.contents(i) for i in range(len(f.data))]
+            if f.types[-1] != gguf.GGUFValueType.STRING
+            else f.contents()
+        )
+    return f.contents()
+
+
+def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Inverse of llama.cpp's Q/K row permutation: interleaved pairs back to rotate-half halves."""
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("dtype, atol", [("f32", 0.0), ("f16", 1e-3), ("q8_0", 1e-2)])
+def test_gguf_reads_back_with_metadata_and_tensors(prepared, tmp_path, flavour, dtype, atol):
+    run = make_run(prepared, tmp_path / "run", **FLAVOURS[flavour])
+    path = tmp_path / "m.gguf"
+    assert main(["export", str(run), "--format", "gguf", "--out", str(path), "--dtype", dtype]) == 0
+    lm = scratchlm.load(run)
+    cfg, tok = lm.config.model, lm.tokenizer
+    r = gguf.GGUFReader(path)
+    arch = _field(r, "general.architecture")
+    assert arch == flavour
+    assert _field(r, f"{arch}.context_length") == cfg.block_size
+    assert _field(r, f"{arch}.block_count") == cfg.n_layer
+    assert _field(r, f"{arch}.embedding_length") == cfg.n_embd
+    assert _field(r, f"{arch}.feed_forward_length") == cfg.ffn_hidden
+    assert _field(r, f"{arch}.attention.head_count") == cfg.n_head
+    if flavour == "llama":
+        assert _field(r, "llama.attention.head_count_kv") == cfg.kv_heads
+        assert _field(r, "llama.rope.freq_base") == cfg.rope_theta
+        assert _field(r, "llama.rope.dimension_count") == cfg.n_embd // cfg.n_head
+    assert _field(r, "tokenizer.ggml.model") == "llama"
+    tokens = _field(r, "tokenizer.ggml.tokens")
+    assert (
+        len(tokens) == tok.vocab_size
+        and tokens[tok.eos_id] == "<|eos|>"
+        and tokens[10] == tok.sp.id_to_piece(10)
+    )
+    types = _field(r, "tokenizer.ggml.token_type")
+    assert types[tok.bos_id] == gguf.TokenType.CONTROL and types[0] == gguf.TokenType.UNKNOWN
+    assert types[tok.sp.piece_to_id("<0x41>")] == gguf.TokenType.BYTE
+    assert types[tok.sp.piece_to_id("\n")] == gguf.TokenType.USER_DEFINED
+    assert _field(r, "tokenizer.ggml.add_space_prefix") is False
+    assert (_field(r, "tokenizer.ggml.bos_token_id"), _field(r, "tokenizer.ggml.eos_token_id")) == (
+        tok.bos_id,
+        tok.eos_id,
+    )
+
+    sd = {k: v.numpy() for k, v in lm.model.state_dict().items()}
+    tensors = {t.name: t for t in r.tensors}
+    qsize = cfg.n_embd
+    expected = {
+        "token_embd.weight": sd["transformer.wte.weight"][: cfg.vocab_size],
+        "output_norm.weight": sd["transformer.ln_f.weight"],
+        "blk.1.attn_norm.weight": sd["transformer.h.1.ln_1.weight"],
+        "blk.1.ffn_down.weight": sd["transformer.h.1.mlp.c_proj.weight"],
+    }
+    if flavour == "gpt2":
+        expected["position_embd.weight"] = sd["transformer.wpe.weight"]
+        expected["blk.1.attn_qkv.weight"] = sd["transformer.h.1.attn.c_attn.weight"]
+        expected["blk.1.attn_qkv.bias"] = sd["transformer.h.1.attn.c_attn.bias"]
+        assert "output.weight" not in tensors  # tied: llama.cpp reuses token_embd
+    else:
+        expected["blk.1.ffn_gate.weight"] = sd["transformer.h.1.mlp.c_gate.weight"]
+        expected["blk.1.attn_v.weight"] = sd["transformer.h.1.attn.c_attn.weight"][qsize + qsize // 2 :]
+        expected["output.weight"] = sd["lm_head.weight"][: cfg.vocab_size]
+        q = gguf.dequantize(tensors["blk.1.attn_q.weight"].data, tensors["blk.1.attn_q.weight"].tensor_type)
+        np.testing.assert_allclose(
+            _unpermute(q.reshape(qsize, -1), cfg.n_head),
+            sd["transformer.h.1.attn.c_attn.weight"][:qsize],
+            atol=atol,
+        )
+    for name, want in expected.items():
+        t = tensors[name]
+        got = gguf.dequantize(t.data, t.tensor_type).reshape(want.shape)
+        np.testing.assert_allclose(got, want, atol=atol, rtol=0, err_msg=name)
+        assert t.tensor_type == (
+            gguf.GGMLQuantizationType.F32
+            if want.ndim == 1
+            else {
+                "f32": gguf.GGMLQuantizationType.F32,
+                "f16": gguf.GGMLQuantizationType.F16,
+                "q8_0": gguf.GGMLQuantizationType.Q8_0,
+            }[dtype]
+        ), name
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_llama_cpp_greedy_output_equals_scratchlm(prepared, tmp_path, flavour):
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        pytest.skip("llama-cpp-python is not installed (pip install 'scratchlm[gguf-check]')")
+    # A SentencePiece BPE run: llama.cpp's "llama" tokenizer merges by score, which reproduces
+    # SentencePiece BPE exactly (a Unigram vocabulary is segmented differently; see docs).
+    run = make_run(prepared, tmp_path / "run", kind="bpe", **FLAVOURS[flavour])
+    path = tmp_path / "m.gguf"
+    export(run, "gguf", path, dtype="f32")
+    lm = scratchlm.load(run)
+    llm = Llama(
+        model_path=str(path), n_ctx=lm.config.model.block_size, n_threads=1, verbose=False, logits_all=True
+    )
+    try:
+        for prompt in PROMPTS:
+            ids = prompt_ids(lm, prompt)
+            assert llm.tokenize(prompt.encode(), add_bos=True, special=False) == ids
+            llm.reset()
+            llm.eval(ids)
+            with torch.no_grad():
+                ours_logits = lm.model(torch.tensor([ids]))[0][0].numpy()
+            # llama.cpp's CPU kernels land within ~3e-3 of torch here (measured); a wrong map is off by O(1).
+            np.testing.assert_allclose(np.asarray(llm.scores[: len(ids)]), ours_logits, atol=1e-2, rtol=0)
+            ours = greedy(lm, ids)
+            theirs = []
+            for t in llm.generate(ids, top_k=1, temp=0.0, reset=True):
+                if t == lm.tokenizer.eos_id or len(theirs) == len(ours):
+                    break
+                theirs.append(t)
+            assert theirs == ours and len(set(ours)) > 3, (ours, theirs)
+            assert llm.detokenize(ids[1:]) == prompt.encode()  # the GGUF vocabulary spells text back
+    finally:
+        llm.close()
+
+
+# ---------------------------------------------------------------- bad input
+def _error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("scratchlm: error:") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_bad_input_is_one_line_exit_2(prepared, tmp_path, capsys):
+    untrained = tmp_path / "untrained"
+    shutil.copytree(prepared["unigram"], untrained)
+    assert "no checkpoint" in _error(
+        capsys, ["export", str(untrained), "--format", "hf", "--out", str(tmp_path / "x")]
+    )
+
+    run = make_run(prepared, tmp_path / "run")
+    assert "unknown format" in _error(
+        capsys, ["export", str(run), "--format", "onnx", "--out", str(tmp_path / "x")]
+    )
+    assert "--dtype q8_0" in _error(
+        capsys, ["export", str(run), "--format", "hf", "--out", str(tmp_path / "x"), "--dtype", "q8_0"]
+    )
+    out = tmp_path / "exists"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert "--force" in _error(capsys, ["export", str(run), "--format", "hf", "--out", str(out)])
+    assert (out / "keep.txt").read_text() == "mine"
+    assert main(["export", str(run), "--format", "hf", "--out", str(out), "--force"]) == 0
+    assert (out / "config.json").is_file() and not (out / "keep.txt").exists()
+
+    qk = make_run(prepared, tmp_path / "qk", flavour="llama", qk_norm=True)
+    assert "qk_norm" in _error(capsys, ["export", str(qk), "--format", "hf", "--out", str(tmp_path / "y")])
+    assert not (tmp_path / "y").exists()
+
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
+    err = _error(capsys, ["import", str(bert), str(tmp_path / "imported")])
+    assert "model_type='bert'" in err and "gpt2 and llama" in err
+    assert not (tmp_path / "imported").exists()
+    assert "not empty" in _error(capsys, ["import", str(out), str(run)])
