@@ -342,3 +342,37 @@ def test_bad_input_is_one_line_exit_2(prepared, tmp_path, capsys):
     assert "model_type='bert'" in err and "gpt2 and llama" in err
     assert not (tmp_path / "imported").exists()
     assert "not empty" in _error(capsys, ["import", str(out), str(run)])
+
+
+def test_bytelevel_bpe_vocab_is_written_as_gpt2(tmp_path):
+    """A byte-level BPE tokenizer.json (Hugging Face `tokenizers`) → tokenizer.ggml.model "gpt2"."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    from scratchlm.export.gguf import _add_bytelevel_vocab
+
+    tk = HFTokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<|bos|>", "<|eos|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tk.train_from_iterator(["Prince Andrew said that the war was over."] * 50, trainer)
+    tk.save(str(tmp_path / "tokenizer.json"))
+    w = gguf.GGUFWriter(str(tmp_path / "v.gguf"), "gpt2")
+    _add_bytelevel_vocab(w, tmp_path / "tokenizer.json")
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.close()
+    r = gguf.GGUFReader(tmp_path / "v.gguf")
+    assert (_field(r, "tokenizer.ggml.model"), _field(r, "tokenizer.ggml.pre")) == ("gpt2", "gpt2")
+    tokens, types = _field(r, "tokenizer.ggml.tokens"), _field(r, "tokenizer.ggml.token_type")
+    vocab = tk.get_vocab()
+    assert len(tokens) == len(vocab) and all(tokens[i] == t for t, i in vocab.items())
+    assert types[vocab["<|eos|>"]] == gguf.TokenType.CONTROL and types[vocab["Ġ"]] == gguf.TokenType.NORMAL
+    merges = _field(r, "tokenizer.ggml.merges")
+    assert merges and all(len(m.split(" ")) == 2 for m in merges)
+    first = merges[0].split(" ")
+    assert tk.encode(first[0] + first[1]).ids == [vocab[first[0] + first[1]]]
