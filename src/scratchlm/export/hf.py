@@ -414,24 +414,34 @@ def import_hf(hf_dir: str | Path, run_dir: str | Path) -> None:
 
 
 def _import_tokenizer(hf_dir: Path, tok_dir: Path):
-    """Copy the folder's tokenizer files into RUN/tokenizer and load them as a scratchlm Tokenizer."""
-    from ..tokenizer import Tokenizer
+    """Copy the folder's tokenizer files into RUN/tokenizer, add scratchlm's metadata file, and load it."""
+    from ..tokenizer import META_FILE, Tokenizer
 
-    if not (hf_dir / "tokenizer.model").is_file():
-        raise UserError(
-            f"{hf_dir}: no tokenizer.model; scratchlm imports SentencePiece tokenizers only for now"
-        )
-    from sentencepiece import sentencepiece_model_pb2 as pb
+    if (hf_dir / "tokenizer.model").is_file():
+        from sentencepiece import sentencepiece_model_pb2 as pb
 
-    proto = pb.ModelProto()
-    model_bytes = (hf_dir / "tokenizer.model").read_bytes()
-    proto.ParseFromString(model_bytes)
-    kind = {pb.TrainerSpec.UNIGRAM: "unigram", pb.TrainerSpec.BPE: "bpe"}.get(proto.trainer_spec.model_type)
+        proto = pb.ModelProto()
+        proto.ParseFromString((hf_dir / "tokenizer.model").read_bytes())
+        kinds = {pb.TrainerSpec.UNIGRAM: "unigram", pb.TrainerSpec.BPE: "bpe"}
+        kind = kinds.get(proto.trainer_spec.model_type)
+    elif (hf_dir / "tokenizer.json").is_file():
+        tj = json.loads((hf_dir / "tokenizer.json").read_text(encoding="utf-8"))
+        bytelevel = "ByteLevel" in json.dumps(tj.get("pre_tokenizer"))
+        kind = "bytelevel" if (tj.get("model") or {}).get("type") == "BPE" and bytelevel else None
+    else:
+        raise UserError(f"{hf_dir}: no tokenizer.model or tokenizer.json; the folder needs its tokenizer")
     if kind is None:
-        raise UserError(f"{hf_dir}/tokenizer.model: only SentencePiece unigram or bpe models are supported")
-    tokenizer = Tokenizer(model_bytes, kind)
-    tokenizer.save(tok_dir)
+        raise UserError(
+            f"{hf_dir}: tokenizer type not supported; scratchlm imports SentencePiece or byte-level BPE"
+        )
+    tok_dir.mkdir(parents=True, exist_ok=True)
     for name in TOKENIZER_FILES:
-        if (hf_dir / name).is_file() and name != "tokenizer.model":
+        if (hf_dir / name).is_file():
             shutil.copyfile(hf_dir / name, tok_dir / name)
+    (tok_dir / META_FILE).write_text(json.dumps({"kind": kind}) + "\n", encoding="utf-8")
+    try:
+        tokenizer = Tokenizer.load(tok_dir)
+    except (OSError, KeyError, ValueError) as e:
+        raise UserError(f"{hf_dir}: cannot use its {kind} tokenizer here ({e})") from None
+    tokenizer.save(tok_dir)  # rewrites the metadata (hash, special ids) the way scratchlm keeps it
     return tokenizer
