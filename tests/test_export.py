@@ -384,7 +384,7 @@ def test_bytelevel_bpe_vocab_is_written_as_gpt2(tmp_path):
     w.write_kv_data_to_file()
     w.close()
     r = gguf.GGUFReader(tmp_path / "v.gguf")
-    assert (_field(r, "tokenizer.ggml.model"), _field(r, "tokenizer.ggml.pre")) == ("gpt2", "gpt2")
+    assert (_field(r, "tokenizer.ggml.model"), _field(r, "tokenizer.ggml.pre")) == ("gpt2", "gpt-2")
     tokens, types = _field(r, "tokenizer.ggml.tokens"), _field(r, "tokenizer.ggml.token_type")
     vocab = tk.get_vocab()
     assert len(tokens) == len(vocab) and all(tokens[i] == t for t, i in vocab.items())
@@ -393,3 +393,39 @@ def test_bytelevel_bpe_vocab_is_written_as_gpt2(tmp_path):
     assert merges and all(len(m.split(" ")) == 2 for m in merges)
     first = merges[0].split(" ")
     assert tk.encode(first[0] + first[1]).ids == [vocab[first[0] + first[1]]]
+
+
+def test_llama_cpp_reads_a_bytelevel_run_like_scratchlm(prepared, tiny_corpus, tmp_path):
+    """Byte-level BPE → GGUF "gpt2" vocabulary: llama.cpp's tokens and greedy output equal scratchlm's."""
+    from scratchlm import tokenizer as tokenizer_module
+    from scratchlm.prepare import prepare
+
+    if "bytelevel" not in getattr(tokenizer_module, "KINDS", ()):
+        pytest.skip("this scratchlm has no bytelevel tokenizer (issue 4 adds it)")
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        pytest.skip("llama-cpp-python is not installed (pip install 'scratchlm[gguf-check]')")
+    cfg = tiny_config(tiny_corpus)
+    cfg.tokenizer.kind = "bytelevel"
+    prepared = {"bytelevel": tmp_path / "prepared"}
+    prepare(prepared["bytelevel"], cfg)
+    run = make_run(prepared, tmp_path / "run", kind="bytelevel", flavour="gpt2")
+    export(run, "gguf", tmp_path / "m.gguf")
+    lm = scratchlm.load(run)
+    llm = Llama(
+        model_path=str(tmp_path / "m.gguf"), n_ctx=128, n_threads=1, verbose=False, type_k=0, type_v=0
+    )
+    try:
+        for prompt in PROMPTS + ["  two  spaces\tand a tab\n"]:
+            ids = prompt_ids(lm, prompt)
+            assert llm.tokenize(prompt.encode(), add_bos=True, special=False) == ids
+            ours = greedy(lm, ids)
+            theirs = []
+            for t in llm.generate(ids, top_k=1, temp=0.0, reset=True):
+                if t == lm.tokenizer.eos_id or len(theirs) == len(ours):
+                    break
+                theirs.append(t)
+            assert theirs == ours and len(set(ours)) > 3, (ours, theirs)
+    finally:
+        llm.close()

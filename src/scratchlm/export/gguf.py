@@ -109,12 +109,15 @@ def write_gguf(lm, tok_dir: Path, path: Path, dtype: str = "f32", name: str = "s
 
 # ---------------------------------------------------------------- vocabulary
 def _add_vocab(w, tok_dir: Path, tokenizer) -> None:
-    if (tok_dir / "tokenizer.model").is_file():
+    if tokenizer.kind in ("unigram", "bpe"):
         _add_sentencepiece_vocab(w, tok_dir / "tokenizer.model")
-    elif (tok_dir / "tokenizer.json").is_file():
+    elif tokenizer.kind == "bytelevel":
         _add_bytelevel_vocab(w, tok_dir / "tokenizer.json")
     else:
-        raise UserError(f"{tok_dir}: neither tokenizer.model nor tokenizer.json; GGUF needs one of them")
+        raise UserError(
+            f"{tok_dir}: a {tokenizer.kind} tokenizer has no llama.cpp equivalent; GGUF export needs a "
+            "unigram, bpe or bytelevel tokenizer (--tokenizer.kind)"
+        )
     w.add_bos_token_id(tokenizer.bos_id)
     w.add_eos_token_id(tokenizer.eos_id)
     w.add_pad_token_id(tokenizer.pad_id)
@@ -174,7 +177,7 @@ def _add_bytelevel_vocab(w, path: Path) -> None:
             types[i] = gguf.TokenType.NORMAL
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt2")
+    w.add_tokenizer_pre("gpt-2")  # llama.cpp's name for the GPT-2 regex ("gpt2" is refused)
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges(merges)
