@@ -103,7 +103,15 @@ def test_hf_export_loads_natively_and_matches(prepared, tmp_path, flavour):
         assert theirs == ours and len(set(ours)) > 3, (ours, theirs)
 
     card = (out / "README.md").read_text()
-    for needle in ("## Architecture", "wp_slice.txt", "## Training", "perplexity: 148.4", "7 steps"):
+    n_params = sum(p.numel() for p in hf.parameters())
+    for needle in (
+        "## Architecture",
+        "wp_slice.txt",
+        "## Training",
+        "perplexity: 148.4",
+        "7 steps",
+        f"{n_params:,}",
+    ):
         assert needle in card, needle
     gen = json.loads((out / "generation_config.json").read_text())
     assert gen["eos_token_id"] == lm.tokenizer.eos_id and gen["bos_token_id"] == lm.tokenizer.bos_id
@@ -347,6 +355,10 @@ def test_bad_input_is_one_line_exit_2(prepared, tmp_path, capsys):
     assert (out / "keep.txt").read_text() == "mine"
     assert main(["export", str(run), "--format", "hf", "--out", str(out), "--force"]) == 0
     assert (out / "config.json").is_file() and not (out / "keep.txt").exists()
+
+    assert "is a folder" in _error(
+        capsys, ["export", str(run), "--format", "gguf", "--out", str(out), "--force"]
+    )
 
     qk = make_run(prepared, tmp_path / "qk", flavour="llama", qk_norm=True)
     assert "qk_norm" in _error(capsys, ["export", str(qk), "--format", "hf", "--out", str(tmp_path / "y")])

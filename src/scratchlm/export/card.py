@@ -34,7 +34,9 @@ def model_card(lm, run_root: Path, fmt: str, arch: str) -> str:
     """Markdown for README.md from the loaded model, RUN/data/manifest.json and RUN/eval.json."""
     cfg, m, t = lm.config, lm.config.model, lm.config.train
     tokens_seen = lm.step * t.batch_size * t.grad_accum * m.block_size
-    params = sum(p.numel() for p in lm.model.parameters())
+    # Counted as exported: the embedding (and untied head) rows past vocab_size are padding, not weights.
+    padding_rows = (m.padded_vocab_size - m.vocab_size) * (1 if m.tie_embeddings else 2)
+    params = sum(p.numel() for p in lm.model.parameters()) - padding_rows * m.n_embd
     manifest = _read_json(run_root / "data" / "manifest.json") or {}
     sources = manifest.get("sources") or []
     evaluation = _read_json(run_root / "eval.json")
