@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -93,3 +94,41 @@ def test_sample_cli_is_deterministic(trained_run):
     a = run_cli("sample", str(trained_run), "The", "--max-new-tokens", "20", "--seed", "3")
     b = run_cli("sample", str(trained_run), "The", "--max-new-tokens", "20", "--seed", "3")
     assert a.returncode == 0 and a.stdout == b.stdout and a.stdout.startswith("The")
+
+
+def test_a_recipe_holds_every_section_and_each_command_takes_its_own(trained_run, tmp_path, monkeypatch):
+    import scratchlm.train as train_mod
+
+    seen = {}
+    monkeypatch.setattr(train_mod, "train", lambda run, cfg, resume: seen.setdefault("cfg", cfg))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"data": {"val_fraction": 0.2}, "model": {"n_layer": 5}}))
+    assert main(["train", str(trained_run), f"--config={recipe}"]) == 0
+    assert seen["cfg"].model.n_layer == 5 and seen["cfg"].data.val_fraction != 0.2
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("modle:\n  n_layer: 3\n", "unknown section 'modle'"), ("model: [1\n", "not valid YAML")],
+)
+def test_bad_recipe_is_one_line_exit_2(trained_run, tmp_path, capsys, content, message):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(content)
+    assert main(["train", str(trained_run), "--config", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and str(recipe) in err and len(err.splitlines()) == 1
+
+
+def test_recipe_values_are_type_checked(trained_run, tmp_path):
+    recipe = tmp_path / "typo.yaml"
+    recipe.write_text("train:\n  max_steps: lots\n")
+    out = run_cli("train", str(trained_run), "--config", str(recipe))
+    assert out.returncode == 2 and "max_steps" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")))
+def test_shipped_recipes_parse(recipe, trained_run, monkeypatch):
+    import scratchlm.train as train_mod
+
+    monkeypatch.setattr(train_mod, "train", lambda run, cfg, resume: None)
+    assert main(["train", str(trained_run), "--config", str(recipe)]) == 0

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_file
 
 from .common import UserError, atomic_path
 from .config import RunConfig
@@ -77,14 +77,37 @@ def step_dirs(run: Run) -> list[Path]:
     return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
 
 
+def weights_of(state_dict: dict[str, torch.Tensor], tied: bool) -> dict[str, torch.Tensor]:
+    """The tensors to store: contiguous CPU copies, the tied head stored once (as the embedding)."""
+    return {
+        k: v.detach().cpu().contiguous()
+        for k, v in state_dict.items()
+        if not (tied and k == "lm_head.weight")
+    }
+
+
+def load_weights(model: GPT, path: Path) -> None:
+    state = load_file(str(path))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    allowed_missing = {"lm_head.weight"} if model.config.tie_embeddings else set()
+    if set(missing) - allowed_missing or unexpected:
+        raise UserError(f"{path}: weights do not fit the model (missing {missing}, unexpected {unexpected})")
+
+
 def save_checkpoint(
-    run: Run, step: int, model: GPT, cfg: RunConfig, tokenizer_hash: str, train_state: dict, keep_last: int
+    run: Run,
+    step: int,
+    weights: dict[str, torch.Tensor],
+    cfg: RunConfig,
+    tokenizer_hash: str,
+    train_state: dict,
+    keep_last: int,
 ) -> Path:
     final = run.checkpoints_dir / f"step_{step:06d}"
     tmp = run.checkpoints_dir / f".tmp-step_{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"), metadata=_metadata(cfg, step, tokenizer_hash))
+    save_file(weights, str(tmp / "model.safetensors"), metadata=_metadata(cfg, step, tokenizer_hash))
     torch.save(train_state, tmp / "state.pt")
     if final.exists():
         shutil.rmtree(final)
@@ -94,9 +117,16 @@ def save_checkpoint(
     return final
 
 
-def save_best(run: Run, step: int, model: GPT, cfg: RunConfig, tokenizer_hash: str, val_loss: float) -> None:
+def save_best(
+    run: Run,
+    step: int,
+    weights: dict[str, torch.Tensor],
+    cfg: RunConfig,
+    tokenizer_hash: str,
+    val_loss: float,
+) -> None:
     with atomic_path(run.checkpoints_dir / "best.safetensors") as tmp:
-        save_model(model, str(tmp), metadata=_metadata(cfg, step, tokenizer_hash, val_loss=val_loss))
+        save_file(weights, str(tmp), metadata=_metadata(cfg, step, tokenizer_hash, val_loss=val_loss))
 
 
 def load_train_state(path: Path) -> dict:
@@ -159,6 +189,6 @@ def load(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu") -> 
             f"{path}: model vocab {cfg.model.vocab_size} != tokenizer vocab {tokenizer.vocab_size}"
         )
     model = GPT(cfg.model)
-    load_model(model, str(path), device="cpu")
+    load_weights(model, path)
     model.to(device).eval()
     return LoadedModel(model, tokenizer, cfg, int(meta.get("step", 0)))

@@ -9,10 +9,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter, set_parsing_settings
+from jsonargparse import ArgumentParser, DefaultHelpFormatter, set_parsing_settings
 
 from .common import UserError
-from .config import PRESETS, DataConfig, ModelConfig, RunConfig, SampleConfig, TokenizerConfig, TrainConfig
+from .config import (
+    PRESETS,
+    DataConfig,
+    EvalConfig,
+    ModelConfig,
+    RunConfig,
+    SampleConfig,
+    TokenizerConfig,
+    TrainConfig,
+)
 
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
@@ -25,7 +34,11 @@ EXAMPLES = {
     "prepare": """examples:
   scratchlm prepare runs/demo                                  # the bundled book (War and Peace)
   scratchlm prepare runs/mine --input novel.txt --input more/  # your own text files or folders
-  scratchlm prepare runs/mine --input book.txt --tokenizer.vocab_size 8000 --tokenizer.kind bpe""",
+  scratchlm prepare runs/mine --input book.txt --tokenizer.vocab_size 8000 --tokenizer.kind bpe
+  scratchlm prepare runs/ja --input neko.txt --data.encoding cp932            # Shift_JIS Aozora Bunko file
+  scratchlm prepare runs/wiki --input wiki.jsonl --data.text_field text --data.include '["ファミコン"]'
+  scratchlm prepare runs/news --input data.parquet --input saved_dataset/ --data.hf_split train
+  scratchlm prepare runs/hub --input hf:owner/name --data.hf_config ja   # needs `datasets` + network""",
     "train": """examples:
   scratchlm train runs/demo --preset tiny
   scratchlm train runs/demo --model.n-layer 6 --train.max-steps 2000
@@ -33,10 +46,15 @@ EXAMPLES = {
   scratchlm train runs/demo                 # continues from the newest checkpoint""",
     "eval": """examples:
   scratchlm eval runs/demo                      # the run's validation split
-  scratchlm eval runs/demo --text chapter.txt   # any UTF-8 text file""",
+  scratchlm eval runs/demo --text chapter.txt   # any UTF-8 text file
+  scratchlm eval runs/demo --jsonl docs.jsonl --text-field body --stride 32
+  scratchlm eval runs/a runs/b runs/c           # a comparison table (bits/byte compares tokenizers)""",
     "sample": """examples:
   scratchlm sample runs/demo "Prince Andrew"
-  scratchlm sample runs/demo "The war" --max-new-tokens 100 --temperature 0.7 --top-k 40 --seed 3""",
+  scratchlm sample runs/demo "The war" --max-new-tokens 100 --temperature 0.7 --top-k 40 --seed 3
+  scratchlm sample runs/demo "Natasha" --top-p 0.9 --min-p 0.05 --repetition-penalty 1.2 --stop+ '.'
+  scratchlm sample runs/demo "" --temperature 0              # greedy, from <|bos|>
+  scratchlm sample runs/demo --prompts-file prompts.txt      # one output per line (or .jsonl "prompt")""",
     "export": """examples:
   scratchlm export runs/demo --format hf --out exports/demo-hf         # AutoModelForCausalLM loads it
   scratchlm export runs/demo --format gguf --out demo.gguf --dtype q8_0  # for llama.cpp tools
@@ -76,9 +94,12 @@ def build_parser() -> ArgumentParser:
         action="append",
         default=None,
         metavar="PATH",
-        help="text file, .gz, directory or glob; repeat for more (default: the bundled book)",
+        help="text/.gz/.jsonl/.parquet file, directory, glob, save_to_disk folder or hf:NAME; repeatable "
+        "(default: the bundled book)",
     )
-    p.add_argument("--config", action=ActionConfigFile, help="YAML file with data/tokenizer settings")
+    p.add_argument(
+        "--config", metavar="FILE.yaml", help="recipe: YAML with data/tokenizer (and other) sections"
+    )
     p.add_class_arguments(DataConfig, "data")
     p.add_class_arguments(TokenizerConfig, "tokenizer")
     subcommands.add_subcommand("prepare", p, help="corpus → tokenizer → token shards")
@@ -91,21 +112,33 @@ def build_parser() -> ArgumentParser:
         default=None,
         help="model size and schedule: tiny (~1M params), small (~10M), gpt2 (124M)",
     )
-    p.add_argument("--config", action=ActionConfigFile, help="YAML file with model/train settings")
-    p.add_argument("--fresh", action="store_true", help="ignore existing checkpoints and start from step 0")
+    p.add_argument("--config", metavar="FILE.yaml", help="recipe: YAML with model/train (and other) sections")
+    resume = p.add_mutually_exclusive_group()
+    resume.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest checkpoint (the default when one exists); error if none",
+    )
+    resume.add_argument(
+        "--fresh", action="store_true", help="ignore existing checkpoints and start from step 0"
+    )
     p.add_class_arguments(ModelConfig, "model")
     p.add_class_arguments(TrainConfig, "train")
     subcommands.add_subcommand("train", p, help="pretrain the model")
 
-    p = _subparser("eval", "Validation loss, perplexity and bits per byte.")
-    p.add_argument("run", help="a trained run directory")
-    p.add_argument("--text", default=None, help="score this UTF-8 text file instead of the val split")
-    p.add_argument("--checkpoint", default="best", help="best, last, or a path to a .safetensors file")
+    p = _subparser(
+        "eval",
+        "Loss, perplexity and bits per byte with a sliding window; fixed-seed samples; eval.json and "
+        "report.md in each RUN; a comparison table for several runs.",
+    )
+    p.add_argument("runs", nargs="+", help="one or more trained run directories")
+    p.add_class_arguments(EvalConfig, None)
     subcommands.add_subcommand("eval", p, help="loss, perplexity, bits per byte")
 
     p = _subparser("sample", "Continue PROMPT with the run's model, streaming to the terminal.")
     p.add_argument("run", help="a trained run directory")
-    p.add_argument("prompt", help="text to continue ('' starts from nothing)")
+    p.add_argument("prompt", nargs="?", default=None, help="text to continue ('' starts from <|bos|>)")
+    p.add_argument("--prompts_file", default=None, help='one prompt per line (or .jsonl with "prompt")')
     p.add_argument("--checkpoint", default="best", help="best, last, or a path to a .safetensors file")
     p.add_class_arguments(SampleConfig, None)
     subcommands.add_subcommand("sample", p, help="generate text")
@@ -143,6 +176,56 @@ def normalize_option_names(argv: list[str]) -> list[str]:
     return out
 
 
+COMMAND_SECTIONS = {"prepare": ("data", "tokenizer"), "train": ("model", "train")}
+
+
+def recipe_flags(path: str, command: str) -> list[str]:
+    """A recipe YAML as --section.key flags, so jsonargparse type-checks it like the command line.
+
+    A recipe may hold every section (one file for prepare and train); each command takes its own.
+    """
+    import json
+
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            recipe = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise UserError(f"--config {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(recipe, dict):
+        raise UserError(f"--config {path}: expected sections such as 'model:' and 'train:' at the top level")
+    flags = []
+    for section, values in recipe.items():
+        if section not in RunConfig.__dataclass_fields__:
+            known = ", ".join(RunConfig.__dataclass_fields__)
+            raise UserError(f"--config {path}: unknown section '{section}' (known: {known})")
+        if section in COMMAND_SECTIONS[command]:
+            for key, value in (values or {}).items():
+                flags += [f"--{section}.{key}", value if isinstance(value, str) else json.dumps(value)]
+    return flags
+
+
+def _expand_recipe(args: list[str]) -> list[str]:
+    """Replace `--config FILE` with the recipe's flags, placed before the user's own flags (which win)."""
+    if not args or args[0] not in COMMAND_SECTIONS:
+        return args
+    rest, path = [], None
+    i = 1
+    while i < len(args):
+        if args[i] == "--config" and i + 1 < len(args):
+            path, i = args[i + 1], i + 2
+            continue
+        if args[i].startswith("--config="):
+            path = args[i].split("=", 1)[1]
+        else:
+            rest.append(args[i])
+        i += 1
+    return [args[0], *(recipe_flags(path, args[0]) if path else []), *rest]
+
+
 def _base_config(run_dir: str, preset: str | None) -> RunConfig:
     from .run import Run
 
@@ -157,7 +240,7 @@ def _base_config(run_dir: str, preset: str | None) -> RunConfig:
 
 def _parse(argv: list[str]):
     parser = build_parser()
-    args = normalize_option_names(argv)
+    args = _expand_recipe(normalize_option_names(argv))
     ns = parser.parse_args(args)
     cmd = ns.command
     if cmd in ("prepare", "train"):
@@ -194,18 +277,21 @@ def main(argv: list[str] | None = None) -> int:
         elif cmd == "train":
             from .train import train
 
-            train(args.run, cfg, resume=not args.fresh)
+            train(args.run, cfg, resume=False if args.fresh else (True if args.resume else None))
         elif cmd == "eval":
             from .evaluate import evaluate
 
-            evaluate(args.run, text=args.text, checkpoint=args.checkpoint)
+            fields = EvalConfig.__dataclass_fields__
+            evaluate(list(args.runs), EvalConfig(**{k: args[k] for k in fields}))
         elif cmd == "sample":
-            from .sample import sample
+            from .sample import read_prompts, sample
 
+            if (args.prompt is None) == (args.prompts_file is None):
+                raise UserError("give a PROMPT or --prompts_file FILE (one of them)")
             fields = SampleConfig.__dataclass_fields__
             sample(
                 args.run,
-                args.prompt,
+                args.prompt if args.prompts_file is None else read_prompts(args.prompts_file),
                 SampleConfig(**{k: args[k] for k in fields}),
                 checkpoint=args.checkpoint,
             )

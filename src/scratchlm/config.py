@@ -16,14 +16,50 @@ from .common import UserError
 
 @dataclass
 class DataConfig:
+    """The corpus: where the text comes from and how it is cleaned, selected and split."""
+
     inputs: list[str] = field(default_factory=list)
-    """Text files, .gz files or directories; empty means the bundled book (War and Peace)."""
+    """Text, .gz, JSONL, Parquet, folders, globs, HF save_to_disk folders, hf:NAME; empty: bundled book."""
     val_fraction: float = 0.05
-    """Share of the corpus held out for validation."""
+    """Share of the documents held out for validation (the end of each one when there are under 10)."""
     strip_gutenberg: bool = True
     """Remove the Project Gutenberg header and licence footer when present."""
     seed: int = 1337
     """Seed of the train/val split."""
+    text_field: str = "text"
+    """Field holding the text in JSONL, Parquet and Hugging Face records; dotted for nested (a.b)."""
+    hf_split: str = "train"
+    """Split of a Hugging Face dataset (hub name or save_to_disk folder)."""
+    hf_config: str = ""
+    """Configuration (subset) of a Hugging Face hub dataset."""
+    encoding: str = "utf-8"
+    """Encoding of text files (e.g. cp932 for Shift_JIS Aozora Bunko files)."""
+    errors: Literal["strict", "replace"] = "strict"
+    """Undecodable bytes: strict stops with the file and byte offset; replace writes U+FFFD."""
+    strict: bool = False
+    """Refuse binary files and empty files found in folders instead of skipping and counting them."""
+    aozora: Literal["auto", "on", "off"] = "auto"
+    """Remove Aozora Bunko markup (ruby, notes, header, colophon); auto detects Aozora files."""
+    unicode: Literal["NFC", "NFKC", "none"] = "NFC"
+    """Unicode normalization (NFKC also folds full-width letters and compatibility characters)."""
+    normalize_whitespace: bool = True
+    """CRLF to LF, no trailing spaces, at most one blank line in a row, no blank lines at the ends."""
+    min_chars: int = 1
+    """Drop documents shorter than this many characters after cleaning."""
+    max_chars: int = 0
+    """Drop documents longer than this many characters after cleaning (0: no limit)."""
+    include: list[str] = field(default_factory=list)
+    """Keep only documents containing one of these keywords (or regexes with --data.regex)."""
+    exclude: list[str] = field(default_factory=list)
+    """Drop documents containing any of these keywords (or regexes with --data.regex)."""
+    regex: bool = False
+    """Read include/exclude as regular expressions."""
+    dedup: bool = True
+    """Drop exact duplicate documents (after cleaning)."""
+    tokenizer_sample_mb: float = 32.0
+    """The tokenizer is trained on the first this-many MB of cleaned text (memory stays bounded)."""
+    shard_tokens: int = 100_000_000
+    """Tokens per shard file."""
 
 
 @dataclass
@@ -102,24 +138,38 @@ class ModelConfig:
 class TrainConfig:
     max_steps: int = 2000
     """Optimizer steps to run."""
+    max_tokens: int = 0
+    """Stop after this many training tokens instead (sets max_steps; 0: use max_steps)."""
+    max_minutes: float = 0.0
+    """Stop after this many minutes of training, saving a checkpoint (0: no limit)."""
     batch_size: int = 16
-    """Sequences per micro-batch."""
+    """Sequences per micro-batch on each process."""
     grad_accum: int = 1
-    """Micro-batches per optimizer step."""
+    """Micro-batches per optimizer step (ignored when batch_tokens is set)."""
+    batch_tokens: int = 0
+    """Tokens per optimizer step over all processes; sets grad_accum (0: use grad_accum)."""
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    """adamw, or muon for the hidden matrices with AdamW for embeddings, head, norms and biases."""
     lr: float = 3e-3
     """Peak learning rate."""
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    """After warmup: cosine decay, warmup-stable-decay, or constant."""
     min_lr_ratio: float = 0.1
-    """Final learning rate as a share of the peak (cosine decay)."""
+    """Final learning rate as a share of the peak (cosine and wsd)."""
     warmup_steps: int = 100
     """Linear warmup steps."""
+    decay_fraction: float = 0.2
+    """Share of max_steps spent decaying at the end of a wsd schedule."""
     weight_decay: float = 0.1
-    """AdamW weight decay on matrices (not on biases, norms or embeddings)."""
+    """Weight decay on matrices (not on biases, norms or embeddings)."""
     beta1: float = 0.9
     """AdamW beta1."""
     beta2: float = 0.95
     """AdamW beta2."""
     grad_clip: float = 1.0
     """Clip the gradient norm to this (0 disables)."""
+    on_nan: Literal["stop", "skip"] = "stop"
+    """A NaN/inf loss stops training (pointing to the last good checkpoint) or skips that batch."""
     eval_interval: int = 250
     """Steps between validation evaluations (and checkpoints)."""
     eval_batches: int = 20
@@ -128,14 +178,22 @@ class TrainConfig:
     """Steps between progress updates."""
     keep_last: int = 2
     """Step checkpoints to keep (best.safetensors is kept apart)."""
-    max_minutes: float = 0.0
-    """Stop after this many minutes of training (0: no limit)."""
     seed: int = 1337
     """Seed of initialization and batch order."""
     device: str = "auto"
     """cpu, cuda, mps or auto."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Autocast dtype: auto is bfloat16 on CUDA (fp32 master weights), float32 elsewhere."""
+    compile: bool | None = None
+    """torch.compile the model; default: on for CUDA, off on CPU."""
+    deterministic: bool = False
+    """Use only deterministic kernels (bit-identical reruns; slower on GPU)."""
+    fsdp: bool = False
+    """Shard parameters, gradients and optimizer state across processes (FSDP2) under torchrun."""
     threads: int = 0
     """CPU threads for torch (0: torch's default)."""
+    tensorboard: bool = False
+    """Also log to RUN/tensorboard (needs the tensorboard package)."""
 
 
 @dataclass
@@ -146,8 +204,42 @@ class SampleConfig:
     """Softmax temperature; 0 means greedy."""
     top_k: int = 50
     """Keep the k most likely tokens (0 keeps all)."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the most likely tokens whose probabilities sum to this (1 keeps all)."""
+    min_p: float = 0.0
+    """Drop tokens less likely than min_p x the top token's probability (0 keeps all)."""
+    repetition_penalty: float = 1.0
+    """Above 1, makes tokens already in the prompt or output less likely (CTRL / transformers rule)."""
+    stop: list[str] = field(default_factory=list)
+    """Stop strings: generation ends before the first one, which is not printed. A JSON list
+    (--stop '["\\n\\n", "THE END"]') or --stop+ STRING once per string."""
     seed: int = 1337
     """Seed; the same seed gives the same text."""
+
+
+@dataclass
+class EvalConfig:
+    text: str | None = None
+    """Score this UTF-8 text file instead of the run's val split."""
+    jsonl: str | None = None
+    """Score this JSONL file instead of the val split: one document per line, in --text_field."""
+    text_field: str = "text"
+    """Field of each JSONL record that holds the text."""
+    checkpoint: str = "best"
+    """best, last, or a path to a .safetensors file."""
+    stride: int = 0
+    """Sliding-window step in tokens; each token is scored once with up to block_size - stride tokens
+    of context. 0 means block_size // 2."""
+    batch_size: int = 16
+    """Windows per forward pass."""
+    device: str = "auto"
+    """cpu, cuda, mps or auto."""
+    prompts: list[str] = field(default_factory=lambda: ["", "The", "Once upon a time", "He said"])
+    """Fixed prompts sampled into RUN/samples.txt and report.md ('' starts from <|bos|>)."""
+    sample_tokens: int = 64
+    """New tokens per eval sample."""
+    seed: int = 1234
+    """Seed of every eval sample, so reports of different runs and steps are comparable."""
 
 
 @dataclass

@@ -1,24 +1,39 @@
 """Loss, perplexity and bits per byte: `scratchlm eval`.
 
 Bits per byte = total nats / (ln 2 x UTF-8 bytes of the scored tokens): independent of the
-tokenizer, so a character model and a 32k-vocabulary model can be compared.
+tokenizer, so a character model and a 32k-vocabulary model can be compared. Perplexity is per
+token, so it compares only runs that share a tokenizer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from .checkpoint import load
-from .common import atomic_write_text, rank0_print
+from .common import UserError, atomic_write_text, pick_device, rank0_print
+from .config import EvalConfig
 from .data.corpus import clean, read_text
 from .data.loader import sequential_windows
 from .data.shards import TokenShards, open_split
+from .metrics import read_metrics
 from .run import Run
+
+
+def _summary(total_nats: float, total_tokens: int, total_bytes: int | None) -> dict:
+    loss = total_nats / max(1, total_tokens)
+    out = {"loss": loss, "perplexity": math.exp(min(loss, 50)), "tokens": total_tokens}
+    if total_bytes is not None:
+        out["bytes"] = total_bytes
+        out["bits_per_byte"] = total_nats / math.log(2) / max(1, total_bytes)
+    return out
 
 
 @torch.no_grad()
@@ -30,7 +45,10 @@ def evaluate_loss(
     max_batches: int | None = None,
     token_bytes: np.ndarray | None = None,
 ) -> dict:
-    """Mean next-token loss over non-overlapping windows of the split (all of it unless max_batches)."""
+    """Mean next-token loss over non-overlapping windows of the split (all of it unless max_batches).
+
+    The quick estimate used during training; `score_tokens` is the full sliding-window evaluation.
+    """
     was_training = model.training
     model.eval()
     total_nats, total_tokens, total_bytes = 0.0, 0, 0
@@ -47,33 +65,239 @@ def evaluate_loss(
         if token_bytes is not None:
             total_bytes += int(token_bytes[scored.cpu().numpy()].sum())
     model.train(was_training)
-    loss = total_nats / max(1, total_tokens)
-    out = {"loss": loss, "perplexity": math.exp(min(loss, 50)), "tokens": total_tokens}
-    if token_bytes is not None:
-        out["bytes"] = total_bytes
-        out["bits_per_byte"] = total_nats / math.log(2) / max(1, total_bytes)
-    return out
+    return _summary(total_nats, total_tokens, total_bytes if token_bytes is not None else None)
 
 
-def evaluate(
-    run_dir: str | Path, text: str | None = None, checkpoint: str = "best", batch_size: int = 16
+def sliding_windows(n_tokens: int, block: int, stride: int) -> list[tuple[int, int, int]]:
+    """Windows (start, end, first) over a sequence of n_tokens: the model reads tokens[start:end-1] and
+    its predictions of positions first..end-1 are scored. Every position but the first (which nothing
+    predicts) is scored exactly once: the first window scores a whole context, each later one the next
+    `stride` positions, each with at least block - stride + 1 tokens of context."""
+    if not 0 < stride <= block:
+        raise UserError(f"--stride {stride}: must be between 1 and the context length {block}")
+    windows, first = [], 1
+    while first < n_tokens:
+        last = min(first + (block if first == 1 else stride) - 1, n_tokens - 1)
+        start = max(0, last - block)
+        windows.append((start, last + 1, first))
+        first = last + 1
+    return windows
+
+
+@torch.inference_mode()
+def score_tokens(
+    model, tokens: np.ndarray, stride: int, batch_size: int, token_bytes: np.ndarray | None = None
 ) -> dict:
-    """Score the run's val split, or a text file, with the run's checkpoint; write RUN/eval.json."""
-    run = Run.at(run_dir)
-    lm = load(run.root, checkpoint)
-    if text:
-        ids = lm.tokenizer.encode(clean(read_text(Path(text)), gutenberg=False))
-        shards = TokenShards([np.asarray(ids, dtype=np.int64)])
-        source = text
-    else:
+    """Loss, perplexity (and bits per byte given the bytes of each token) of a token sequence, scored
+    with a sliding window of the model's context moved by `stride` tokens."""
+    model.eval()
+    device = model.transformer.wte.weight.device
+    block = model.config.block_size
+    windows = sliding_windows(len(tokens), block, stride)
+    total_nats, total_tokens, total_bytes = 0.0, 0, 0
+    for i in range(0, len(windows), batch_size):
+        group = windows[i : i + batch_size]
+        T = max(end - start for start, end, _ in group) - 1
+        x = torch.zeros(len(group), T, dtype=torch.long)
+        y = torch.full((len(group), T), -1, dtype=torch.long)
+        for row, (start, end, first) in enumerate(group):
+            w = torch.from_numpy(np.asarray(tokens[start:end], dtype=np.int64))
+            x[row, : len(w) - 1] = w[:-1]
+            y[row, first - start - 1 : len(w) - 1] = w[first - start :]  # earlier targets are context only
+        logits, _ = model(x.to(device))
+        total_nats += torch.nn.functional.cross_entropy(
+            logits.float().reshape(-1, logits.size(-1)),
+            y.to(device).reshape(-1),
+            ignore_index=-1,
+            reduction="sum",
+        ).item()
+        scored = y[y >= 0].numpy()
+        total_tokens += scored.size
+        if token_bytes is not None:
+            total_bytes += int(token_bytes[scored].sum())
+    return _summary(total_nats, total_tokens, total_bytes if token_bytes is not None else None)
+
+
+def _documents(cfg: EvalConfig) -> tuple[str, list[str]]:
+    if cfg.text and cfg.jsonl:
+        raise UserError("give --text or --jsonl, not both")
+    if cfg.text:
+        path = Path(cfg.text)
+        if not path.is_file():
+            raise UserError(f"--text {path}: no such file")
+        return str(path), [clean(read_text(path), gutenberg=False)]
+    path = Path(cfg.jsonl)
+    if not path.is_file():
+        raise UserError(f"--jsonl {path}: no such file")
+    docs = []
+    for n, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get(cfg.text_field), str):
+            raise UserError(f'{path}:{n}: no string field "{cfg.text_field}"; choose it with --text_field')
+        docs.append(record[cfg.text_field])
+    if not docs:
+        raise UserError(f"--jsonl {path}: no records")
+    return str(path), docs
+
+
+def _eval_tokens(lm, run: Run, cfg: EvalConfig) -> tuple[str, np.ndarray]:
+    """The token stream to score, laid out as in training: documents each followed by <|eos|>."""
+    if not (cfg.text or cfg.jsonl):
         shards = open_split(run.data_dir, "val", lm.tokenizer.hash)
-        source = "val"
-    result = evaluate_loss(lm.model, shards, batch_size, "cpu", token_bytes=lm.tokenizer.token_bytes())
-    result = {"source": source, "step": lm.step, **result}
-    atomic_write_text(run.eval_path, json.dumps(result, indent=2) + "\n")
-    rank0_print(
-        f"{source}: loss {result['loss']:.4f}  perplexity {result['perplexity']:.2f}  "
-        f"bits/byte {result['bits_per_byte']:.4f}  ({result['tokens']:,} tokens, {result['bytes']:,} bytes, "
-        f"step {lm.step})"
+        if shards.total < 2:
+            raise UserError(f"{run.data_dir}: the val split is empty; evaluate a file with --text")
+        return "val", np.concatenate([np.asarray(a) for a in shards.arrays])
+    source, docs = _documents(cfg)
+    eos = lm.tokenizer.eos_id
+    # A leading <|eos|> puts the first document in the position every training document starts in, and
+    # makes its first token a scored target: so a file's bytes are all scored.
+    ids = [eos]
+    for doc in docs:
+        ids += lm.tokenizer.encode(doc) + [eos]
+    return source, np.asarray(ids, dtype=np.int64)
+
+
+def _eval_samples(lm, cfg: EvalConfig) -> list[tuple[str, str]]:
+    from .sample import stream_text
+
+    scfg = dataclasses.replace(lm.config.sample, max_new_tokens=cfg.sample_tokens, seed=cfg.seed)
+    return [(p, "".join(stream_text(lm, p, scfg))) for p in cfg.prompts]
+
+
+def _train_facts(run: Run) -> dict:
+    rows = read_metrics(run.metrics_path)
+    last = rows[-1] if rows else {}
+    return {
+        "tokens_seen": int(float(last["tokens"])) if last.get("tokens") else None,
+        "train_seconds": float(last["elapsed_s"]) if last.get("elapsed_s") else None,
+    }
+
+
+def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out=None) -> dict:
+    """Score one run, sample its fixed prompts, and write eval.json, report.md and samples.txt."""
+    from .sample import append_samples
+
+    cfg = cfg or EvalConfig()
+    out = out or sys.stdout
+    run = Run.at(run_dir)
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {cfg.device}: no CUDA device is visible; use --device cpu")
+    lm = load(run.root, cfg.checkpoint, device=str(pick_device(cfg.device)))
+    block = lm.model.config.block_size
+    stride = cfg.stride or max(1, block // 2)
+    source, tokens = _eval_tokens(lm, run, cfg)
+    metrics = score_tokens(lm.model, tokens, stride, cfg.batch_size, lm.tokenizer.token_bytes())
+    samples = _eval_samples(lm, cfg)
+    result = {
+        "run": str(run.root),
+        "source": source,
+        "checkpoint": cfg.checkpoint,
+        "step": lm.step,
+        **metrics,
+        "stride": stride,
+        "block_size": block,
+        "parameters": lm.model.num_params(),
+        "tokenizer": {
+            "kind": lm.tokenizer.kind,
+            "vocab_size": lm.tokenizer.vocab_size,
+            "hash": lm.tokenizer.hash,
+        },
+        **_train_facts(run),
+        "samples": [{"prompt": p, "text": t, "seed": cfg.seed} for p, t in samples],
+    }
+    atomic_write_text(run.eval_path, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(run.root / "report.md", render_report(result, lm.config.to_dict(), run))
+    append_samples(
+        run,
+        [
+            f"--- eval, step {lm.step}, seed {cfg.seed}, max_new_tokens {cfg.sample_tokens}\n{p}{t}\n"
+            for p, t in samples
+        ],
+    )
+    print(
+        f"{run.root} on {source}: loss {result['loss']:.4f}  perplexity {result['perplexity']:.2f}  "
+        f"bits/byte {result['bits_per_byte']:.4f}  ({result['tokens']:,} tokens, {result['bytes']:,} bytes "
+        f"scored, stride {stride}, step {lm.step})",
+        file=out,
+        flush=True,
     )
     return result
+
+
+def render_report(result: dict, config: dict, run: Run) -> str:
+    def fmt(v, spec=","):
+        return "n/a" if v is None else format(v, spec)
+
+    minutes = None if result["train_seconds"] is None else result["train_seconds"] / 60
+    lines = [
+        f"# {run.root.name}: evaluation at step {result['step']}",
+        "",
+        f"| | |\n|---|---|\n| parameters | {fmt(result['parameters'])} |",
+        f"| tokens seen in training | {fmt(result['tokens_seen'])} |",
+        f"| training time | {fmt(minutes, '.1f')} min |",
+        f"| scored | {result['source']}: {result['tokens']:,} tokens, {result['bytes']:,} bytes, "
+        f"stride {result['stride']} of a {result['block_size']}-token context |",
+        f"| loss (nats/token) | {result['loss']:.4f} |",
+        f"| perplexity | {result['perplexity']:.2f} |",
+        f"| bits per byte | {result['bits_per_byte']:.4f} |",
+        "",
+        "![loss curve](loss.png)" if (run.loss_plot_path).is_file() else "(no loss.png yet)",
+        "",
+        "## Samples",
+        "",
+    ]
+    for s in result["samples"]:
+        lines += [
+            f"Prompt {s['prompt']!r}, seed {s['seed']}:",
+            "",
+            "```text",
+            s["prompt"] + s["text"],
+            "```",
+            "",
+        ]
+    lines += ["## Config", "", "```yaml", yaml.safe_dump(config, sort_keys=False).rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+def comparison_table(results: list[dict]) -> str:
+    """A plain-text table of several runs; bits per byte is the column to compare across tokenizers."""
+    head = ["run", "step", "params", "tokens seen", "loss", "ppl", "bits/byte", "scored tokens"]
+    rows = [
+        [
+            r["run"],
+            str(r["step"]),
+            f"{r['parameters']:,}",
+            "n/a" if r["tokens_seen"] is None else f"{r['tokens_seen']:,}",
+            f"{r['loss']:.4f}",
+            f"{r['perplexity']:.2f}",
+            f"{r['bits_per_byte']:.4f}",
+            f"{r['tokens']:,}",
+        ]
+        for r in results
+    ]
+    widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=True)]
+    lines = [
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in [head, *rows]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    if len({r["tokenizer"]["hash"] for r in results}) > 1:
+        lines.append("(the runs use different tokenizers: compare bits/byte, not loss or perplexity)")
+    return "\n".join(lines)
+
+
+def evaluate(run_dirs: str | Path | list, cfg: EvalConfig | None = None, out=None) -> dict | list[dict]:
+    """`scratchlm eval RUN [RUN ...]`: evaluate each run; several runs end with a comparison table."""
+    out = out or sys.stdout
+    single = isinstance(run_dirs, (str, Path))
+    results = [evaluate_run(r, cfg, out) for r in ([run_dirs] if single else run_dirs)]
+    if len(results) > 1:
+        rank0_print("\n" + comparison_table(results), file=out)
+    return results[0] if single else results

@@ -224,7 +224,9 @@ class GPT(nn.Module):
             cache.pos += T
         x = self.transformer.ln_f(x)
         # Padding rows of the head exist only for matmul speed: they are cut so they are never sampled.
-        logits = self.lm_head(x)[..., : self.config.vocab_size]  # (B, T, vocab_size)
+        logits = self.lm_head(x)  # (B, T, padded_vocab_size)
+        if logits.size(-1) != self.config.vocab_size:
+            logits = logits[..., : self.config.vocab_size]  # (B, T, vocab_size)
         if targets is None:
             return logits, None
         loss = F.cross_entropy(

@@ -1,4 +1,8 @@
-"""Optimizer and learning-rate schedule."""
+"""Optimizers and learning-rate schedules.
+
+AdamW everywhere, or Muon for the hidden weight matrices (attention and MLP inside the blocks) with
+AdamW for the rest (embeddings, head, norms, biases) — Muon is meant for 2-D hidden layers only.
+"""
 
 from __future__ import annotations
 
@@ -6,33 +10,63 @@ import math
 
 import torch
 
+from .common import UserError
 from .config import TrainConfig
+
+
+def _is_embedding(name: str) -> bool:
+    return name.endswith(("wte.weight", "wpe.weight", "lm_head.weight"))
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Decay matrices only: biases, norm gains and embeddings are left alone (as GPT-2 and nanoGPT do)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        is_embedding = name.endswith(("wte.weight", "wpe.weight"))
-        (decay if p.dim() >= 2 and not is_embedding else no_decay).append(p)
+        if p.requires_grad:
+            (decay if p.dim() >= 2 and not _is_embedding(name) else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay),
-        lr=cfg.lr,
-        betas=(cfg.beta1, cfg.beta2),
-        fused=device.type == "cuda",
-    )
+def make_optimizers(
+    model: torch.nn.Module, cfg: TrainConfig, device: torch.device
+) -> list[torch.optim.Optimizer]:
+    adamw_kwargs = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
+    if cfg.optimizer == "adamw":
+        return [torch.optim.AdamW(param_groups(model, cfg.weight_decay), **adamw_kwargs)]
+    if not hasattr(torch.optim, "Muon"):
+        raise UserError(f"--train.optimizer muon needs torch >= 2.9 (this is {torch.__version__}); use adamw")
+    hidden = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() == 2 and ".h." in f".{n}"]
+    hidden_ids = {id(p) for p in hidden}
+    rest = [(n, p) for n, p in model.named_parameters() if p.requires_grad and id(p) not in hidden_ids]
+    rest_groups = [
+        {
+            "params": [p for n, p in rest if p.dim() >= 2 and not _is_embedding(n)],
+            "weight_decay": cfg.weight_decay,
+        },
+        {"params": [p for n, p in rest if p.dim() < 2 or _is_embedding(n)], "weight_decay": 0.0},
+    ]
+    # match_rms_adamw scales Muon's update to AdamW's RMS, so the same lr and weight decay apply to both.
+    muon = torch.optim.Muon(hidden, lr=cfg.lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw")
+    return [muon, torch.optim.AdamW([g for g in rest_groups if g["params"]], **adamw_kwargs)]
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup, then cosine decay to min_lr_ratio x lr at max_steps."""
+    """Learning rate for optimizer step `step` (0-based): linear warmup, then the chosen schedule.
+
+    cosine:   decay to min_lr_ratio x lr at max_steps.
+    wsd:      warmup-stable-decay; flat, then linear to min_lr_ratio x lr over the last decay_fraction.
+    constant: flat after warmup.
+    """
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
     min_lr = cfg.lr * cfg.min_lr_ratio
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "wsd":
+        decay_start = cfg.max_steps * (1 - cfg.decay_fraction)
+        if step < decay_start:
+            return cfg.lr
+        progress = min(1.0, (step - decay_start) / max(1, cfg.max_steps - decay_start))
+        return cfg.lr + (min_lr - cfg.lr) * progress
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
     return min_lr + 0.5 * (cfg.lr - min_lr) * (1 + math.cos(math.pi * progress))

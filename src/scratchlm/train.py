@@ -1,29 +1,53 @@
 """`scratchlm train`: the training loop, flat and visible.
 
 Evaluation, checkpointing, plotting and logging happen inside the loop, the last step included.
+Under torchrun each process trains on its slice of one global batch (DDP, or FSDP2 with --train.fsdp);
+only rank 0 writes. The data order depends on the seed alone, not on the number of processes, so a
+checkpoint resumes exactly on any world size.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import signal
 import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model
+import torch.distributed as dist
 from tqdm import tqdm
 
-from .checkpoint import load_train_state, rng_state, save_best, save_checkpoint, set_rng_state, step_dirs
-from .common import UserError, is_interactive, pick_device, rank0_print, seed_everything
-from .config import RunConfig
+from .checkpoint import (
+    load_train_state,
+    load_weights,
+    rng_state,
+    save_best,
+    save_checkpoint,
+    set_rng_state,
+    step_dirs,
+    weights_of,
+)
+from .common import Dist, UserError, init_distributed, is_interactive, rank0_print, seed_everything
+from .config import RunConfig, TrainConfig
 from .data.loader import RandomWindows
 from .data.shards import open_split
 from .evaluate import evaluate_loss
 from .metrics import MetricsLog, plot_loss
 from .model import GPT
-from .optim import lr_at, make_optimizer
+from .optim import lr_at, make_optimizers
 from .run import Run
 from .tokenizer import Tokenizer
+
+# Dense bf16 peak of common GPUs, for MFU (model FLOPs utilization) in the progress bar.
+PEAK_BF16_FLOPS = {
+    "H100": 989e12,
+    "H200": 989e12,
+    "A100": 312e12,
+    "L4": 121e12,
+    "A10": 125e12,
+    "4090": 165e12,
+}
 
 
 class StopFlag:
@@ -49,34 +73,136 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
-def train(run_dir: str | Path, cfg: RunConfig, resume: bool = True) -> dict:
-    """Train the run's model; continue from its newest checkpoint when there is one and resume is on."""
+def resolve_batch(tc: TrainConfig, block_size: int, world_size: int) -> int:
+    """Gradient-accumulation steps that give the requested tokens per optimizer step."""
+    if not tc.batch_tokens:
+        return tc.grad_accum
+    per_micro_step = tc.batch_size * block_size * world_size
+    if tc.batch_tokens % per_micro_step:
+        raise UserError(
+            f"--train.batch_tokens {tc.batch_tokens} is not a multiple of batch_size x block_size x "
+            f"processes = {per_micro_step}; pick a multiple such as {per_micro_step * 8}"
+        )
+    return tc.batch_tokens // per_micro_step
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+
+
+def wrap_model(model: GPT, tc: TrainConfig, dist_info: Dist, device: torch.device) -> torch.nn.Module:
+    """DDP or FSDP2 under torchrun, then torch.compile when asked (default on CUDA)."""
+    wrapped: torch.nn.Module = model
+    if tc.fsdp and dist_info.enabled:
+        from torch.distributed.fsdp import fully_shard
+
+        for block in model.transformer.h:
+            fully_shard(block)
+        fully_shard(model)
+    elif dist_info.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    use_compile = tc.compile if tc.compile is not None else device.type == "cuda"
+    return torch.compile(wrapped) if use_compile else wrapped
+
+
+def full_weights(model: GPT, tc: TrainConfig, dist_info: Dist) -> dict[str, torch.Tensor]:
+    """The unsharded weights (every rank must call this under FSDP; rank 0 uses the result)."""
+    if tc.fsdp and dist_info.enabled:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return weights_of(sd, model.config.tie_embeddings)
+    return weights_of(model.state_dict(), model.config.tie_embeddings)
+
+
+def optimizer_state(model: GPT, optimizers, tc: TrainConfig, dist_info: Dist) -> dict:
+    """Optimizer state keyed by parameter name, so it loads on any world size and with or without FSDP."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    full = tc.fsdp and dist_info.enabled
+    return get_optimizer_state_dict(
+        model, optimizers, options=StateDictOptions(full_state_dict=full, cpu_offload=full)
+    )
+
+
+def load_optimizer_state(model: GPT, optimizers, state: dict, tc: TrainConfig, dist_info: Dist) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    full = tc.fsdp and dist_info.enabled
+    set_optimizer_state_dict(
+        model, optimizers, state, options=StateDictOptions(full_state_dict=full, broadcast_from_rank0=False)
+    )
+
+
+def all_mean(value: float, dist_info: Dist, device: torch.device) -> float:
+    if not dist_info.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.item() / dist_info.world_size
+
+
+def any_rank(flag: bool, dist_info: Dist, device: torch.device) -> bool:
+    if not dist_info.enabled:
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def train(run_dir: str | Path, cfg: RunConfig, resume: bool | None = None) -> dict:
+    """Train the run's model.
+
+    resume: None continues from the newest checkpoint if there is one; True requires one; False starts over.
+    """
     run = Run.at(run_dir)
     run.require_data()
     tokenizer = Tokenizer.load(run.tokenizer_dir)
     cfg.model.vocab_size = tokenizer.vocab_size
     tc = cfg.train
+    dist_info, device = init_distributed(tc.device)
+    grad_accum = resolve_batch(tc, cfg.model.block_size, dist_info.world_size)
+    tokens_per_step = tc.batch_size * grad_accum * cfg.model.block_size * dist_info.world_size
+    if tc.max_tokens:
+        tc.max_steps = math.ceil(tc.max_tokens / tokens_per_step)
     if tc.max_steps <= 0:
         raise UserError(f"--train.max_steps {tc.max_steps}: must be positive")
 
-    device = pick_device(tc.device)
     if tc.threads:
         torch.set_num_threads(tc.threads)
+    if tc.deterministic:
+        torch.use_deterministic_algorithms(True)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls on Ampere+: ~3x fp32 speed, fp32 range
+        torch.backends.cudnn.allow_tf32 = True
+    use_bf16 = tc.dtype == "bfloat16" or (tc.dtype == "auto" and device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+
     seed_everything(tc.seed)
-    model = GPT(cfg.model).to(device)
-    optimizer = make_optimizer(model, tc, device)
+    model = GPT(cfg.model).to(device)  # fp32 master weights; autocast runs the matmuls in bf16
     train_shards = open_split(run.data_dir, "train", tokenizer.hash)
     val_shards = open_split(run.data_dir, "val", tokenizer.hash)
-    loader = RandomWindows(train_shards, tc.batch_size, cfg.model.block_size, tc.seed)
+    # One global stream of windows; each process takes its slice (world-size independent data order).
+    loader = RandomWindows(train_shards, tc.batch_size * dist_info.world_size, cfg.model.block_size, tc.seed)
     token_bytes = tokenizer.token_bytes()
 
     step, best_val, elapsed_before = 0, float("inf"), 0.0
-    previous = step_dirs(run) if resume else []
+    previous = step_dirs(run) if resume is not False else []
+    if resume and not previous:
+        raise UserError(f"{run.root}: --resume given but there is no checkpoint to resume from")
     if previous:
         state = load_train_state(previous[-1])
-        load_model(model, str(previous[-1] / "model.safetensors"), device=str(device))
+        load_weights(model, previous[-1] / "model.safetensors")
+    forward = wrap_model(model, tc, dist_info, device)
+    optimizers = make_optimizers(model, tc, device)
+    if previous:
         if "optimizer" in state:  # absent from weights-only checkpoints (`scratchlm import`): start fresh
-            optimizer.load_state_dict(state["optimizer"])
+            load_optimizer_state(model, optimizers, state["optimizer"], tc, dist_info)
             loader.load_state_dict(state["loader"])
             set_rng_state(state["rng"])
         step, best_val, elapsed_before = state["step"], state["best_val"], state["elapsed_s"]
@@ -84,106 +210,175 @@ def train(run_dir: str | Path, cfg: RunConfig, resume: bool = True) -> dict:
         if step >= tc.max_steps:
             rank0_print(f"already trained for {step} steps (--train.max_steps {tc.max_steps}); nothing to do")
             return {"step": step, "best_val_loss": best_val}
-    run.save_config(cfg)
+    if dist_info.is_main:
+        run.save_config(cfg)
 
-    tokens_per_step = tc.batch_size * tc.grad_accum * cfg.model.block_size
     rank0_print(
         f"model: {cfg.model.flavour}, {model.num_params():,} parameters "
         f"({model.num_params(non_embedding=True):,} without embeddings), "
-        f"{model.flops_per_token() / 1e6:.1f} MFLOPs per token; "
-        f"{tokens_per_step:,} tokens per step on {device}"
+        f"{model.flops_per_token() / 1e6:.1f} MFLOPs per token; {tokens_per_step:,} tokens per step "
+        f"({dist_info.world_size} x {tc.batch_size} x {grad_accum} x {cfg.model.block_size}) on {device}"
     )
-    metrics = MetricsLog(run.metrics_path, resume_step=step if previous else None)
+    metrics = (
+        MetricsLog(run.metrics_path, resume_step=step if previous else None) if dist_info.is_main else None
+    )
+    tb = _tensorboard(run) if tc.tensorboard and dist_info.is_main else None
+    peak = peak_flops(device)
 
-    def evaluate_and_save(
-        step: int, train_loss: float, tok_s: float | None, elapsed: float
-    ) -> tuple[float, float]:
+    def evaluate_and_save(step: int, elapsed: float) -> tuple[float, float]:
         nonlocal best_val
-        val = evaluate_loss(model, val_shards, tc.batch_size, device, tc.eval_batches, token_bytes)
-        metrics.log(
-            step=step,
-            tokens=step * tokens_per_step,
-            train_loss=train_loss,
-            val_loss=val["loss"],
-            lr=lr_at(step - 1, tc),
-            tokens_per_s=tok_s,
-            elapsed_s=elapsed,
-        )
-        if val["loss"] < best_val:
-            best_val = val["loss"]
-            save_best(run, step, model, cfg, tokenizer.hash, best_val)
-        state = {
-            "step": step,
-            "optimizer": optimizer.state_dict(),
-            "loader": loader.state_dict(),
-            "rng": rng_state(),
-            "best_val": best_val,
-            "elapsed_s": elapsed,
-        }
-        save_checkpoint(run, step, model, cfg, tokenizer.hash, state, tc.keep_last)
-        plot_loss(run.metrics_path, run.loss_plot_path, title=str(run.root))
+        with autocast:
+            # Every rank scores the same global-size batches: the result does not depend on the world size.
+            val = evaluate_loss(
+                model, val_shards, tc.batch_size * dist_info.world_size, device, tc.eval_batches, token_bytes
+            )
+        weights = full_weights(model, tc, dist_info)
+        opt_state = optimizer_state(model, optimizers, tc, dist_info)
+        if dist_info.is_main:
+            metrics.log(
+                step=step,
+                tokens=step * tokens_per_step,
+                val_loss=val["loss"],
+                lr=lr_at(step - 1, tc),
+                elapsed_s=elapsed,
+            )
+            if tb:
+                tb.add_scalar("loss/val", val["loss"], step)
+            if val["loss"] < best_val:
+                save_best(run, step, weights, cfg, tokenizer.hash, val["loss"])
+            state = {
+                "step": step,
+                "optimizer": opt_state,
+                "loader": loader.state_dict(),
+                "rng": rng_state(),
+                "best_val": min(best_val, val["loss"]),
+                "elapsed_s": elapsed,
+                "world_size": dist_info.world_size,
+            }
+            save_checkpoint(run, step, weights, cfg, tokenizer.hash, state, tc.keep_last)
+            plot_loss(run.metrics_path, run.loss_plot_path, title=str(run.root))
+        best_val = min(best_val, val["loss"])
         return val["loss"], val["bits_per_byte"]
 
-    model.train()
-    t_start, t_log, tokens_since_log = time.time(), time.time(), 0
+    forward.train()
+    t_start, t_log, tokens_since_log, skipped = time.time(), time.time(), 0, 0
     bar = tqdm(
-        total=tc.max_steps, initial=step, disable=not is_interactive(), unit="step", dynamic_ncols=True
+        total=tc.max_steps,
+        initial=step,
+        disable=not (is_interactive() and dist_info.is_main),
+        unit="step",
+        dynamic_ncols=True,
     )
     val_loss = None
+    lo, hi = dist_info.rank * tc.batch_size, (dist_info.rank + 1) * tc.batch_size
     with StopFlag() as stop:
         while step < tc.max_steps:
             lr = lr_at(step, tc)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            for opt in optimizers:
+                for group in opt.param_groups:
+                    group["lr"] = lr
             loss_sum = 0.0
-            for _ in range(tc.grad_accum):
+            for micro in range(grad_accum):
                 x, y = loader.next_batch()
-                _, loss = model(x.to(device), y.to(device))
-                (loss / tc.grad_accum).backward()
+                x, y = x[lo:hi].to(device, non_blocking=True), y[lo:hi].to(device, non_blocking=True)
+                with _no_grad_sync(forward, model, tc, last=micro == grad_accum - 1):
+                    with autocast:
+                        _, loss = forward(x, y)
+                    (loss / grad_accum).backward()
                 loss_sum += loss.item()
+            train_loss = all_mean(loss_sum / grad_accum, dist_info, device)
+            if not math.isfinite(train_loss):
+                if tc.on_nan == "stop":
+                    last = step_dirs(run)
+                    raise UserError(
+                        f"loss became {train_loss} at step {step + 1}; last good checkpoint: "
+                        f"{last[-1] if last else 'none'}; lower --train.lr and resume, "
+                        f"or set --train.on_nan skip"
+                    )
+                skipped += 1
+                rank0_print(f"step {step + 1}: loss is {train_loss}, batch skipped ({skipped} so far)")
+                for opt in optimizers:
+                    opt.zero_grad(set_to_none=True)
+                step += 1
+                bar.update(1)
+                continue
             if tc.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            for opt in optimizers:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
             step += 1
-            train_loss = loss_sum / tc.grad_accum
-            if not torch.isfinite(torch.tensor(train_loss)):
-                last = step_dirs(run)
-                raise UserError(
-                    f"loss became {train_loss} at step {step}; last good checkpoint: "
-                    f"{last[-1] if last else 'none'}; lower --train.lr and resume"
-                )
             tokens_since_log += tokens_per_step
             elapsed = elapsed_before + time.time() - t_start
             out_of_time = tc.max_minutes > 0 and elapsed >= tc.max_minutes * 60
-            last_step = step == tc.max_steps or stop.stop or out_of_time
+            stopping = any_rank(stop.stop or out_of_time, dist_info, device)
+            last_step = step == tc.max_steps or stopping
 
             if step % tc.log_interval == 0 or step == 1 or last_step:
                 tok_s = tokens_since_log / max(1e-9, time.time() - t_log)
                 t_log, tokens_since_log = time.time(), 0
-                metrics.log(
-                    step=step,
-                    tokens=step * tokens_per_step,
-                    train_loss=train_loss,
-                    lr=lr,
-                    tokens_per_s=tok_s,
-                    elapsed_s=elapsed,
-                )
-                bar.set_postfix(
-                    loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}", refresh=False
-                )
+                postfix = {"loss": f"{train_loss:.3f}", "lr": f"{lr:.2e}", "tok/s": f"{tok_s:,.0f}"}
+                if peak:
+                    postfix["mfu"] = (
+                        f"{100 * model.flops_per_token() * tok_s / (peak * dist_info.world_size):.1f}%"
+                    )
+                if dist_info.is_main:
+                    metrics.log(
+                        step=step,
+                        tokens=step * tokens_per_step,
+                        train_loss=train_loss,
+                        lr=lr,
+                        tokens_per_s=tok_s,
+                        elapsed_s=elapsed,
+                    )
+                    if tb:
+                        tb.add_scalar("loss/train", train_loss, step)
+                        tb.add_scalar("lr", lr, step)
+                bar.set_postfix(postfix, refresh=False)
             bar.update(1)
 
             if step % tc.eval_interval == 0 or last_step:
-                val_loss, bpb = evaluate_and_save(step, train_loss, None, elapsed)
+                val_loss, bpb = evaluate_and_save(step, elapsed)
                 line = (
                     f"step {step:>6}/{tc.max_steps}  train {train_loss:.4f}  val {val_loss:.4f}  "
                     f"val bits/byte {bpb:.3f}  lr {lr:.2e}  {elapsed / 60:.1f} min"
                 )
-                bar.write(line) if is_interactive() else rank0_print(line)
+                bar.write(line) if bar.disable is False else rank0_print(line)
                 t_log, tokens_since_log = time.time(), 0  # keep evaluation time out of tokens/s
-            if stop.stop or out_of_time:
+            if stopping:
                 rank0_print(f"stopped at step {step}; `scratchlm train {run.root}` resumes")
                 break
     bar.close()
-    return {"step": step, "val_loss": val_loss, "best_val_loss": best_val}
+    if tb:
+        tb.close()
+    return {"step": step, "val_loss": val_loss, "best_val_loss": best_val, "skipped_steps": skipped}
+
+
+def _no_grad_sync(forward, model: GPT, tc: TrainConfig, last: bool):
+    """Skip the gradient all-reduce on all but the last micro-batch of a step."""
+    if last:
+        return contextlib.nullcontext()
+    if hasattr(forward, "no_sync"):  # DDP
+        return forward.no_sync()
+    if tc.fsdp and hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(False)
+        return _ResyncOnExit(model)
+    return contextlib.nullcontext()
+
+
+class _ResyncOnExit(contextlib.AbstractContextManager):
+    def __init__(self, model):
+        self.model = model
+
+    def __exit__(self, *exc):
+        self.model.set_requires_gradient_sync(True)
+
+
+def _tensorboard(run: Run):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError(
+            "--train.tensorboard needs the tensorboard package: pip install tensorboard"
+        ) from None
+    return SummaryWriter(str(run.root / "tensorboard"))

@@ -1,22 +1,37 @@
-"""Sources → cleaned documents.
+"""Sources → cleaned, selected documents, streamed, with a report of what each step removed.
 
-Each file is one document. Cleaning is deliberately small and explained: the BOM goes, Windows
-newlines become "\n", and a Project Gutenberg header and licence footer are cut when present.
+Selection (length limits, include/exclude filters, exact de-duplication) needs the whole cleaned
+document, so each document is cleaned once to decide. A document under CACHE_CHARS keeps its cleaned
+pieces for the encoder; a larger one (a 500 MB single-file book) is read and cleaned again when it
+is encoded, so memory stays bounded by the cache, never by the corpus.
 """
 
 from __future__ import annotations
 
-import gzip
+import hashlib
 import re
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 from ..common import UserError
+from ..config import DataConfig
+from .clean import DocCleaner
+from .sources import (
+    Document,
+    SkipFile,
+    Source,
+    expand_inputs,
+    hf_disk_records,
+    hf_hub_records,
+    jsonl_records,
+    parquet_records,
+    text_pieces,
+)
 
-TEXT_SUFFIXES = {".txt", ".md", ".text", ".gz"}
-_GUTENBERG_START = re.compile(r"^\*\*\*\s*START OF (THE|THIS) PROJECT GUTENBERG EBOOK.*$", re.M | re.I)
-_GUTENBERG_END = re.compile(r"^\*\*\*\s*END OF (THE|THIS) PROJECT GUTENBERG EBOOK.*$", re.M | re.I)
+CACHE_CHARS = 1 << 24
 
 
 def bundled_corpus() -> Path:
@@ -24,59 +39,148 @@ def bundled_corpus() -> Path:
     return Path(str(resources.files("scratchlm") / "assets" / "war_and_peace.txt.gz"))
 
 
-def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Paths, directories (recursive) and globs → the text files they name, in a stable order."""
-    files: list[Path] = []
-    for spec in inputs or [str(bundled_corpus())]:
-        path = Path(spec).expanduser()
-        if any(ch in spec for ch in "*?["):
-            matches = sorted(
-                Path().glob(spec) if not path.is_absolute() else Path("/").glob(spec.lstrip("/"))
-            )
-            if not matches:
-                raise UserError(f"--input {spec}: the pattern matches no file")
-            files.extend(m for m in matches if m.is_file())
-        elif path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
-            if not found:
-                raise UserError(f"--input {spec}: the directory holds no .txt/.md/.gz file")
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise UserError(f"--input {spec}: no such file or directory")
-    return files
-
-
 def read_text(path: Path) -> str:
-    raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
-    if b"\x00" in raw[:8192]:
-        raise UserError(f"{path}: looks like a binary file (NUL bytes); give a UTF-8 text file")
+    """A whole UTF-8 text file (for `eval --text`); the same checks as prepare's reader."""
     try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(
-            f"{path}: not valid UTF-8 at byte offset {e.start}; convert it to UTF-8 first"
-        ) from None
-
-
-def strip_gutenberg(text: str) -> str:
-    start, end = _GUTENBERG_START.search(text), _GUTENBERG_END.search(text)
-    if start:
-        text_start = start.end()
-        text_end = end.start() if end and end.start() > text_start else len(text)
-        return text[text_start:text_end].strip("\n") + "\n"
-    return text
+        return "".join(text_pieces(Path(path)))
+    except SkipFile as e:
+        raise UserError(f"{path}: the file is {e}; give a UTF-8 text file with text in it") from None
 
 
 def clean(text: str, gutenberg: bool = True) -> str:
-    text = text.lstrip("\ufeff").replace("\r\n", "\n")
-    return strip_gutenberg(text) if gutenberg else text
+    """Clean one text with the default steps (BOM, newlines, Gutenberg, NFC, whitespace)."""
+    return DocCleaner(DataConfig(strip_gutenberg=gutenberg)).feed(text)
 
 
-def read_documents(inputs: list[str], gutenberg: bool = True) -> Iterator[tuple[Path, str]]:
-    for path in expand_inputs(inputs):
-        text = clean(read_text(path), gutenberg)
-        if not text.strip():
-            raise UserError(f"{path}: the file is empty; give a file with text in it")
-        yield path, text
+@dataclass
+class CleanDoc:
+    """A kept document: its cleaned length and its cleaned pieces (cached, or cleaned again on demand)."""
+
+    name: str
+    chars: int
+    raw: Document
+    cfg: DataConfig
+    cached: list[str] | None = field(default=None, repr=False)
+
+    def pieces(self) -> Iterator[str]:
+        if self.cached is not None:
+            yield from self.cached
+            return
+        cleaner = DocCleaner(self.cfg)
+        for piece in self.raw.pieces():
+            if out := cleaner.feed(piece):
+                yield out
+
+
+def _pattern(words: list[str], regex: bool) -> re.Pattern | None:
+    if not words:
+        return None
+    try:
+        return re.compile("|".join(w if regex else re.escape(w) for w in words))
+    except re.error as e:
+        raise UserError(f"--data.include/--data.exclude: not a valid regular expression ({e})") from None
+
+
+class Corpus:
+    """The inputs of one prepare, as a stream of kept documents; `documents()` can run more than once."""
+
+    def __init__(self, cfg: DataConfig):
+        self.cfg = cfg
+        self.sources = expand_inputs(cfg.inputs, str(bundled_corpus()))
+        self.include = _pattern(cfg.include, cfg.regex)
+        self.exclude = _pattern(cfg.exclude, cfg.regex)
+
+    @property
+    def few_text_files(self) -> bool:
+        """A few books: hold out the end of each instead of whole documents (known before reading)."""
+        return len(self.sources) < 10 and all(s.kind == "text" for s in self.sources)
+
+    def _raw_documents(self, src: Source) -> Iterator[Document]:
+        c = self.cfg
+        if src.kind == "text":
+            yield Document(src.name, lambda: text_pieces(src.path, c.encoding, c.errors))
+        elif src.kind == "jsonl":
+            yield from jsonl_records(src.path, c.text_field, c.encoding, c.errors)
+        elif src.kind == "parquet":
+            yield from parquet_records(src.path, c.text_field)
+        elif src.kind == "hf_disk":
+            yield from hf_disk_records(src.path, c.hf_split, c.text_field)
+        else:
+            yield from hf_hub_records(src.name, c.hf_config, c.hf_split, c.text_field)
+
+    def documents(self, report: Counter, sources: list[dict] | None = None) -> Iterator[CleanDoc]:
+        """Kept documents in input order; `report` counts what each step removed, `sources` gets one
+        summary per input."""
+        seen: set[bytes] = set()
+        skipped: list[str] = []
+        for src in self.sources:
+            info = {"input": src.name, "kind": src.kind, "documents": 0, "kept": 0, "chars": 0}
+            try:
+                for raw in self._raw_documents(src):
+                    info["documents"] += 1
+                    doc = self._select(raw, report, seen)
+                    if doc is not None:
+                        info["kept"] += 1
+                        info["chars"] += doc.chars
+                        yield doc
+            except SkipFile as e:
+                if self.cfg.strict or (str(e) == "empty" and src.explicit):
+                    what = "looks like a binary file (NUL bytes)" if str(e) == "binary" else "is empty"
+                    raise UserError(f"{src.name}: the file {what}; give a text file with text") from None
+                report[f"{e}_files_skipped"] += 1
+                info["skipped"] = str(e)
+                skipped.append(f"{src.name} ({e})")
+            if sources is not None:
+                sources.append(info)
+        if not report["documents_kept"]:
+            why = f"; skipped: {', '.join(skipped[:3])}" if skipped else ""
+            raise UserError(f"the corpus is empty after cleaning and filtering: no document kept{why}")
+
+    def _select(self, raw: Document, report: Counter, seen: set[bytes]) -> CleanDoc | None:
+        cleaner = DocCleaner(self.cfg, report)
+        digest = hashlib.blake2b(digest_size=16)
+        cache: list[str] | None = []
+        chars, included, excluded = 0, self.include is None, False
+        for piece in raw.pieces():
+            piece = cleaner.feed(piece)
+            if not piece:
+                continue
+            chars += len(piece)
+            digest.update(piece.encode("utf-8", "surrogatepass"))
+            included = included or bool(self.include.search(piece))
+            excluded = excluded or (self.exclude is not None and bool(self.exclude.search(piece)))
+            if cache is not None:
+                cache.append(piece)
+                if chars > CACHE_CHARS:
+                    cache = None  # too big to keep: it is cleaned again when encoded
+        report["documents_read"] += 1
+        key = digest.digest()
+        if chars < max(1, self.cfg.min_chars):
+            reason = "dropped_too_short"
+        elif self.cfg.max_chars and chars > self.cfg.max_chars:
+            reason = "dropped_too_long"
+        elif not included:
+            reason = "dropped_not_included"
+        elif excluded:
+            reason = "dropped_excluded"
+        elif self.cfg.dedup and key in seen:
+            reason = "dropped_duplicate"
+        else:
+            seen.add(key)
+            report["documents_kept"] += 1
+            report["chars_kept"] += chars
+            return CleanDoc(raw.name, chars, raw, self.cfg, cache)
+        report[reason] += 1
+        return None
+
+    def sample(self, max_chars: int) -> list[str]:
+        """The first `max_chars` characters of the kept documents, as pieces: the tokenizer's training
+        text. Pieces, not whole documents, so a file that is one huge line still gives many lines."""
+        out, n = [], 0
+        for doc in self.documents(Counter()):
+            for piece in doc.pieces():
+                out.append(piece[: max_chars - n])
+                n += len(out[-1])
+                if n >= max_chars:
+                    return out
+        return out

@@ -15,7 +15,9 @@ from .shards import TokenShards
 class RandomWindows:
     """Training batches: windows at random offsets, drawn from an RNG whose state is checkpointed.
 
-    Each rank seeds its own stream from (seed, rank), so ranks draw different windows.
+    Ranks see disjoint data: each shard is cut into world_size equal parts and rank r only draws
+    windows lying wholly inside part r. Windows are drawn with replacement, so there is no epoch or
+    permutation to lose: the RNG state alone makes a resumed run draw exactly the batches it would have.
     """
 
     def __init__(
@@ -27,30 +29,38 @@ class RandomWindows:
         rank: int = 0,
         world_size: int = 1,
     ):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
         self.shards, self.batch_size, self.block_size = shards, batch_size, block_size
-        self.starts = np.array([a.size - block_size - 1 for a in shards.arrays])
-        if (self.starts <= 0).all():
+        sizes = np.array([a.size for a in shards.arrays], dtype=np.int64)
+        self.lo = sizes * rank // world_size  # this rank's part of each shard: [lo, hi)
+        hi = sizes * (rank + 1) // world_size
+        self.starts = np.clip(hi - self.lo - block_size, 0, None)  # window starts that fit in the part
+        if not self.starts.any():
             raise UserError(
                 f"the training split has {shards.total} tokens, fewer than one context window of "
-                f"{block_size + 1}; add text or lower --model.block_size"
+                f"{block_size + 1} per rank ({world_size} ranks); add text or lower --model.block_size"
             )
-        self.weights = np.clip(self.starts, 0, None) / np.clip(self.starts, 0, None).sum()
+        self.weights = self.starts / self.starts.sum()
         self.rng = np.random.default_rng([seed, rank, world_size])
+        self.batches = 0
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         which = self.rng.choice(len(self.shards.arrays), size=self.batch_size, p=self.weights)
-        offsets = (self.rng.random(self.batch_size) * self.starts[which]).astype(np.int64)
+        offsets = self.lo[which] + (self.rng.random(self.batch_size) * self.starts[which]).astype(np.int64)
         pairs = zip(which, offsets, strict=True)
         rows = np.stack([self.shards.arrays[s][o : o + self.block_size + 1] for s, o in pairs])
         rows = torch.from_numpy(rows.astype(np.int64))
+        self.batches += 1
         return rows[:, :-1], rows[:, 1:]  # (B, T) inputs and next-token targets
 
     def state_dict(self) -> dict:
         # JSON keeps the 128-bit PCG64 state loadable with torch.load(weights_only=True).
-        return {"rng": json.dumps(self.rng.bit_generator.state)}
+        return {"rng": json.dumps(self.rng.bit_generator.state), "batches": self.batches}
 
     def load_state_dict(self, state: dict) -> None:
         self.rng.bit_generator.state = json.loads(state["rng"])
+        self.batches = int(state.get("batches", 0))
 
 
 def sequential_windows(

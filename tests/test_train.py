@@ -1,0 +1,222 @@
+"""The trainer: exact resume after SIGKILL, Ctrl-C, NaN handling, DDP/FSDP parity, optimizers, schedules."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from scratchlm.checkpoint import step_dirs
+from scratchlm.common import UserError
+from scratchlm.config import RunConfig, TrainConfig
+from scratchlm.optim import lr_at
+from scratchlm.run import Run
+from scratchlm.train import train
+
+from .conftest import tiny_config
+
+FAST = ["--train.log-interval", "1", "--train.eval-batches", "2"]
+
+
+def scratchlm_cmd(*args, nproc: int = 1) -> list[str]:
+    if nproc == 1:
+        return [sys.executable, "-m", "scratchlm", *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "scratchlm",
+        *args,
+    ]
+
+
+def losses(run: Path) -> dict[int, float]:
+    rows = csv.DictReader(open(run / "metrics.csv"))
+    return {int(r["step"]): float(r["train_loss"]) for r in rows if r["train_loss"]}
+
+
+def final_weights(run: Path, step: int) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "checkpoints" / f"step_{step:06d}" / "model.safetensors"))
+
+
+@pytest.fixture
+def prepared_run(tiny_corpus, tmp_path) -> Path:
+    from scratchlm.prepare import prepare
+
+    run = tmp_path / "run"
+    prepare(run, tiny_config(tiny_corpus))
+    return run
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_sigkill_then_resume_is_bit_identical(prepared_run, tmp_path):
+    other = copy_run(prepared_run, tmp_path / "other")
+    steps, every = 90, 30
+    args = ["--train.max-steps", str(steps), "--train.eval-interval", str(every), *FAST]
+    subprocess.run(scratchlm_cmd("train", str(other), *args), check=True, capture_output=True)
+
+    proc = subprocess.Popen(
+        scratchlm_cmd("train", str(prepared_run), *args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    first_checkpoint = prepared_run / "checkpoints" / f"step_{every:06d}"
+    # Kill a few steps after the first checkpoint, well before the next one.
+    while proc.poll() is None and not (first_checkpoint.exists() and max(losses(prepared_run)) >= every + 3):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not (prepared_run / "checkpoints" / f"step_{steps:06d}").exists()
+    killed_at = max(losses(prepared_run))
+    assert killed_at > every  # it died after logging steps past the checkpoint
+
+    out = subprocess.run(
+        scratchlm_cmd("train", str(prepared_run), "--resume"), capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert f"resuming from {first_checkpoint}" in out.stdout or f"step {every})" in out.stdout
+    assert losses(prepared_run) == losses(other)  # bit-identical: the CSV holds the same digits
+    a, b = final_weights(prepared_run, steps), final_weights(other, steps)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ctrl_c_finishes_the_step_saves_and_exits_0(prepared_run):
+    proc = subprocess.Popen(
+        scratchlm_cmd("train", str(prepared_run), "--train.max-steps", "100000", *FAST),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    while not (prepared_run / "metrics.csv").exists() or len(losses(prepared_run)) < 5:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    saved = step_dirs(Run.at(prepared_run))
+    assert saved and int(saved[-1].name.split("_")[1]) == max(losses(prepared_run))
+
+
+def test_nan_loss_stops_with_the_last_good_checkpoint(prepared_run, monkeypatch):
+    cfg = tiny_config(Path("unused"))
+    cfg.train.max_steps, cfg.train.eval_interval = 20, 5
+    original = torch.nn.functional.cross_entropy
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = original(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 12 and kwargs.get("reduction", "mean") == "mean" else loss
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", poisoned)
+    with pytest.raises(UserError, match=r"last good checkpoint: .*step_0000(05|10)"):
+        train(prepared_run, cfg)
+
+    calls["n"] = 0
+    cfg.train.on_nan = "skip"
+    result = train(prepared_run, cfg, resume=False)
+    assert result["skipped_steps"] == 1 and result["step"] == 20
+
+
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
+def test_two_processes_match_one_with_the_same_global_batch(prepared_run, tmp_path, fsdp):
+    two = copy_run(prepared_run, tmp_path / "two")
+    common = ["--train.max-steps", "8", "--train.eval-interval", "4", *FAST]
+    one = subprocess.run(
+        scratchlm_cmd("train", str(prepared_run), "--train.batch-size", "8", *common),
+        capture_output=True,
+        text=True,
+    )
+    assert one.returncode == 0, one.stderr
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    extra = ["--train.fsdp", "true"] if fsdp else []
+    out = subprocess.run(
+        scratchlm_cmd("train", str(two), "--train.batch-size", "4", *common, *extra, nproc=2),
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    a, b = losses(prepared_run), losses(two)
+    assert a.keys() == b.keys() and len(a) == 8
+    for step in a:
+        assert abs(a[step] - b[step]) < 1e-5, (step, a[step], b[step])
+    # The 2-process checkpoint resumes in one process (another world size).
+    more = subprocess.run(
+        scratchlm_cmd("train", str(two), "--train.max-steps", "10", "--train.batch-size", "8"),
+        capture_output=True,
+        text=True,
+    )
+    assert more.returncode == 0 and "resuming from" in more.stdout, more.stderr
+
+
+def test_muon_trains(prepared_run):
+    cfg = tiny_config(Path("unused"))
+    cfg.train.optimizer, cfg.train.lr, cfg.train.max_steps = "muon", 2e-2, 30
+    train(prepared_run, cfg)
+    got = losses(prepared_run)
+    assert got[30] < got[1] - 0.8
+
+
+def test_batch_tokens_sets_gradient_accumulation(prepared_run, capsys):
+    cfg = tiny_config(Path("unused"))
+    cfg.train.max_steps, cfg.train.batch_size, cfg.train.batch_tokens = 2, 4, 4 * 64 * 3
+    train(prepared_run, cfg)
+    assert "768 tokens per step (1 x 4 x 3 x 64)" in capsys.readouterr().out
+    cfg.train.batch_tokens = 1000
+    with pytest.raises(UserError, match="not a multiple of batch_size x block_size"):
+        train(prepared_run, cfg, resume=False)
+
+
+def test_max_tokens_sets_the_number_of_steps(prepared_run):
+    cfg = tiny_config(Path("unused"))
+    cfg.train.max_tokens = 8 * 64 * 5 + 1
+    assert train(prepared_run, cfg)["step"] == 6
+
+
+def test_resume_without_checkpoint_is_a_user_error(prepared_run):
+    with pytest.raises(UserError, match="no checkpoint to resume"):
+        train(prepared_run, tiny_config(Path("unused")), resume=True)
+
+
+def test_schedules():
+    cos = TrainConfig(lr=1.0, warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
+    assert lr_at(0, cos) == pytest.approx(0.1) and lr_at(9, cos) == pytest.approx(1.0)
+    assert lr_at(60, cos) == pytest.approx(0.55) and lr_at(110, cos) == pytest.approx(0.1)
+    wsd = TrainConfig(
+        lr=1.0, warmup_steps=10, max_steps=100, schedule="wsd", decay_fraction=0.2, min_lr_ratio=0.0
+    )
+    assert lr_at(50, wsd) == 1.0 and lr_at(79, wsd) == 1.0
+    assert lr_at(90, wsd) == pytest.approx(0.5) and lr_at(100, wsd) == pytest.approx(0.0)
+    const = TrainConfig(lr=1.0, warmup_steps=10, schedule="constant")
+    assert lr_at(5000, const) == 1.0
+
+
+def test_checkpoint_keeps_config_and_tokenizer_hash(prepared_run):
+    import json
+
+    from scratchlm.checkpoint import read_metadata
+    from scratchlm.tokenizer import Tokenizer
+
+    cfg = tiny_config(Path("unused"))
+    cfg.train.max_steps = 3
+    train(prepared_run, cfg)
+    meta = read_metadata(step_dirs(Run.at(prepared_run))[-1] / "model.safetensors")
+    assert RunConfig.from_dict(json.loads(meta["config"])).model == cfg.model
+    assert meta["tokenizer_hash"] == Tokenizer.load(prepared_run / "tokenizer").hash
+    state = torch.load(step_dirs(Run.at(prepared_run))[-1] / "state.pt", weights_only=True)
+    assert state["step"] == 3 and "loader" in state and "rng" in state
