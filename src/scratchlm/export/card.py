@@ -22,12 +22,19 @@ def _read_json(path: Path) -> dict | None:
         raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); fix or delete it") from None
 
 
+def _source_name(source: dict) -> str:
+    """A manifest source as the user named it: a file's name, or hf:NAME for a hub dataset."""
+    where = str(source.get("input", source.get("path", "?")))
+    return f"hf:{where}" if source.get("kind") == "hf_hub" else Path(where).name
+
+
 def _licence(source: dict) -> str:
     for key in ("licence", "license"):
         if source.get(key):
             return str(source[key])
-    name = Path(str(source.get("path", ""))).name
-    return _KNOWN_LICENCES.get(name, "not recorded: state the licence of this text before publishing")
+    return _KNOWN_LICENCES.get(
+        _source_name(source), "not recorded: state the licence of this text before publishing"
+    )
 
 
 def model_card(lm, run_root: Path, fmt: str, arch: str) -> str:
@@ -63,7 +70,7 @@ def model_card(lm, run_root: Path, fmt: str, arch: str) -> str:
     if sources:
         for s in sources:
             lines.append(
-                f"- `{Path(str(s.get('path', '?'))).name}`: {s.get('chars', '?'):,} characters; "
+                f"- `{_source_name(s)}`: {s.get('chars', '?'):,} characters; "
                 f"licence: {_licence(s)}"
             )
     else:

@@ -368,9 +368,7 @@ def import_hf(hf_dir: str | Path, run_dir: str | Path) -> None:
     The run gets config.yaml, tokenizer/ and a weights-only step-0 checkpoint (+ best.safetensors), so
     eval, sample and train (which then starts at step 0 from these weights) accept it.
     """
-    from safetensors.torch import save_model
-
-    from ..checkpoint import _metadata
+    from ..checkpoint import save_best, save_checkpoint, weights_of
     from ..model import GPT
     from ..run import Run
 
@@ -401,15 +399,11 @@ def import_hf(hf_dir: str | Path, run_dir: str | Path) -> None:
         hf_sd.pop("lm_head.weight", None)
     model.load_state_dict({k: v.float() for k, v in from_hf_state_dict(hf_sd, cfg.model).items()})
 
-    step_dir = run.checkpoints_dir / "step_000000"
-    tmp = run.checkpoints_dir / ".tmp-step_000000"
-    tmp.mkdir(parents=True)
-    meta = _metadata(cfg, 0, tokenizer.hash, imported_from=str(hf_dir))
-    save_model(model, str(tmp / "model.safetensors"), metadata=meta)
     # Weights only: no optimizer or loader state, so `train` starts fresh at step 0 from these weights.
-    torch.save({"step": 0, "best_val": float("inf"), "elapsed_s": 0.0}, tmp / "state.pt")
-    tmp.replace(step_dir)
-    save_model(model, str(run.checkpoints_dir / "best.safetensors"), metadata=meta)
+    weights = weights_of(model.state_dict(), cfg.model.tie_embeddings)
+    state = {"step": 0, "best_val": float("inf"), "elapsed_s": 0.0}
+    save_checkpoint(run, 0, weights, cfg, tokenizer.hash, state, keep_last=1)
+    save_best(run, 0, weights, cfg, tokenizer.hash, val_loss=float("inf"))
     run.save_config(cfg)
 
 
