@@ -69,10 +69,7 @@ def model_card(lm, run_root: Path, fmt: str, arch: str) -> str:
     ]
     if sources:
         for s in sources:
-            lines.append(
-                f"- `{_source_name(s)}`: {s.get('chars', '?'):,} characters; "
-                f"licence: {_licence(s)}"
-            )
+            lines.append(f"- `{_source_name(s)}`: {s.get('chars', '?'):,} characters; licence: {_licence(s)}")
     else:
         lines.append("- not recorded (RUN/data/manifest.json is missing)")
     splits = manifest.get("splits") or {}
