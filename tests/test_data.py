@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import shared_file
 
 from scratchlm.common import UserError
 from scratchlm.config import DataConfig, RunConfig, TokenizerConfig
@@ -24,6 +23,8 @@ from scratchlm.data.corpus import Corpus, bundled_corpus, clean, read_text
 from scratchlm.data.shards import ShardWriter, open_split, read_manifest, token_dtype
 from scratchlm.prepare import prepare
 from scratchlm.tokenizer import Tokenizer, train_tokenizer
+
+from .conftest import shared_file
 
 GUTENBERG = (
     "The Project Gutenberg EBook of Something\n\n*** START OF THIS PROJECT GUTENBERG EBOOK SOMETHING ***\n"

@@ -12,6 +12,7 @@ import torch.nn as nn
 
 from scratchlm.cli import main
 from scratchlm.config import EvalConfig, ModelConfig
+from scratchlm.data.corpus import clean
 from scratchlm.data.shards import open_split
 from scratchlm.evaluate import evaluate, evaluate_loss, score_tokens, sliding_windows
 from scratchlm.tokenizer import Tokenizer
@@ -100,8 +101,12 @@ def test_eval_of_a_text_file_scores_all_its_bytes_and_writes_the_reports(trained
     cfg = EvalConfig(text=str(path), stride=16, prompts=["", "The"], sample_tokens=12)
     result = evaluate(trained_run, cfg)
     tok = Tokenizer.load(trained_run / "tokenizer")
-    assert result["bytes"] == len(text.encode("utf-8"))  # every byte, the first included
-    assert result["tokens"] == len(tok.encode(text)) + 1  # the text's tokens and the final <|eos|>
+    # Scored as prepare would store it: cleaned like a training document (its final newline goes, as
+    # documents end with <|eos|>), and then every byte of it counts, the first included.
+    cleaned = clean(text, gutenberg=False)
+    assert cleaned == text.rstrip("\n")
+    assert result["bytes"] == len(cleaned.encode("utf-8"))
+    assert result["tokens"] == len(tok.encode(cleaned)) + 1  # the text's tokens and the final <|eos|>
     assert math.isfinite(result["bits_per_byte"]) and result["bits_per_byte"] > 0 and result["stride"] == 16
     saved = json.loads((trained_run / "eval.json").read_text())
     assert saved["loss"] == result["loss"] and saved["source"] == str(path)
