@@ -101,9 +101,11 @@ def test_eval_of_a_text_file_scores_all_its_bytes_and_writes_the_reports(trained
     cfg = EvalConfig(text=str(path), stride=16, prompts=["", "The"], sample_tokens=12)
     result = evaluate(trained_run, cfg)
     tok = Tokenizer.load(trained_run / "tokenizer")
-    # Every byte of the text as training would see it (cleaning drops the document's final newline).
+    # Scored as prepare would store it: cleaned like a training document (its final newline goes, as
+    # documents end with <|eos|>), and then every byte of it counts, the first included.
     cleaned = clean(text, gutenberg=False)
-    assert result["bytes"] == len(cleaned.encode("utf-8"))  # every byte, the first included
+    assert cleaned == text.rstrip("\n")
+    assert result["bytes"] == len(cleaned.encode("utf-8"))
     assert result["tokens"] == len(tok.encode(cleaned)) + 1  # the text's tokens and the final <|eos|>
     assert math.isfinite(result["bits_per_byte"]) and result["bits_per_byte"] > 0 and result["stride"] == 16
     saved = json.loads((trained_run / "eval.json").read_text())

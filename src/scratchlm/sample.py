@@ -69,14 +69,14 @@ def pick_next(
 def generate_ids(
     model: GPT, prompt_ids: list[int], cfg: SampleConfig, stop_ids: set[int] = frozenset()
 ) -> Iterator[int]:
-    """Yield new token ids one at a time. The prompt must be non-empty (callers add <|bos|>); only its
-    last block_size tokens are used.
+    """Yield new token ids one at a time. The prompt must be non-empty (callers start it with <|eos|>);
+    only its last block_size tokens are used.
 
     Past the context window, the cache is rebuilt from the last 3/4 of a window: one prefill every
     block_size/4 tokens instead of a full forward per token.
     """
     if not prompt_ids:
-        raise ValueError("generate_ids needs at least one prompt token (e.g. <|bos|>)")
+        raise ValueError("generate_ids needs at least one prompt token (e.g. <|eos|>)")
     block = model.config.block_size
     weight = model.transformer.wte.weight
     device, dtype = weight.device, weight.dtype
@@ -152,8 +152,12 @@ class TextStream:
 
 
 def prompt_ids_for(tokenizer, prompt: str, block_size: int, warn=None) -> list[int]:
-    """<|bos|> + the prompt's ids; a prompt longer than the context keeps its end, with a notice."""
-    ids = [tokenizer.bos_id] + tokenizer.encode(prompt)
+    """<|eos|> + the prompt's ids; a prompt longer than the context keeps its end, with a notice.
+
+    In the training stream every document follows an <|eos|>, so that is the context a model knows as
+    "a new text starts here" (<|bos|> never occurs in pretraining data; SFT uses the chat tokens).
+    """
+    ids = [tokenizer.eos_id] + tokenizer.encode(prompt)
     if len(ids) > block_size:
         if len(ids) - 1 > block_size:
             print(
