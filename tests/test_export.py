@@ -20,7 +20,7 @@ from scratchlm.config import RunConfig, SampleConfig
 from scratchlm.export import export, import_run
 from scratchlm.model import GPT
 from scratchlm.run import Run
-from scratchlm.sample import generate_ids
+from scratchlm.sample import generate_ids, prompt_ids_for
 from scratchlm.tokenizer import Tokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -80,7 +80,7 @@ def make_run(prepared: dict[str, Path], dst: Path, kind: str = "unigram", **mode
 
 
 def prompt_ids(lm, prompt: str) -> list[int]:
-    return [lm.tokenizer.bos_id] + lm.tokenizer.encode(prompt)  # what `scratchlm sample` feeds the model
+    return prompt_ids_for(lm.tokenizer, prompt, lm.config.model.block_size)  # what `scratchlm sample` feeds
 
 
 def greedy(lm, ids: list[int], n: int = 20) -> list[int]:
@@ -123,7 +123,10 @@ def test_hf_export_loads_natively_and_matches(prepared, tmp_path, flavour):
     ):
         assert needle in card, needle
     gen = json.loads((out / "generation_config.json").read_text())
-    assert gen["eos_token_id"] == lm.tokenizer.eos_id and gen["bos_token_id"] == lm.tokenizer.bos_id
+    # generate() from nothing starts where `scratchlm sample ''` starts.
+    start = prompt_ids(lm, "")
+    assert gen["eos_token_id"] == lm.tokenizer.eos_id and [gen["bos_token_id"]] == start
+    assert hf.generate(do_sample=False, max_new_tokens=8)[0].tolist() == start + greedy(lm, start, 8)
 
 
 @pytest.mark.parametrize("kind", ["unigram", "bpe"])
@@ -139,7 +142,7 @@ def test_hf_tokenizer_loads_with_autotokenizer_and_gives_scratchlm_ids(prepared,
         assert hf_tok(prompt, add_special_tokens=False)["input_ids"] == tok.encode(prompt)
     chat = [{"role": "user", "content": "Who is Pierre?"}]
     ids = hf_tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False)
-    expected = tok.encode("<|bos|><|user|>Who is Pierre?<|end|><|assistant|>", allow_special=True)
+    expected = tok.encode("<|user|>Who is Pierre?<|end|><|assistant|>", allow_special=True)
     assert list(ids) == expected
 
 
@@ -155,7 +158,7 @@ def test_hf_chat_template_renders_scratchlm_chat_format(prepared, tmp_path):
     text = Template(tc["chat_template"]).render(
         messages=messages, bos_token="<|bos|>", add_generation_prompt=True
     )
-    assert text == "<|bos|><|system|>Be brief.<|end|><|user|>Hi<|end|><|assistant|>"
+    assert text == "<|system|>Be brief.<|end|><|user|>Hi<|end|><|assistant|>"
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
@@ -260,10 +263,10 @@ def test_gguf_reads_back_with_metadata_and_tensors(prepared, tmp_path, flavour, 
     assert types[sp.piece_to_id("<0x41>")] == gguf.TokenType.BYTE
     assert types[sp.piece_to_id("\n")] == gguf.TokenType.USER_DEFINED
     assert _field(r, "tokenizer.ggml.add_space_prefix") is False
-    assert (_field(r, "tokenizer.ggml.bos_token_id"), _field(r, "tokenizer.ggml.eos_token_id")) == (
-        tok.bos_id,
-        tok.eos_id,
-    )
+    # llama.cpp's automatic BOS is the token `scratchlm sample` starts prompts with.
+    assert [_field(r, "tokenizer.ggml.bos_token_id")] == prompt_ids(lm, "")
+    assert _field(r, "tokenizer.ggml.add_bos_token") is True
+    assert _field(r, "tokenizer.ggml.eos_token_id") == tok.eos_id
 
     sd = {k: v.numpy() for k, v in lm.model.state_dict().items()}
     tensors = {t.name: t for t in r.tensors}

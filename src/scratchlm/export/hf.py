@@ -292,10 +292,19 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 # The chat format of scratchlm: each message as <|role|>content<|end|>, the reply opened by <|assistant|>.
 CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}"
+    "{% for message in messages %}"
     "{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
 )
+
+
+def start_id(tokenizer) -> int:
+    """The token `scratchlm sample` puts before every prompt (<|eos|>: the context each training document
+    follows). Exports declare it as the BOS id, as GPT-2 does with <|endoftext|>, so transformers'
+    generate() from nothing and llama.cpp's automatic BOS feed the model what scratchlm feeds it."""
+    from ..sample import prompt_ids_for
+
+    return prompt_ids_for(tokenizer, "", 1 << 30)[0]
 
 
 def _tokenizer_config(tok_dir: Path, tokenizer) -> dict:
@@ -325,11 +334,11 @@ def write_hf_folder(lm, tok_dir: Path, out: Path, dtype: str, card: str) -> None
     logging.disable_progress_bar()  # one "wrote DIR" line is enough for a model this small
     tok = lm.tokenizer
     torch_dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[dtype]
-    hf = to_hf_model(lm.model, tok.bos_id, tok.eos_id, tok.pad_id, dtype=torch_dtype)
+    hf = to_hf_model(lm.model, start_id(tok), tok.eos_id, tok.pad_id, dtype=torch_dtype)
     hf.save_pretrained(out)
     sc = lm.config.sample
     gen = GenerationConfig(
-        bos_token_id=tok.bos_id,
+        bos_token_id=start_id(tok),
         eos_token_id=tok.eos_id,
         pad_token_id=tok.pad_id,
         do_sample=sc.temperature > 0,
@@ -407,6 +416,19 @@ def import_hf(hf_dir: str | Path, run_dir: str | Path) -> None:
     run.save_config(cfg)
 
 
+def tokenizer_json_kind(tj: dict) -> str | None:
+    """scratchlm's kind of a tokenizer.json without SentencePiece model: "bytelevel" (BPE over GPT-2
+    byte characters), "char" (BPE without merges, byte fallback), or None."""
+    model = tj.get("model") or {}
+    if model.get("type") != "BPE":
+        return None
+    if "ByteLevel" in json.dumps(tj.get("pre_tokenizer")):
+        return "bytelevel"
+    if model.get("byte_fallback") and not model.get("merges") and tj.get("pre_tokenizer") is None:
+        return "char"
+    return None
+
+
 def _import_tokenizer(hf_dir: Path, tok_dir: Path):
     """Copy the folder's tokenizer files into RUN/tokenizer, add scratchlm's metadata file, and load it."""
     from ..tokenizer import META_FILE, Tokenizer
@@ -419,14 +441,13 @@ def _import_tokenizer(hf_dir: Path, tok_dir: Path):
         kinds = {pb.TrainerSpec.UNIGRAM: "unigram", pb.TrainerSpec.BPE: "bpe"}
         kind = kinds.get(proto.trainer_spec.model_type)
     elif (hf_dir / "tokenizer.json").is_file():
-        tj = json.loads((hf_dir / "tokenizer.json").read_text(encoding="utf-8"))
-        bytelevel = "ByteLevel" in json.dumps(tj.get("pre_tokenizer"))
-        kind = "bytelevel" if (tj.get("model") or {}).get("type") == "BPE" and bytelevel else None
+        kind = tokenizer_json_kind(json.loads((hf_dir / "tokenizer.json").read_text(encoding="utf-8")))
     else:
         raise UserError(f"{hf_dir}: no tokenizer.model or tokenizer.json; the folder needs its tokenizer")
     if kind is None:
         raise UserError(
-            f"{hf_dir}: tokenizer type not supported; scratchlm imports SentencePiece or byte-level BPE"
+            f"{hf_dir}: tokenizer type not supported; scratchlm imports SentencePiece (tokenizer.model), "
+            "byte-level BPE or character tokenizers"
         )
     tok_dir.mkdir(parents=True, exist_ok=True)
     for name in TOKENIZER_FILES:
@@ -435,7 +456,7 @@ def _import_tokenizer(hf_dir: Path, tok_dir: Path):
     (tok_dir / META_FILE).write_text(json.dumps({"kind": kind}) + "\n", encoding="utf-8")
     try:
         tokenizer = Tokenizer.load(tok_dir)
-    except (OSError, KeyError, ValueError) as e:
+    except (OSError, KeyError, ValueError, UserError) as e:
         raise UserError(f"{hf_dir}: cannot use its {kind} tokenizer here ({e})") from None
     tokenizer.save(tok_dir)  # rewrites the metadata (hash, special ids) the way scratchlm keeps it
     return tokenizer
