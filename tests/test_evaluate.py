@@ -88,14 +88,20 @@ def test_stride_equal_to_context_matches_the_training_estimate(trained_run):
     lm = load(trained_run)
     shards = open_split(trained_run / "data", "val")
     token_bytes = lm.tokenizer.token_bytes()
+    # Whole windows only: a short last window has less context in the quick estimate than in the
+    # sliding one (which starts it a full context back), so their losses differ there by design.
+    tokens = np.asarray(shards.arrays[0])
+    tokens = tokens[: 1 + 64 * ((tokens.size - 1) // 64)]
+    shards.arrays = [tokens]
     quick = evaluate_loss(lm.model, shards, 8, "cpu", token_bytes=token_bytes)
-    full = score_tokens(lm.model, np.asarray(shards.arrays[0]), 64, 8, token_bytes)
+    full = score_tokens(lm.model, tokens, 64, 8, token_bytes)
     assert full["tokens"] == quick["tokens"] and full["bytes"] == quick["bytes"]
     assert full["loss"] == pytest.approx(quick["loss"], rel=1e-5)
 
 
 def test_eval_of_a_text_file_scores_all_its_bytes_and_writes_the_reports(trained_run, tmp_path):
-    text = "Prince Andrew looked at Natasha. — Ça va? 吾輩は猫である。\n" * 12
+    # No final newline: --text is cleaned like training text, and cleaning drops a trailing one.
+    text = "\n".join(["Prince Andrew looked at Natasha. — Ça va? 吾輩は猫である。"] * 12)
     path = tmp_path / "chapter.txt"
     path.write_text(text, encoding="utf-8")
     cfg = EvalConfig(text=str(path), stride=16, prompts=["", "The"], sample_tokens=12)

@@ -61,6 +61,11 @@ EXAMPLES = {
   scratchlm export runs/demo --format hf --out exports/demo-hf --checkpoint last --force""",
     "import": """examples:
   scratchlm import exports/demo-hf runs/imported   # then eval, sample or train it like any run""",
+    "tokenizer": """examples:
+  scratchlm tokenizer train runs/mine --input book.txt --tokenizer.kind unigram --tokenizer.vocab-size 32000
+  scratchlm tokenizer encode runs/mine "吾輩は猫である。"
+  scratchlm tokenizer decode runs/mine 412 88 1093
+  scratchlm tokenizer stats runs/mine --text chapter.txt""",
     "demo": """examples:
   scratchlm demo                  # prepare, train, eval and sample into runs/demo
   scratchlm demo --steps 100      # a shorter training""",
@@ -162,6 +167,33 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--steps", type=int, default=360, help="training steps (about 3 minutes on 2 CPU cores)")
     p.add_argument("--minutes", type=float, default=4.0, help="stop training after this many minutes anyway")
     subcommands.add_subcommand("demo", p, help="prepare, train, eval and sample on the bundled book")
+
+    p = _subparser("tokenizer", "Train, try and inspect the run's tokenizer (RUN/tokenizer/).")
+    subcommands.add_subcommand("tokenizer", p, help="train / encode / decode / stats of the tokenizer")
+    tok_commands = p.add_subcommands(dest="action")
+    q = ArgumentParser(prog="scratchlm tokenizer train", description="Train RUN's tokenizer on the inputs.")
+    q.add_argument("run", help="run directory (created if missing)")
+    q.add_argument("--input", action="append", default=None, metavar="PATH", help="as for `prepare`")
+    q.add_argument("--overwrite", action="store_true", help="replace the run's existing tokenizer")
+    q.add_argument("--config", metavar="FILE.yaml", help="recipe: YAML with data/tokenizer sections")
+    q.add_class_arguments(DataConfig, "data")
+    q.add_class_arguments(TokenizerConfig, "tokenizer")
+    tok_commands.add_subcommand("train", q, help="train the tokenizer only")
+    q = ArgumentParser(prog="scratchlm tokenizer encode", description="Print the ids of TEXT.")
+    q.add_argument("run", help="a run directory with a tokenizer")
+    q.add_argument("text", help="text to encode")
+    q.add_argument("--allow_special", action="store_true", help='turn "<|eos|>" etc. into special ids')
+    tok_commands.add_subcommand("encode", q, help="text → ids")
+    q = ArgumentParser(prog="scratchlm tokenizer decode", description="Print the text of IDS.")
+    q.add_argument("run", help="a run directory with a tokenizer")
+    q.add_argument("ids", nargs="+", help="token ids (spaces or commas between them)")
+    tok_commands.add_subcommand("decode", q, help="ids → text")
+    q = ArgumentParser(
+        prog="scratchlm tokenizer stats", description="Tokens, bytes and characters per token…"
+    )
+    q.add_argument("run", help="a run directory with a tokenizer")
+    q.add_argument("--text", default=None, help="measure this UTF-8 file (default: the run's inputs)")
+    tok_commands.add_subcommand("stats", q, help="compression, byte-fallback rate, longest tokens")
     return parser
 
 
@@ -176,7 +208,11 @@ def normalize_option_names(argv: list[str]) -> list[str]:
     return out
 
 
-COMMAND_SECTIONS = {"prepare": ("data", "tokenizer"), "train": ("model", "train")}
+COMMAND_SECTIONS = {
+    "prepare": ("data", "tokenizer"),
+    "train": ("model", "train"),
+    "tokenizer train": ("data", "tokenizer"),
+}
 
 
 def recipe_flags(path: str, command: str) -> list[str]:
@@ -210,10 +246,12 @@ def recipe_flags(path: str, command: str) -> list[str]:
 
 def _expand_recipe(args: list[str]) -> list[str]:
     """Replace `--config FILE` with the recipe's flags, placed before the user's own flags (which win)."""
-    if not args or args[0] not in COMMAND_SECTIONS:
+    head = 2 if args[:2] == ["tokenizer", "train"] else 1
+    command = " ".join(args[:head])
+    if command not in COMMAND_SECTIONS:
         return args
     rest, path = [], None
-    i = 1
+    i = head
     while i < len(args):
         if args[i] == "--config" and i + 1 < len(args):
             path, i = args[i + 1], i + 2
@@ -223,7 +261,7 @@ def _expand_recipe(args: list[str]) -> list[str]:
         else:
             rest.append(args[i])
         i += 1
-    return [args[0], *(recipe_flags(path, args[0]) if path else []), *rest]
+    return [*args[:head], *(recipe_flags(path, command) if path else []), *rest]
 
 
 def _base_config(run_dir: str, preset: str | None) -> RunConfig:
@@ -260,6 +298,18 @@ def _parse(argv: list[str]):
         sub = ns[cmd]
         d = sub.as_dict()
         cfg = RunConfig.from_dict({**base.to_dict(), **{s: d[s] for s in SECTIONS if s in d}})
+        return cmd, sub, cfg
+    if cmd == "tokenizer" and ns[cmd].action == "train":
+        # As for prepare: the run's saved settings are the defaults that flags override.
+        base = _base_config(ns[cmd].train.run, None)
+        group = parser._subcommands_action._name_parser_map[cmd]
+        subparser = group._subcommands_action._name_parser_map["train"]
+        known = {a.dest for a in subparser._actions}
+        flat = {f"{s}.{k}": v for s in ("data", "tokenizer") for k, v in base.to_dict()[s].items()}
+        subparser.set_defaults({k: v for k, v in flat.items() if k in known})
+        sub = parser.parse_args(args)[cmd]
+        d = sub.train.as_dict()
+        cfg = RunConfig.from_dict({**base.to_dict(), "data": d["data"], "tokenizer": d["tokenizer"]})
         return cmd, sub, cfg
     return cmd, ns[cmd], None
 
@@ -309,6 +359,20 @@ def main(argv: list[str] | None = None) -> int:
             from .demo import demo
 
             demo(args.run, steps=args.steps, minutes=args.minutes)
+        elif cmd == "tokenizer":
+            from . import tokenizer_cmd
+
+            action, sub = args.action, args[args.action]
+            if action == "train":
+                if sub.input:
+                    cfg.data.inputs = list(sub.input)
+                tokenizer_cmd.train_command(sub.run, cfg, overwrite=sub.overwrite)
+            elif action == "encode":
+                tokenizer_cmd.encode_command(sub.run, sub.text, allow_special=sub.allow_special)
+            elif action == "decode":
+                tokenizer_cmd.decode_command(sub.run, sub.ids)
+            else:
+                tokenizer_cmd.stats(sub.run, text=sub.text)
     except UserError as e:
         print(f"scratchlm: error: {e}", file=sys.stderr)
         return 2

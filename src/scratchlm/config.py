@@ -64,12 +64,20 @@ class DataConfig:
 
 @dataclass
 class TokenizerConfig:
-    kind: Literal["unigram", "bpe"] = "unigram"
-    """SentencePiece model type; both use byte fallback, so any text round-trips."""
+    kind: Literal["unigram", "bpe", "bytelevel", "char"] = "unigram"
+    """unigram/bpe: SentencePiece with byte fallback; bytelevel: GPT-2 style byte-level BPE; char: one
+    token per character (unseen ones fall back to bytes). Every kind round-trips any text exactly."""
     vocab_size: int = 4096
-    """Vocabulary size, special tokens included."""
+    """Vocabulary size, special tokens included (for char: the most characters kept, plus 256 bytes)."""
     character_coverage: float = 0.9995
     """Share of characters covered by pieces; the rest fall back to bytes (0.9995 suits CJK)."""
+    normalization: Literal["identity", "nfkc"] = "identity"
+    """identity keeps text exactly; nfkc folds compatibility forms (full-width → half-width), so
+    decode(encode(text)) gives the NFKC form of the text."""
+    max_sentence_length: int = 4192
+    """SentencePiece: longest training line in bytes; longer lines are cut into pieces that fit."""
+    input_sentence_size: int = 2_000_000
+    """SentencePiece: lines sampled from the corpus for training, bounding RAM on a large corpus."""
 
 
 @dataclass

@@ -11,7 +11,8 @@ from .config import RunConfig
 from .data.corpus import Corpus
 from .data.shards import write_shards
 from .run import Run
-from .tokenizer import META_FILE, Tokenizer, train_tokenizer
+from .tokenizer import Tokenizer, train_tokenizer
+from .tokenizer import exists as tokenizer_exists
 
 REPORT_LINES = {
     "binary_files_skipped": "binary files skipped",
@@ -34,13 +35,13 @@ def prepare(run_dir: str | Path, cfg: RunConfig | None = None) -> dict:
     cfg = cfg or (run.load_config() if run.has_config() else RunConfig())
     corpus = Corpus(cfg.data)
 
-    if (run.tokenizer_dir / META_FILE).is_file():  # written last by Tokenizer.save: a complete tokenizer
+    if tokenizer_exists(run.tokenizer_dir):  # the metadata file, written last by Tokenizer.save
         tokenizer = Tokenizer.load(run.tokenizer_dir)
         rank0_print(f"using the run's tokenizer ({tokenizer.kind}, {tokenizer.vocab_size} tokens)")
     else:
         sample = corpus.sample(int(cfg.data.tokenizer_sample_mb * 1e6))
         rank0_print(
-            f"training a SentencePiece {cfg.tokenizer.kind} tokenizer of {cfg.tokenizer.vocab_size} tokens "
+            f"training a {cfg.tokenizer.kind} tokenizer of {cfg.tokenizer.vocab_size} tokens "
             f"on {sum(len(d) for d in sample):,} characters…"
         )
         tokenizer = train_tokenizer(sample, cfg.tokenizer)

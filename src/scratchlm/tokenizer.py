@@ -1,159 +1,270 @@
-"""Tokenizers: train, encode/decode, special tokens, save/load.
+"""Tokenizers: train, encode/decode, special tokens, save/load — one interface over four kinds.
 
-SentencePiece (Unigram or BPE) with byte fallback, so every string round-trips. Special tokens are
-reserved at training time with fixed ids so SFT later needs no resize; they are control symbols,
-so text that merely contains "<|eos|>" is never turned into the special id unless asked.
+unigram / bpe  SentencePiece with byte fallback (tokenizer_sp.py): the usual choice for CJK + English.
+bytelevel      GPT-2 style byte-level BPE from Hugging Face `tokenizers` (tokenizer_hf.py).
+char           one token per character seen, unseen characters fall back to UTF-8 byte tokens.
+
+Every kind round-trips any str exactly. The special tokens get the same fixed ids 0..6 in every kind,
+reserved at training time so SFT later needs no resize; text that merely contains "<|eos|>" stays text
+unless `allow_special=True`. A saved tokenizer is a folder that transformers loads as it is
+(`tokenizer.json` + `tokenizer_config.json`), plus the native model file and our metadata.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
+import itertools
 import json
+import os
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
-from .common import UserError, atomic_write_text
+from .common import UserError, atomic_write, atomic_write_text, is_interactive
 from .config import TokenizerConfig
 
 SPECIALS = ["<|bos|>", "<|eos|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
-UNK = "<unk>"
-MODEL_FILE = "tokenizer.model"
+KINDS = ("unigram", "bpe", "bytelevel", "char")
 META_FILE = "scratchlm_tokenizer.json"
+HF_FILE = "tokenizer.json"
+HF_CONFIG_FILE = "tokenizer_config.json"
+SP_FILE = "tokenizer.model"
+
+# Long documents are cut into pieces of about this many characters so a batch of one book still uses
+# every core. A cut falls just after a lone "\n" between non-blank text (at most one space-like
+# character, such as the ideographic space opening a Japanese paragraph, may follow): no token of any
+# kind spans it — SentencePiece keeps "\n" a piece of its own and the GPT-2 pattern ends a run of
+# whitespace there — so the ids are exactly those of the whole document (tested).
+_PIECE_CHARS = 1 << 16
+_SAFE_CUT = re.compile(r"(?<=\S)\n(?=[^\s]|[^\S\n]\S)")
+_SPECIAL_RE = re.compile("(" + "|".join(re.escape(t) for t in SPECIALS) + ")")
 
 
 class Tokenizer:
-    def __init__(self, model_bytes: bytes, kind: str):
-        import sentencepiece as spm
+    """What the rest of scratchlm sees. Subclasses supply the backend-specific methods below."""
 
-        self.kind = kind
-        self.model_bytes = model_bytes
-        self.sp = spm.SentencePieceProcessor(model_proto=model_bytes)
-        self.vocab_size = self.sp.get_piece_size()
-        self.special_ids = {tok: self.sp.piece_to_id(tok) for tok in SPECIALS}
-        self._special_re = re.compile("(" + "|".join(re.escape(t) for t in SPECIALS) + ")")
+    kind: str
+    vocab_size: int
+    native: bytes  # the native model file's bytes; the hash is taken over them
+    meta: dict  # extra metadata saved beside the model (corpus hash, normalization…)
 
-    # ---- ids ----
-    bos_id = property(lambda self: self.special_ids["<|bos|>"])
-    eos_id = property(lambda self: self.special_ids["<|eos|>"])
-    pad_id = property(lambda self: self.special_ids["<|pad|>"])
+    # ---- backend interface ----
+    def _encode_plain(self, text: str) -> list[int]:
+        """Ids of `text`, special-token text included as ordinary text."""
+        raise NotImplementedError
+
+    def _encode_many(self, texts: list[str]) -> list[list[int]]:
+        """_encode_plain over a list, on all cores."""
+        raise NotImplementedError
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Ids to text; special tokens decode to nothing."""
+        raise NotImplementedError
+
+    def piece(self, i: int) -> str:
+        """The vocabulary entry of id i, as the library spells it (for display)."""
+        raise NotImplementedError
+
+    def token_bytes(self) -> np.ndarray:
+        """UTF-8 byte length of each token as it appears in decoded text (for bits per byte).
+
+        Sums exactly to len(decode(ids).encode()) for ids that decode to valid UTF-8; specials are 0.
+        """
+        raise NotImplementedError
+
+    def fallback_mask(self) -> np.ndarray:
+        """True for ids that stand for a raw byte of a character the vocabulary lacks."""
+        raise NotImplementedError
+
+    def hf_json(self) -> str:
+        """The Hugging Face fast-tokenizer file (tokenizer.json) giving the same ids."""
+        raise NotImplementedError
+
+    def _native_files(self) -> dict[str, bytes]:
+        raise NotImplementedError
+
+    # ---- common ----
+    @property
+    def special_ids(self) -> dict[str, int]:
+        return {tok: i for i, tok in enumerate(SPECIALS)}
+
+    bos_id = property(lambda self: 0)
+    eos_id = property(lambda self: 1)
+    pad_id = property(lambda self: 2)
 
     @property
     def hash(self) -> str:
-        return hashlib.sha256(self.model_bytes).hexdigest()[:16]
+        return hashlib.sha256(self.kind.encode() + b"\0" + self.native).hexdigest()[:16]
 
-    # ---- text <-> ids ----
     def encode(self, text: str, *, bos: bool = False, allow_special: bool = False) -> list[int]:
         """Text to ids. With allow_special, "<|eos|>" etc. in the text become their special ids."""
         ids = [self.bos_id] if bos else []
         if not allow_special:
-            return ids + self.sp.encode(text)
-        for part in self._special_re.split(text):
-            if part in self.special_ids:
-                ids.append(self.special_ids[part])
+            return ids + self._encode_plain(text)
+        for part in _SPECIAL_RE.split(text):
+            if part in SPECIALS:
+                ids.append(SPECIALS.index(part))
             elif part:
-                ids.extend(self.sp.encode(part))
+                ids.extend(self._encode_plain(part))
         return ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        # SentencePiece's own batch API spreads the work over all cores.
-        return self.sp.encode(texts, num_threads=-1)
+        """encode() of each text, on all cores, with a progress bar on large inputs at a terminal."""
+        pieces, owner = [], []
+        for i, text in enumerate(texts):
+            for piece in split_for_batch(text):
+                pieces.append(piece)
+                owner.append(i)
+        total = sum(len(p) for p in pieces)
+        out: list[list[int]] = [[] for _ in texts]
+        # ~1M characters per call keeps every core busy while the bar still moves.
+        step = max(1, len(pieces) * (1 << 20) // max(1, total))
+        from tqdm import tqdm
 
-    def decode(self, ids: Iterable[int]) -> str:
-        """Ids to text; special tokens decode to nothing."""
-        return self.sp.decode([int(i) for i in ids])
-
-    def token_bytes(self) -> np.ndarray:
-        """UTF-8 byte length of each token as it appears in decoded text (for bits per byte)."""
-        out = np.zeros(self.vocab_size, dtype=np.int64)
-        for i in range(self.vocab_size):
-            if self.sp.is_control(i) or self.sp.is_unknown(i):
-                continue
-            out[i] = 1 if self.sp.is_byte(i) else len(self.sp.id_to_piece(i).replace("\u2581", " ").encode())
+        with tqdm(
+            total=total,
+            unit="char",
+            unit_scale=True,
+            desc="tokenizing",
+            disable=total < (16 << 20) or not is_interactive(),
+        ) as bar:
+            for start in range(0, len(pieces), step):
+                chunk = pieces[start : start + step]
+                for i, ids in zip(owner[start : start + step], self._encode_many(chunk), strict=True):
+                    out[i].extend(ids)
+                bar.update(sum(len(p) for p in chunk))
         return out
 
     # ---- persistence ----
     def save(self, directory: str | Path) -> None:
+        """Write the tokenizer folder; the metadata file goes last, so its presence means complete."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        with open(directory / (MODEL_FILE + ".tmp"), "wb") as f:
-            f.write(self.model_bytes)
-        (directory / (MODEL_FILE + ".tmp")).replace(directory / MODEL_FILE)
+        (directory / META_FILE).unlink(missing_ok=True)
+        for stale in (SP_FILE, HF_FILE):
+            (directory / stale).unlink(missing_ok=True)
+        for name, data in self._native_files().items():
+            atomic_write(directory / name, lambda p, d=data: p.write_bytes(d))
+        if HF_FILE not in self._native_files():
+            atomic_write_text(directory / HF_FILE, self.hf_json())
+        atomic_write_text(directory / HF_CONFIG_FILE, json.dumps(self._hf_config(), indent=2) + "\n")
         meta = {
             "kind": self.kind,
             "vocab_size": self.vocab_size,
             "hash": self.hash,
             "special_ids": self.special_ids,
+            **self.meta,
         }
-        atomic_write_text(directory / META_FILE, json.dumps(meta, indent=2) + "\n")
+        atomic_write_text(directory / META_FILE, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+
+    def _hf_config(self) -> dict:
+        # PreTrainedTokenizerFast reads tokenizer.json as it is; a model-specific class (LlamaTokenizer…)
+        # would rebuild parts of the pipeline and could change the ids.
+        return {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": SPECIALS[0],
+            "eos_token": SPECIALS[1],
+            "pad_token": SPECIALS[2],
+            "add_bos_token": False,
+            "add_eos_token": False,
+            "clean_up_tokenization_spaces": False,
+            "model_max_length": 1_000_000_000,
+        }
 
     @classmethod
     def load(cls, directory: str | Path) -> Tokenizer:
         directory = Path(directory)
-        if not (directory / META_FILE).is_file():
-            raise UserError(f"{directory}: no tokenizer here; run `scratchlm prepare` on the run first")
-        meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
-        return cls((directory / MODEL_FILE).read_bytes(), meta["kind"])
-
-
-def _training_lines(documents: Iterable[str], max_len: int) -> Iterator[str]:
-    for doc in documents:
-        for line in doc.split("\n"):
-            if line.strip():
-                yield line[:max_len]
-
-
-def train_tokenizer(documents: list[str], cfg: TokenizerConfig) -> Tokenizer:
-    """Train a SentencePiece model on the documents, fully in memory."""
-    import sentencepiece as spm
-
-    n_chars = sum(len(d) for d in documents)
-    if n_chars == 0:
-        raise UserError("the corpus is empty: nothing to train a tokenizer on")
-    min_vocab = len(SPECIALS) + 2 + 256
-    if cfg.vocab_size < min_vocab:
-        raise UserError(
-            f"--tokenizer.vocab_size {cfg.vocab_size} is too small: at least {min_vocab} "
-            f"(specials + 256 byte-fallback tokens)"
-        )
-    model = io.BytesIO()
-    try:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=_training_lines(documents, 4096),
-            model_writer=model,
-            model_type=cfg.kind,
-            vocab_size=cfg.vocab_size,
-            character_coverage=cfg.character_coverage,
-            byte_fallback=True,
-            split_digits=True,
-            # Exact round trip: no dummy prefix, no whitespace folding, identity normalization.
-            add_dummy_prefix=False,
-            remove_extra_whitespaces=False,
-            allow_whitespace_only_pieces=True,
-            normalization_rule_name="identity",
-            unk_id=0,
-            unk_piece=UNK,
-            bos_id=-1,
-            eos_id=-1,
-            pad_id=-1,
-            control_symbols=SPECIALS,
-            # Newlines never reach the trainer (it reads lines), so "\n" gets a piece of its own.
-            user_defined_symbols=["\n"],
-            input_sentence_size=2_000_000,
-            shuffle_input_sentence=True,
-            num_threads=8,
-            minloglevel=2,
-        )
-    except RuntimeError as e:
-        msg = str(e)
-        m = re.search(r"Please set it to a value <= (\d+)", msg)
-        if m:
+        if not exists(directory):
             raise UserError(
-                f"--tokenizer.vocab_size {cfg.vocab_size} is too large for this corpus; "
-                f"try {m.group(1)} or less, or add more text"
-            ) from None
-        raise
-    return Tokenizer(model.getvalue(), cfg.kind)
+                f"{directory}: no tokenizer here; run `scratchlm prepare` "
+                "(or `scratchlm tokenizer train`) first"
+            )
+        meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
+        kind = meta.get("kind")
+        extra = {k: v for k, v in meta.items() if k not in ("kind", "vocab_size", "hash", "special_ids")}
+        if kind in ("unigram", "bpe"):
+            from .tokenizer_sp import SentencePieceTokenizer
+
+            return SentencePieceTokenizer((directory / SP_FILE).read_bytes(), kind, extra)
+        if kind in ("bytelevel", "char"):
+            from .tokenizer_hf import HFTokenizer
+
+            return HFTokenizer((directory / HF_FILE).read_bytes(), kind, extra)
+        raise UserError(
+            f"{directory / META_FILE}: unknown tokenizer kind {kind!r}; train the tokenizer again"
+        )
+
+
+def exists(directory: str | Path) -> bool:
+    """Whether `directory` holds a complete saved tokenizer."""
+    return (Path(directory) / META_FILE).is_file()
+
+
+def split_for_batch(text: str, size: int = _PIECE_CHARS) -> Iterator[str]:
+    """Cut a long text at safe places (see _SAFE_CUT); short texts come back whole."""
+    start = 0
+    while len(text) - start > size:
+        m = _SAFE_CUT.search(text, start + size)
+        if not m:
+            break
+        yield text[start : m.end()]
+        start = m.end()
+    if start < len(text) or not text:
+        yield text[start:]
+
+
+class CorpusStats:
+    """Counts and hashes the documents as the trainer streams through them (RAM stays bounded)."""
+
+    def __init__(self) -> None:
+        self.docs = 0
+        self.chars = 0
+        self._sha = hashlib.sha256()
+
+    def watch(self, documents: Iterable[str]) -> Iterator[str]:
+        for doc in documents:
+            self.docs += 1
+            self.chars += len(doc)
+            self._sha.update(doc.encode("utf-8", "surrogatepass") + b"\0")
+            yield doc
+
+    @property
+    def hash(self) -> str:
+        return self._sha.hexdigest()[:16]
+
+
+def train_tokenizer(documents: Iterable[str], cfg: TokenizerConfig) -> Tokenizer:
+    """Train a tokenizer of `cfg.kind` on any iterable of documents (read once, streamed)."""
+    if cfg.kind not in KINDS:
+        raise UserError(f"--tokenizer.kind {cfg.kind!r}: choose one of {', '.join(KINDS)}")
+    docs = iter(documents)
+    head = []
+    for doc in docs:  # look ahead to the first document with text, so an empty corpus fails clearly
+        head.append(doc)
+        if doc.strip():
+            break
+    else:
+        raise UserError("the corpus is empty: nothing to train a tokenizer on; give files with text in them")
+    stats = CorpusStats()
+    stream = stats.watch(itertools.chain(head, docs))
+    if cfg.kind in ("unigram", "bpe"):
+        from .tokenizer_sp import train_sentencepiece
+
+        tok = train_sentencepiece(stream, cfg)
+    else:
+        from .tokenizer_hf import train_bytelevel, train_char
+
+        tok = train_bytelevel(stream, cfg) if cfg.kind == "bytelevel" else train_char(stream, cfg)
+    tok.meta.update(
+        corpus_hash=stats.hash,
+        corpus_chars=stats.chars,
+        corpus_documents=stats.docs,
+        normalization=cfg.normalization,
+    )
+    return tok
+
+
+def cpu_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -1,0 +1,129 @@
+"""`scratchlm tokenizer train|encode|decode|stats RUN …`: the tokenizer on its own, without shards."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from .common import UserError, rank0_print
+from .config import RunConfig
+from .data.corpus import Corpus, clean, read_text
+from .run import Run
+from .tokenizer import Tokenizer, exists, train_tokenizer
+
+
+def train_command(run_dir: str | Path, cfg: RunConfig, overwrite: bool = False) -> Tokenizer:
+    """Train the run's tokenizer on cfg.data.inputs and record the settings in RUN/config.yaml."""
+    run = Run.at(run_dir)
+    if exists(run.tokenizer_dir) and not overwrite:
+        raise UserError(
+            f"{run.tokenizer_dir} already holds a tokenizer; pass --overwrite to replace it "
+            "(then run `scratchlm prepare` again: shards and checkpoints belong to the old one)"
+        )
+    # The same text as `prepare` trains on: the first --data.tokenizer_sample_mb of cleaned documents.
+    sample = Corpus(cfg.data).sample(int(cfg.data.tokenizer_sample_mb * 1e6))
+    rank0_print(
+        f"training a {cfg.tokenizer.kind} tokenizer of {cfg.tokenizer.vocab_size} tokens "
+        f"on {sum(len(d) for d in sample):,} characters…"
+    )
+    tok = train_tokenizer(sample, cfg.tokenizer)
+    del sample
+    tok.save(run.tokenizer_dir)
+    cfg.model.vocab_size = tok.vocab_size
+    run.save_config(cfg)
+    rank0_print(
+        f"saved {run.tokenizer_dir} ({tok.kind}, {tok.vocab_size} tokens, "
+        f"{tok.meta['corpus_chars']:,} characters read)"
+    )
+    return tok
+
+
+def encode_command(run_dir: str | Path, text: str, allow_special: bool = False) -> list[int]:
+    ids = Tokenizer.load(Run.at(run_dir).tokenizer_dir).encode(text, allow_special=allow_special)
+    print(" ".join(map(str, ids)))
+    return ids
+
+
+def decode_command(run_dir: str | Path, ids: list[str]) -> str:
+    tok = Tokenizer.load(Run.at(run_dir).tokenizer_dir)
+    values = []
+    for raw in ids:
+        for part in raw.replace(",", " ").split():
+            if not part.lstrip("-").isdigit() or not 0 <= int(part) < tok.vocab_size:
+                raise UserError(
+                    f"id {part!r} is not a token id: give integers from 0 to {tok.vocab_size - 1}"
+                )
+            values.append(int(part))
+    text = tok.decode(values)
+    sys.stdout.write(text)
+    return text
+
+
+def _texts(run: Run, text: str | None) -> Iterator[str]:
+    if text:  # cleaned as prepare cleans, so the numbers are those of the training data
+        yield clean(read_text(Path(text)), gutenberg=False)
+        return
+    cfg = run.load_config() if run.has_config() else RunConfig()
+    for doc in Corpus(cfg.data).documents(Counter()):
+        yield from doc.pieces()
+
+
+def _batches(texts: Iterable[str], chars: int = 1 << 22) -> Iterator[list[str]]:
+    """Groups of about `chars` characters: a whole corpus is measured in bounded memory."""
+    batch, n = [], 0
+    for t in texts:
+        batch.append(t)
+        n += len(t)
+        if n >= chars:
+            yield batch
+            batch, n = [], 0
+    if batch:
+        yield batch
+
+
+def stats(run_dir: str | Path, text: str | None = None, top: int = 20) -> dict:
+    """How the tokenizer cuts a text (the run's corpus by default), and its longest tokens."""
+    run = Run.at(run_dir)
+    tok = Tokenizer.load(run.tokenizer_dir)
+    counts = np.zeros(tok.vocab_size, dtype=np.int64)
+    n_bytes = n_chars = 0
+    for batch in _batches(_texts(run, text)):
+        for ids in tok.encode_batch(batch):
+            counts += np.bincount(np.asarray(ids, dtype=np.int64), minlength=tok.vocab_size)
+        n_bytes += sum(len(t.encode("utf-8", "surrogatepass")) for t in batch)
+        n_chars += sum(len(t) for t in batch)
+    n_tokens = int(counts.sum())
+    fallback = int(counts[tok.fallback_mask()].sum())
+    lengths = tok.token_bytes()
+    longest = [int(i) for i in np.argsort(-lengths, kind="stable")[:top]]
+    result = {
+        "kind": tok.kind,
+        "vocab_size": tok.vocab_size,
+        "tokens": n_tokens,
+        "bytes": n_bytes,
+        "chars": n_chars,
+        "bytes_per_token": n_bytes / max(1, n_tokens),
+        "chars_per_token": n_chars / max(1, n_tokens),
+        "byte_fallback_rate": fallback / max(1, n_tokens),
+        "vocab_used": int((counts > 0).sum()),
+        "longest": [(i, tok.decode([i])) for i in longest],
+    }
+    fallback_line = (
+        "n/a (byte-level: every byte is in the vocabulary)"
+        if tok.kind == "bytelevel"
+        else f"{fallback:,} tokens ({100 * result['byte_fallback_rate']:.3f}%)"
+    )
+    print(f"tokenizer       {tok.kind}, {tok.vocab_size:,} tokens, hash {tok.hash}")
+    print(f"text            {n_chars:,} characters, {n_bytes:,} bytes")
+    print(f"tokens          {n_tokens:,} ({result['vocab_used']:,} distinct ids used)")
+    print(f"bytes/token     {result['bytes_per_token']:.3f}")
+    print(f"chars/token     {result['chars_per_token']:.3f}")
+    print(f"byte-fallback   {fallback_line}")
+    print(f"{top} longest tokens (bytes, id, text):")
+    for i, piece in result["longest"]:
+        print(f"  {lengths[i]:3d}  {i:6d}  {piece!r}")
+    return result
