@@ -200,24 +200,22 @@ def test_import_round_trip_gives_identical_tensors_and_a_usable_run(prepared, tm
 
 
 @pytest.mark.slow
-def test_imported_run_trains_on_from_its_weights(prepared, tiny_corpus, tmp_path):
-    from scratchlm.prepare import prepare
-    from scratchlm.train import train
-
+def test_imported_run_trains_on_with_resume(prepared, tiny_corpus, tmp_path):
     run = make_run(prepared, tmp_path / "run")
+    imported = tmp_path / "imported"
     export(run, "hf", tmp_path / "hf")
-    import_run(tmp_path / "hf", tmp_path / "imported")
-    cfg = Run.at(tmp_path / "imported").load_config()
-    cfg.data.inputs = [str(tiny_corpus)]
-    prepare(tmp_path / "imported", cfg)
-    cfg.train.max_steps, cfg.train.eval_interval, cfg.train.eval_batches = 2, 2, 1
-    cfg.train.lr = 1e-6  # so the weights after 2 steps are still (nearly) the imported ones
-    train(tmp_path / "imported", cfg)
+    import_run(tmp_path / "hf", imported)
+    assert main(["prepare", str(imported), "--data.inputs", f"[{tiny_corpus}]"]) == 0  # keeps its tokenizer
+    # A tiny learning rate, so the weights after 2 steps are still (nearly) the imported ones.
+    args = ["--train.max_steps", "2", "--train.eval_interval", "2", "--train.eval_batches", "1"]
+    args += ["--train.lr", "1e-6", "--train.batch_size", "4"]
+    assert main(["train", str(imported), "--resume", *args]) == 0
     before = scratchlm.load(run).model.state_dict()
-    after = scratchlm.load(tmp_path / "imported", checkpoint="last")
+    after = scratchlm.load(imported, checkpoint="last")
     assert after.step == 2
     w = after.model.state_dict()["transformer.h.0.attn.c_attn.weight"]
     torch.testing.assert_close(w, before["transformer.h.0.attn.c_attn.weight"], atol=1e-3, rtol=0)
+    assert not torch.equal(w, before["transformer.h.0.attn.c_attn.weight"])  # it did train
 
 
 # ---------------------------------------------------------------- GGUF
