@@ -1,14 +1,17 @@
 """Export benchmark: export time and file size per format, and greedy generation speed of the same
 weights in scratchlm, transformers and llama.cpp (llama-cpp-python, when installed), in one run.
 
-    PYTHONPATH=src python bench/export.py [--preset small] [--flavour llama] [--tokens 128] [--threads 2]
+    PYTHONPATH=src python bench/export.py [--preset small] [--flavour llama] [--tokens 128] [--threads 1]
 
 Random weights (the speed does not depend on them); a tokenizer trained on a slice of the bundled book.
+The engines take turns within each repeat (the median is shown), so a change in the machine's load hits
+them alike; the f32 engines must produce the same tokens, which checks the exported files too.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -16,14 +19,14 @@ from pathlib import Path
 import torch
 
 import scratchlm
-from scratchlm.checkpoint import save_best, save_checkpoint
+from scratchlm.checkpoint import save_best, save_checkpoint, weights_of
 from scratchlm.config import PRESETS, RunConfig, SampleConfig
 from scratchlm.data.corpus import bundled_corpus, clean, read_text
 from scratchlm.export import export
 from scratchlm.model import GPT
 from scratchlm.prepare import prepare
 from scratchlm.run import Run
-from scratchlm.sample import generate_ids
+from scratchlm.sample import generate_ids, prompt_ids_for
 from scratchlm.tokenizer import Tokenizer
 
 
@@ -44,8 +47,9 @@ def make_run(root: Path, preset: str, flavour: str) -> Path:
     torch.manual_seed(0)
     model = GPT(cfg.model)
     tok = Tokenizer.load(run / "tokenizer")
-    save_checkpoint(Run.at(run), 1, model, cfg, tok.hash, {"step": 1}, keep_last=1)
-    save_best(Run.at(run), 1, model, cfg, tok.hash, val_loss=0.0)
+    weights = weights_of(model.state_dict(), cfg.model.tie_embeddings)
+    save_checkpoint(Run.at(run), 1, weights, cfg, tok.hash, {"step": 1}, keep_last=1)
+    save_best(Run.at(run), 1, weights, cfg, tok.hash, val_loss=0.0)
     return run
 
 
@@ -60,7 +64,10 @@ def main() -> None:
     ap.add_argument("--preset", default="small")
     ap.add_argument("--flavour", default="llama")
     ap.add_argument("--tokens", type=int, default=128)
-    ap.add_argument("--threads", type=int, default=2)
+    # 1 thread by default: on this shared 2-core machine two threads make small models 10-40x slower
+    # from contention (measured for bench/generate.py, issue 7).
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,22 +84,22 @@ def main() -> None:
             print(f"export {fmt:4s} {dtype:5s}: {s:6.2f} s, {size / 2**20:7.2f} MiB")
             outs[(fmt, dtype)] = out
 
-        ids = [lm.tokenizer.bos_id] + lm.tokenizer.encode("Prince Andrew said that")
+        ids = prompt_ids_for(lm.tokenizer, "Prince Andrew said that", lm.config.model.block_size)
         n = min(a.tokens, lm.config.model.block_size - len(ids))
         cfg = SampleConfig(temperature=0, max_new_tokens=n)
-        results = {}
-        list(generate_ids(lm.model, ids, cfg))  # every engine gets one untimed warm-up run
-        s = timed(lambda: list(generate_ids(lm.model, ids, cfg)))
-        results["scratchlm (torch f32)"] = n / s
+        engines = {"scratchlm (torch f32)": lambda: list(generate_ids(lm.model, ids, cfg))}
 
         from transformers import AutoModelForCausalLM
 
         hf = AutoModelForCausalLM.from_pretrained(outs[("hf", "f32")])
         x = torch.tensor([ids])
-        with torch.no_grad():
-            hf.generate(x, do_sample=False, max_new_tokens=n, min_new_tokens=n)
-            s = timed(lambda: hf.generate(x, do_sample=False, max_new_tokens=n, min_new_tokens=n))
-        results["transformers (f32)"] = n / s
+
+        def hf_generate() -> list[int]:
+            with torch.no_grad():
+                out = hf.generate(x, do_sample=False, max_new_tokens=n, min_new_tokens=n)
+            return out[0, len(ids) :].tolist()
+
+        engines["transformers (f32)"] = hf_generate
         try:
             from llama_cpp import Llama
         except ImportError:
@@ -103,20 +110,34 @@ def main() -> None:
                     model_path=str(outs[("gguf", dtype)]),
                     n_ctx=lm.config.model.block_size,
                     n_threads=a.threads,
+                    n_threads_batch=a.threads,
                     verbose=False,
                 )
 
-                def gen(llm=llm):
-                    for i, _ in enumerate(llm.generate(ids, top_k=1, temp=0.0, reset=True)):
-                        if i + 1 == n:
-                            break
+                def gen(llm=llm) -> list[int]:
+                    out = []
+                    for t in llm.generate(ids, top_k=1, temp=0.0, reset=True):
+                        out.append(t)
+                        if len(out) == n:
+                            return out
+                    return out
 
-                gen()
-                results[f"llama.cpp ({dtype})"] = n / timed(gen)
-                llm.close()
-        base = results["scratchlm (torch f32)"]
-        for name, tps in results.items():
-            print(f"{name:24s} {tps:8.1f} tokens/s  ({tps / base:.2f}x scratchlm)")
+                engines[f"llama.cpp ({dtype})"] = gen
+        times: dict[str, list[float]] = {name: [] for name in engines}
+        outputs = {name: fn() for name, fn in engines.items()}  # one untimed warm-up run each
+        for _ in range(a.repeats):
+            for name, fn in engines.items():
+                times[name].append(timed(fn))
+        reference = outputs["scratchlm (torch f32)"]
+        base = n / statistics.median(times["scratchlm (torch f32)"])
+        print(f"greedy, {len(ids)}-token prompt, {n} new tokens, median of {a.repeats}:")
+        for name, ts in times.items():
+            tps = n / statistics.median(ts)
+            same = "same tokens" if outputs[name] == reference else "different tokens"
+            print(f"{name:24s} {tps:8.1f} tokens/s  ({tps / base:.2f}x scratchlm)  {same}")
+        f32 = [outputs["transformers (f32)"], outputs.get("llama.cpp (f32)", reference)]
+        if any(out != reference for out in f32):
+            raise SystemExit("an f32 engine produced other tokens than scratchlm: the export is wrong")
 
 
 if __name__ == "__main__":

@@ -135,7 +135,11 @@ def test_hf_tokenizer_of_every_kind_loads_with_autotokenizer_and_imports_back(pr
     out = tmp_path / "hf"
     export(run, "hf", out)
     hf_tok = transformers.AutoTokenizer.from_pretrained(out)
-    tok = scratchlm.load(run).tokenizer
+    lm = scratchlm.load(run)
+    tok = lm.tokenizer
+    hf_config = json.loads((out / "config.json").read_text())
+    assert [hf_tok.bos_token_id] == [hf_config["bos_token_id"]] == prompt_ids(lm, "")
+    assert (hf_tok.eos_token_id, hf_tok.pad_token_id) == (tok.eos_id, tok.pad_id)
     texts = PROMPTS + ["  two  spaces\tand a tab\n", "鬱蒼 ½ ﬁ"]  # unseen characters: byte fallback
     for text in texts:
         assert hf_tok(text, add_special_tokens=False)["input_ids"] == tok.encode(text), text
@@ -158,7 +162,8 @@ def test_hf_chat_template_renders_scratchlm_chat_format(prepared, tmp_path):
     out = tmp_path / "hf"
     export(run, "hf", out)
     tc = json.loads((out / "tokenizer_config.json").read_text())
-    assert (tc["bos_token"], tc["eos_token"], tc["pad_token"]) == ("<|bos|>", "<|eos|>", "<|pad|>")
+    # The export's BOS is the token `scratchlm sample` starts prompts with (GPT-2 style: BOS = EOS).
+    assert (tc["bos_token"], tc["eos_token"], tc["pad_token"]) == ("<|eos|>", "<|eos|>", "<|pad|>")
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     text = Template(tc["chat_template"]).render(
         messages=messages, bos_token="<|bos|>", add_generation_prompt=True

@@ -102,7 +102,14 @@ def model_card(lm, run_root: Path, fmt: str, arch: str) -> str:
         ]
     else:
         lines += ["```", "llama-cli -m MODEL.gguf -p 'Once upon a time'", "```"]
+    from .hf import start_id
+
+    start = lm.tokenizer.piece(start_id(lm.tokenizer))
     lines += [
+        "",
+        f"Prompts start with `{start}`, the token every training document follows: it is the BOS id of "
+        "this export, so generation from nothing and llama.cpp's automatic BOS begin there "
+        "(transformers tokenizers add no special tokens: put it first yourself).",
         "",
         "Chat format: `<|system|>...<|end|><|user|>...<|end|><|assistant|>` (the tokenizer's chat template).",
         "",

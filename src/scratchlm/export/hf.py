@@ -308,16 +308,15 @@ def start_id(tokenizer) -> int:
 
 
 def _tokenizer_config(tok_dir: Path, tokenizer) -> dict:
-    """The run's tokenizer_config.json with the special tokens and the chat template set."""
+    """The run's tokenizer_config.json with the special tokens and the chat template set; its BOS is
+    start_id's token, like config.json's, so tokenizer.bos_token_id is what scratchlm starts prompts with."""
     path = tok_dir / "tokenizer_config.json"
     d = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    ids = tokenizer.special_ids
-    names = {v: k for k, v in ids.items()}
     d.update(
         {
-            "bos_token": names.get(tokenizer.bos_id, "<|bos|>"),
-            "eos_token": names.get(tokenizer.eos_id, "<|eos|>"),
-            "pad_token": names.get(tokenizer.pad_id, "<|pad|>"),
+            "bos_token": tokenizer.piece(start_id(tokenizer)),
+            "eos_token": tokenizer.piece(tokenizer.eos_id),
+            "pad_token": tokenizer.piece(tokenizer.pad_id),
             "chat_template": CHAT_TEMPLATE,
         }
     )
