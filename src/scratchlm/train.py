@@ -199,7 +199,7 @@ def train(run_dir: str | Path, cfg: RunConfig, resume: bool | None = None) -> di
         state = load_train_state(previous[-1])
         load_weights(model, previous[-1] / "model.safetensors")
     forward = wrap_model(model, tc, dist_info, device)
-    optimizers = make_optimizers(model, tc, device)
+    optimizers = make_optimizers(model, tc)
     if previous:
         load_optimizer_state(model, optimizers, state["optimizer"], tc, dist_info)
         loader.load_state_dict(state["loader"])
