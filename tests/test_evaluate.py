@@ -17,14 +17,7 @@ from scratchlm.data.shards import open_split
 from scratchlm.evaluate import evaluate, evaluate_loss, score_tokens, sliding_windows
 from scratchlm.tokenizer import Tokenizer
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: two threads contend and run 10-40x slower than one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Bigram(nn.Module):
@@ -161,7 +154,10 @@ def test_several_runs_print_a_comparison_table(trained_run, tmp_path, capsys):
     [
         (["--text", "missing.txt"], "--text missing.txt: no such file"),
         (["--text", "a.jsonl", "--jsonl", "a.jsonl"], "give --text or --jsonl, not both"),
-        (["--jsonl", "a.jsonl", "--text_field", "body"], 'a.jsonl:1: no string field "body"'),
+        (
+            ["--jsonl", "a.jsonl", "--text_field", "body"],
+            "a.jsonl:1: no field 'body' (it has: text); set --text_field",
+        ),
         (["--jsonl", "bad.jsonl"], "bad.jsonl:2: not valid JSON"),
         (["--stride", "65"], "--stride 65: must be between 1 and the context length 64"),
         pytest.param(

@@ -20,13 +20,7 @@ from scratchlm.tokenizer import train_tokenizer
 GREEDY = SampleConfig(temperature=0.0, max_new_tokens=24)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: two threads contend and run 10-40x slower than one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(flavour: str, block: int = 32) -> GPT:
@@ -220,7 +214,7 @@ def test_prompts_file_gives_one_output_per_prompt(trained_run, tmp_path, capsys)
     [
         (None, [], "no such file"),
         ('{"prompt": "a"}\n{oops\n', [], ":2: not valid JSON"),
-        ('{"text": "a"}\n', [], ':1: needs a string field "prompt"'),
+        ('{"text": "a"}\n', [], ":1: no field 'prompt' (it has: text); give each line a \"prompt\" string"),
         ("\n\n", [], "no prompts in it"),
         ("a\n", ["hello"], "give a PROMPT or --prompts_file"),
     ],

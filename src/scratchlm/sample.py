@@ -8,7 +8,6 @@ start of a stop string.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,8 @@ import torch
 from .checkpoint import LoadedModel, load
 from .common import UserError, atomic_write_text
 from .config import SampleConfig
+from .data.corpus import read_text
+from .data.sources import get_field, jsonl_objects
 from .model import GPT, KVCache
 from .run import Run
 
@@ -196,25 +197,13 @@ def read_prompts(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--prompts_file {path}: no such file")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    if path.suffix != ".jsonl":
-        prompts = [line for line in lines if line.strip()]
-        if not prompts:
-            raise UserError(f"--prompts_file {path}: no prompts in it; write one prompt per line")
-        return prompts
-    prompts = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{n}: not valid JSON ({e.msg}); give one JSON object per line") from None
-        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
-            raise UserError(f'{path}:{n}: needs a string field "prompt"')
-        prompts.append(record["prompt"])
+    if path.suffix == ".jsonl":
+        fix = 'give each line a "prompt" string'
+        prompts = [get_field(obj, "prompt", where, fix) for where, obj in jsonl_objects(path)]
+    else:
+        prompts = [line for line in read_text(path).splitlines() if line.strip()]
     if not prompts:
-        raise UserError(f"--prompts_file {path}: no prompts in it; write one JSON object per line")
+        raise UserError(f"--prompts_file {path}: no prompts in it; write one prompt per line")
     return prompts
 
 

@@ -199,7 +199,7 @@ def train(run_dir: str | Path, cfg: RunConfig, resume: bool | None = None) -> di
         state = load_train_state(previous[-1])
         load_weights(model, previous[-1] / "model.safetensors")
     forward = wrap_model(model, tc, dist_info, device)
-    optimizers = make_optimizers(model, tc, device)
+    optimizers = make_optimizers(model, tc)
     if previous:
         if "optimizer" in state:  # absent from weights-only checkpoints (`scratchlm import`): start fresh
             load_optimizer_state(model, optimizers, state["optimizer"], tc, dist_info)
