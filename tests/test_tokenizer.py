@@ -47,6 +47,7 @@ NASTY = [
     "rare 𠮷 ꙮ 𓀀 \U0010fffd",
     "\u3000全角スペース\u3000ｶﾀｶﾅ",
     "'s 've 'll don't",
+    "<0x41> <0xE3> <unk> ▁<0x0A>",  # the spelling of byte and unknown tokens, as text
 ]
 
 
@@ -292,6 +293,11 @@ def test_cli_train_encode_decode_stats(tmp_path):
     [
         (["tokenizer", "train", "{run}", "--input", "{empty}"], "empty"),
         (["tokenizer", "train", "{run}", "--input", "{text}", "--tokenizer.vocab-size", "100"], "too small"),
+        (
+            ["tokenizer", "train", "{run}", "--input", "{text}", "--tokenizer.kind", "bpe"],
+            "--tokenizer.vocab_size 4096 is too large for this corpus: try",
+        ),
+        (["tokenizer", "stats", "{trained}", "--text", "{missing}"], "missing.txt"),
         (["tokenizer", "encode", "{run}", "hello"], "no tokenizer here"),
         (["tokenizer", "decode", "{trained}", "5", "999999"], "999999"),
         (["tokenizer", "decode", "{trained}", "five"], "five"),
@@ -305,6 +311,7 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, saved, args, expected):
     for f in saved["bpe"].iterdir():
         (trained / "tokenizer" / f.name).write_bytes(f.read_bytes())
     names = {"run": tmp_path / "run", "empty": tmp_path / "empty.txt", "text": tmp_path / "text.txt"}
+    names["missing"] = tmp_path / "missing.txt"
     names["trained"] = trained
     out = _cli(*[a.format(**names) for a in args])
     assert out.returncode == 2, out.stderr
@@ -316,3 +323,45 @@ def test_fallback_mask_marks_only_byte_tokens(tok):
     mask = tok.fallback_mask()
     assert mask.dtype == np.bool_ and mask.shape == (tok.vocab_size,)
     assert mask.sum() == (0 if tok.kind == "bytelevel" else 256)
+
+
+def test_stats_counts_tokens_bytes_and_byte_fallback(saved, tmp_path, capsys):
+    from scratchlm.tokenizer_cmd import stats
+
+    (tmp_path / "run" / "tokenizer").mkdir(parents=True)
+    for f in saved["unigram"].iterdir():
+        (tmp_path / "run" / "tokenizer" / f.name).write_bytes(f.read_bytes())
+    text = "吾輩は猫である。𠮷 and ꙮ are rare.\nPrince Andrew smiled."  # cleaning leaves it as it is
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    result = stats(tmp_path / "run", text=str(tmp_path / "t.txt"), top=5)
+    tok = Tokenizer.load(saved["unigram"])
+    ids = tok.encode(text)
+    assert (
+        result["tokens"] == len(ids)
+        and result["bytes"] == len(text.encode())
+        and result["chars"] == len(text)
+    )
+    assert result["bytes_per_token"] == pytest.approx(len(text.encode()) / len(ids))
+    n_fallback = int(tok.fallback_mask()[ids].sum())
+    assert n_fallback >= 7 and result["byte_fallback_rate"] == pytest.approx(n_fallback / len(ids))
+    lengths = [len(piece.encode()) for _, piece in result["longest"]]
+    assert len(lengths) == 5 and lengths == sorted(lengths, reverse=True)
+    assert (
+        lengths[0] == tok.token_bytes().max()
+        and not tok.fallback_mask()[[i for i, _ in result["longest"]]].any()
+    )
+    out = capsys.readouterr().out
+    assert f"{result['bytes_per_token']:.3f}" in out and "5 longest tokens" in out
+
+
+def test_cli_tokenizer_train_takes_a_recipe(tmp_path):
+    recipe = tmp_path / "char.yaml"
+    recipe.write_text("tokenizer:\n  kind: char\nmodel:\n  n_layer: 3\ntrain:\n  max_steps: 5\n")
+    text = tmp_path / "t.txt"
+    text.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 20)
+    out = _cli("tokenizer", "train", str(tmp_path / "run"), "--config", str(recipe), "--input", str(text))
+    assert out.returncode == 0, out.stderr
+    tok = Tokenizer.load(tmp_path / "run" / "tokenizer")
+    n_chars = len(set(text.read_text()))
+    assert tok.kind == "char" and tok.vocab_size == len(SPECIALS) + 256 + n_chars
+    assert len(tok.encode("Before we")) == 9

@@ -39,6 +39,7 @@ SP_FILE = "tokenizer.model"
 # whitespace there — so the ids are exactly those of the whole document (tested).
 _PIECE_CHARS = 1 << 16
 _SAFE_CUT = re.compile(r"(?<=\S)\n(?=[^\s]|[^\S\n]\S)")
+_BAR_CHARS = 16 << 20  # a progress bar from this many characters on (seconds of encoding)
 _SPECIAL_RE = re.compile("(" + "|".join(re.escape(t) for t in SPECIALS) + ")")
 
 
@@ -112,6 +113,12 @@ class Tokenizer:
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """encode() of each text, on all cores, with a progress bar on large inputs at a terminal."""
+        texts = list(texts)
+        show_bar = sum(map(len, texts)) >= _BAR_CHARS and is_interactive()
+        if not show_bar and max(map(len, texts), default=0) <= _PIECE_CHARS:
+            # The usual case (prepare's batches): straight to the library. The bookkeeping below cost
+            # 12% on Soseki's 2,337 paragraphs (46 vs 41 ms, best of 8).
+            return self._encode_many(texts)
         pieces, owner = [], []
         for i, text in enumerate(texts):
             for piece in split_for_batch(text):
@@ -128,7 +135,7 @@ class Tokenizer:
             unit="char",
             unit_scale=True,
             desc="tokenizing",
-            disable=total < (16 << 20) or not is_interactive(),
+            disable=not show_bar,
         ) as bar:
             for start in range(0, len(pieces), step):
                 chunk = pieces[start : start + step]

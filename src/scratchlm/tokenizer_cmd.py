@@ -65,6 +65,8 @@ def decode_command(run_dir: str | Path, ids: list[str]) -> str:
 
 def _texts(run: Run, text: str | None) -> Iterator[str]:
     if text:  # cleaned as prepare cleans, so the numbers are those of the training data
+        if not Path(text).is_file():
+            raise UserError(f"--text {text}: no such file")
         yield clean(read_text(Path(text)), gutenberg=False)
         return
     cfg = run.load_config() if run.has_config() else RunConfig()
@@ -85,6 +87,12 @@ def _batches(texts: Iterable[str], chars: int = 1 << 22) -> Iterator[list[str]]:
         yield batch
 
 
+def _shown(tok: Tokenizer, i: int) -> str:
+    """The token's text, or its vocabulary entry when it holds only part of a character."""
+    text = tok.decode([i])
+    return tok.piece(i) if "\ufffd" in text else text
+
+
 def stats(run_dir: str | Path, text: str | None = None, top: int = 20) -> dict:
     """How the tokenizer cuts a text (the run's corpus by default), and its longest tokens."""
     run = Run.at(run_dir)
@@ -99,7 +107,9 @@ def stats(run_dir: str | Path, text: str | None = None, top: int = 20) -> dict:
     n_tokens = int(counts.sum())
     fallback = int(counts[tok.fallback_mask()].sum())
     lengths = tok.token_bytes()
-    longest = [int(i) for i in np.argsort(-lengths, kind="stable")[:top]]
+    # Byte-fallback tokens are one byte each and tell nothing about the vocabulary: leave them out.
+    ranked = np.where(tok.fallback_mask(), -1, lengths)
+    longest = [int(i) for i in np.argsort(-ranked, kind="stable")[:top] if ranked[i] > 0]
     result = {
         "kind": tok.kind,
         "vocab_size": tok.vocab_size,
@@ -110,7 +120,7 @@ def stats(run_dir: str | Path, text: str | None = None, top: int = 20) -> dict:
         "chars_per_token": n_chars / max(1, n_tokens),
         "byte_fallback_rate": fallback / max(1, n_tokens),
         "vocab_used": int((counts > 0).sum()),
-        "longest": [(i, tok.decode([i])) for i in longest],
+        "longest": [(i, _shown(tok, i)) for i in longest],
     }
     fallback_line = (
         "n/a (byte-level: every byte is in the vocabulary)"
