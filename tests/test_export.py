@@ -315,16 +315,29 @@ def test_gguf_reads_back_with_metadata_and_tensors(prepared, tmp_path, flavour, 
         ), name
 
 
+# Other options llama.cpp must honour too: biases in Llama, a tied Llama head, GPT-2 without biases, untied.
+VARIANTS = FLAVOURS | {
+    "llama-bias-tied": dict(flavour="llama", bias=True, n_kv_head=2, tie_embeddings=True),
+    "gpt2-nobias-untied": dict(flavour="gpt2", bias=False, tie_embeddings=False),
+}
+
+
 @pytest.mark.parametrize(
-    "flavour, kind",
-    [("gpt2", "bpe"), ("llama", "bpe"), ("gpt2", "bytelevel"), ("llama", "char"), ("llama", "unigram")],
+    "variant, kind",
+    [
+        ("gpt2", "bpe"),
+        ("llama", "bpe"),
+        ("gpt2-nobias-untied", "bytelevel"),
+        ("llama", "char"),
+        ("llama-bias-tied", "unigram"),
+    ],
 )
-def test_llama_cpp_greedy_output_equals_scratchlm(prepared, tmp_path, flavour, kind):
+def test_llama_cpp_greedy_output_equals_scratchlm(prepared, tmp_path, variant, kind):
     try:
         from llama_cpp import Llama
     except ImportError:
         pytest.skip("llama-cpp-python is not installed (pip install 'scratchlm[gguf-check]')")
-    run = make_run(prepared, tmp_path / "run", kind=kind, **FLAVOURS[flavour])
+    run = make_run(prepared, tmp_path / "run", kind=kind, **VARIANTS[variant])
     path = tmp_path / "m.gguf"
     export(run, "gguf", path, dtype="f32")
     lm = scratchlm.load(run)
