@@ -416,6 +416,25 @@ def test_bad_input_is_one_line_exit_2(prepared, tmp_path, capsys):
     assert not (tmp_path / "imported").exists()
     assert "not empty" in _error(capsys, ["import", str(out), str(run)])
 
+    gguf_file = tmp_path / "m.gguf"
+    gguf_file.write_bytes(b"mine")
+    assert "--force" in _error(capsys, ["export", str(run), "--format", "gguf", "--out", str(gguf_file)])
+    assert gguf_file.read_bytes() == b"mine"
+
+    # A GPT-2 folder whose byte-level tokenizer lacks scratchlm's special tokens (as a hub GPT-2 would).
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, pre_tokenizers
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "config.json").write_text(json.dumps({"model_type": "gpt2", "vocab_size": 2}))
+    tk = HFTokenizer(models.BPE({"a": 0, "b": 1}, []))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.save(str(foreign / "tokenizer.json"))
+    err = _error(capsys, ["import", str(foreign), str(tmp_path / "imported")])
+    assert "cannot use its bytelevel tokenizer" in err and "<|bos|>" in err, err
+    assert not (tmp_path / "imported").exists()
+
 
 def test_bytelevel_bpe_vocab_is_written_as_gpt2(tmp_path):
     """A byte-level BPE tokenizer.json (Hugging Face `tokenizers`) → tokenizer.ggml.model "gpt2"."""

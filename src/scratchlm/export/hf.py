@@ -430,7 +430,7 @@ def tokenizer_json_kind(tj: dict) -> str | None:
 
 def _import_tokenizer(hf_dir: Path, tok_dir: Path):
     """Copy the folder's tokenizer files into RUN/tokenizer, add scratchlm's metadata file, and load it."""
-    from ..tokenizer import META_FILE, Tokenizer
+    from ..tokenizer import META_FILE, SPECIALS, Tokenizer
 
     if (hf_dir / "tokenizer.model").is_file():
         from sentencepiece import sentencepiece_model_pb2 as pb
@@ -455,7 +455,13 @@ def _import_tokenizer(hf_dir: Path, tok_dir: Path):
     (tok_dir / META_FILE).write_text(json.dumps({"kind": kind}) + "\n", encoding="utf-8")
     try:
         tokenizer = Tokenizer.load(tok_dir)
-    except (OSError, KeyError, ValueError, UserError) as e:
+    except UserError as e:  # e.g. no <|bos|> ... <|end|> at ids 0..6, as in a hub GPT-2 or Llama
+        detail = str(e).split(": ", 1)[-1].split(";")[0]
+        raise UserError(
+            f"{hf_dir}: cannot use its {kind} tokenizer ({detail}); scratchlm needs its special tokens "
+            f"{', '.join(SPECIALS)} at ids 0..{len(SPECIALS) - 1}, as in its own exports"
+        ) from None
+    except (OSError, KeyError, ValueError) as e:
         raise UserError(f"{hf_dir}: cannot use its {kind} tokenizer here ({e})") from None
     tokenizer.save(tok_dir)  # rewrites the metadata (hash, special ids) the way scratchlm keeps it
     return tokenizer
