@@ -204,6 +204,22 @@ def test_import_round_trip_gives_identical_tensors_and_a_usable_run(prepared, tm
     assert len(samples) == 2 and samples[0] == samples[1], samples
 
 
+@pytest.mark.parametrize("dtype, torch_dtype", [("f16", torch.float16), ("bf16", torch.bfloat16)])
+def test_hf_half_precision_export_rounds_each_weight_once(prepared, tmp_path, dtype, torch_dtype):
+    run = make_run(prepared, tmp_path / "run", **FLAVOURS["llama"])
+    export(run, "hf", tmp_path / "hf", dtype=dtype)
+    saved = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    assert {t.dtype for t in saved.values()} == {torch_dtype}
+    import_run(tmp_path / "hf", tmp_path / "imported")
+    ours = scratchlm.load(run).model.state_dict()
+    back = scratchlm.load(tmp_path / "imported").model.state_dict()
+    V = 600
+    for k, v in ours.items():
+        want = (v[:V] if k in ("transformer.wte.weight", "lm_head.weight") else v).to(torch_dtype).float()
+        got = back[k][:V] if k in ("transformer.wte.weight", "lm_head.weight") else back[k]
+        assert torch.equal(got, want), k
+
+
 @pytest.mark.slow
 def test_imported_run_trains_on_with_resume(prepared, tiny_corpus, tmp_path):
     run = make_run(prepared, tmp_path / "run")
