@@ -49,11 +49,12 @@ def prepared(tmp_path_factory, tiny_corpus) -> dict[str, Path]:
     from scratchlm.prepare import prepare
 
     out = {}
-    for kind in KINDS:
+    for name in (*KINDS, "bpe-nfkc"):
         cfg = tiny_config(tiny_corpus)
-        cfg.tokenizer.kind = kind
-        out[kind] = tmp_path_factory.mktemp("prepared") / kind
-        prepare(out[kind], cfg)
+        cfg.tokenizer.kind = name.split("-")[0]
+        cfg.tokenizer.normalization = "nfkc" if name.endswith("nfkc") else "identity"
+        out[name] = tmp_path_factory.mktemp("prepared") / name
+        prepare(out[name], cfg)
     return out
 
 
@@ -129,7 +130,7 @@ def test_hf_export_loads_natively_and_matches(prepared, tmp_path, flavour):
     assert hf.generate(do_sample=False, max_new_tokens=8)[0].tolist() == start + greedy(lm, start, 8)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", (*KINDS, "bpe-nfkc"))
 def test_hf_tokenizer_of_every_kind_loads_with_autotokenizer_and_imports_back(prepared, tmp_path, kind):
     run = make_run(prepared, tmp_path / "run", kind=kind)
     out = tmp_path / "hf"
@@ -143,7 +144,7 @@ def test_hf_tokenizer_of_every_kind_loads_with_autotokenizer_and_imports_back(pr
     texts = PROMPTS + ["  two  spaces\tand a tab\n", "鬱蒼 ½ ﬁ"]  # unseen characters: byte fallback
     for text in texts:
         assert hf_tok(text, add_special_tokens=False)["input_ids"] == tok.encode(text), text
-        assert hf_tok.decode(tok.encode(text)) == text
+        assert hf_tok.decode(tok.encode(text)) == tok.decode(tok.encode(text))  # == text unless NFKC
     chat = [{"role": "user", "content": "Who is Pierre?"}]
     ids = hf_tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False)
     expected = tok.encode("<|user|>Who is Pierre?<|end|><|assistant|>", allow_special=True)
@@ -153,6 +154,11 @@ def test_hf_tokenizer_of_every_kind_loads_with_autotokenizer_and_imports_back(pr
     back = scratchlm.load(tmp_path / "imported").tokenizer
     assert (back.kind, back.hash) == (tok.kind, tok.hash)
     assert [back.encode(t) for t in texts] == [tok.encode(t) for t in texts]
+    # And out again: the same tokenizer files (a SentencePiece tokenizer.json is rebuilt on import).
+    export(tmp_path / "imported", "hf", tmp_path / "again")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        again, first = (json.loads((d / name).read_text()) for d in (tmp_path / "again", out))
+        assert again == first, name
 
 
 def test_hf_chat_template_renders_scratchlm_chat_format(prepared, tmp_path):

@@ -390,7 +390,9 @@ def import_hf(hf_dir: str | Path, run_dir: str | Path) -> None:
         raise UserError(
             f"{hf_dir}: config.json vocab_size {cfg.model.vocab_size} != tokenizer's {tokenizer.vocab_size}"
         )
-    cfg.tokenizer = TokenizerConfig(kind=tokenizer.kind, vocab_size=tokenizer.vocab_size)
+    cfg.tokenizer = TokenizerConfig(
+        kind=tokenizer.kind, vocab_size=tokenizer.vocab_size, normalization=tokenizer.meta["normalization"]
+    )
     gen_path = hf_dir / "generation_config.json"
     if gen_path.is_file():
         gen = json.loads(gen_path.read_text(encoding="utf-8"))
@@ -439,8 +441,10 @@ def _import_tokenizer(hf_dir: Path, tok_dir: Path):
         proto.ParseFromString((hf_dir / "tokenizer.model").read_bytes())
         kinds = {pb.TrainerSpec.UNIGRAM: "unigram", pb.TrainerSpec.BPE: "bpe"}
         kind = kinds.get(proto.trainer_spec.model_type)
+        nfkc = proto.normalizer_spec.name != "identity"
     elif (hf_dir / "tokenizer.json").is_file():
-        kind = tokenizer_json_kind(json.loads((hf_dir / "tokenizer.json").read_text(encoding="utf-8")))
+        tj = json.loads((hf_dir / "tokenizer.json").read_text(encoding="utf-8"))
+        kind, nfkc = tokenizer_json_kind(tj), "NFKC" in json.dumps(tj.get("normalizer"))
     else:
         raise UserError(f"{hf_dir}: no tokenizer.model or tokenizer.json; the folder needs its tokenizer")
     if kind is None:
@@ -452,7 +456,9 @@ def _import_tokenizer(hf_dir: Path, tok_dir: Path):
     for name in TOKENIZER_FILES:
         if (hf_dir / name).is_file():
             shutil.copyfile(hf_dir / name, tok_dir / name)
-    (tok_dir / META_FILE).write_text(json.dumps({"kind": kind}) + "\n", encoding="utf-8")
+    # The normalization goes in the metadata too: a SentencePiece tokenizer builds its tokenizer.json from it.
+    meta = {"kind": kind, "normalization": "nfkc" if nfkc else "identity"}
+    (tok_dir / META_FILE).write_text(json.dumps(meta) + "\n", encoding="utf-8")
     try:
         tokenizer = Tokenizer.load(tok_dir)
     except UserError as e:  # e.g. no <|bos|> ... <|end|> at ids 0..6, as in a hub GPT-2 or Llama
