@@ -93,6 +93,7 @@ def greedy(lm, ids: list[int], n: int = 20) -> list[int]:
 @pytest.mark.parametrize("flavour", FLAVOURS)
 def test_hf_export_loads_natively_and_matches(prepared, tmp_path, flavour):
     run = make_run(prepared, tmp_path / "run", **FLAVOURS[flavour])
+    (run / "metrics.csv").write_text("step,tokens,val_loss\n5,5120,6.1\n7,7168,5.0\n")  # 1024 tokens/step
     out = tmp_path / "hf"
     assert main(["export", str(run), "--format", "hf", "--out", str(out)]) == 0
     for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer_config.json"):
@@ -119,7 +120,7 @@ def test_hf_export_loads_natively_and_matches(prepared, tmp_path, flavour):
         "wp_slice.txt",
         "## Training",
         "perplexity: 148.4",
-        "7 steps",
+        "7 steps, 7,168 tokens seen",
         f"{n_params:,}",
     ):
         assert needle in card, needle

@@ -37,10 +37,21 @@ def _licence(source: dict) -> str:
     )
 
 
+def _tokens_per_step(run_root: Path, t, block_size: int) -> int:
+    """From RUN/metrics.csv, which counts every process and batch_tokens; else from the settings."""
+    from ..metrics import read_metrics
+
+    for row in read_metrics(run_root / "metrics.csv"):
+        step, tokens = float(row.get("step") or 0), float(row.get("tokens") or 0)
+        if step > 0 and tokens > 0:
+            return round(tokens / step)
+    return t.batch_tokens or t.batch_size * t.grad_accum * block_size
+
+
 def model_card(lm, run_root: Path, fmt: str, arch: str) -> str:
     """Markdown for README.md from the loaded model, RUN/data/manifest.json and RUN/eval.json."""
     cfg, m, t = lm.config, lm.config.model, lm.config.train
-    tokens_seen = lm.step * t.batch_size * t.grad_accum * m.block_size
+    per_step = _tokens_per_step(run_root, t, m.block_size)
     # Counted as exported: the embedding (and untied head) rows past vocab_size are padding, not weights.
     padding_rows = (m.padded_vocab_size - m.vocab_size) * (1 if m.tie_embeddings else 2)
     params = sum(p.numel() for p in lm.model.parameters()) - padding_rows * m.n_embd
@@ -78,10 +89,11 @@ def model_card(lm, run_root: Path, fmt: str, arch: str) -> str:
     lines += [
         "",
         "## Training",
-        f"- {lm.step:,} steps, {tokens_seen:,} tokens seen "
-        f"({t.batch_size} sequences x {t.grad_accum} accumulation x {m.block_size} tokens per step)",
-        f"- AdamW, peak learning rate {t.lr}, {t.warmup_steps} warmup steps, cosine decay to "
-        f"{t.min_lr_ratio} x peak, weight decay {t.weight_decay}, gradient clip {t.grad_clip}, seed {t.seed}",
+        f"- {lm.step:,} steps, {lm.step * per_step:,} tokens seen ({per_step:,} tokens per step, "
+        f"sequences of {m.block_size} tokens)",
+        f"- {t.optimizer} optimizer, peak learning rate {t.lr}, {t.warmup_steps} warmup steps, {t.schedule} "
+        f"schedule down to {t.min_lr_ratio} x peak, weight decay {t.weight_decay}, "
+        f"gradient clip {t.grad_clip}, seed {t.seed}",
         "",
         "## Evaluation",
     ]
