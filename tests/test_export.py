@@ -91,7 +91,7 @@ def greedy(lm, ids: list[int], n: int = 20) -> list[int]:
 
 # ---------------------------------------------------------------- Hugging Face
 @pytest.mark.parametrize("flavour", FLAVOURS)
-def test_hf_export_loads_natively_and_matches(prepared, tmp_path, flavour):
+def test_hf_export_loads_natively_and_matches(prepared, tmp_path, flavour, capsys):
     run = make_run(prepared, tmp_path / "run", **FLAVOURS[flavour])
     (run / "metrics.csv").write_text("step,tokens,val_loss\n5,5120,6.1\n7,7168,5.0\n")  # 1024 tokens/step
     out = tmp_path / "hf"
@@ -124,6 +124,17 @@ def test_hf_export_loads_natively_and_matches(prepared, tmp_path, flavour):
         f"{n_params:,}",
     ):
         assert needle in card, needle
+    # The card's usage example runs as written and continues the prompt greedily as scratchlm does.
+    code = card.split("```python\n")[1].split("```")[0].replace("PATH", str(out))
+    capsys.readouterr()
+    exec(code, {})
+    start = prompt_ids(lm, "Once upon a time")
+    # (Decoded by transformers' tokenizer: random weights emit broken UTF-8, which the two libraries
+    # replace differently.)
+    expected = transformers.AutoTokenizer.from_pretrained(out).decode(
+        start + greedy(lm, start, 50), skip_special_tokens=True
+    )
+    assert capsys.readouterr().out.rstrip("\n") == expected
     gen = json.loads((out / "generation_config.json").read_text())
     # generate() from nothing starts where `scratchlm sample ''` starts.
     start = prompt_ids(lm, "")

@@ -48,7 +48,7 @@ def export(
 
         check_exportable(lm.config.model)
         arch = "GPT2LMHeadModel" if lm.config.model.flavour == "gpt2" else "LlamaForCausalLM"
-        card = model_card(lm, run.root, "hf", arch)
+        card = model_card(lm, run.root, arch)
         _replace_dir(out, lambda tmp: write_hf_folder(lm, run.tokenizer_dir, tmp, dtype, card))
     else:
         from .gguf import write_gguf

@@ -48,8 +48,8 @@ def _tokens_per_step(run_root: Path, t, block_size: int) -> int:
     return t.batch_tokens or t.batch_size * t.grad_accum * block_size
 
 
-def model_card(lm, run_root: Path, fmt: str, arch: str) -> str:
-    """Markdown for README.md from the loaded model, RUN/data/manifest.json and RUN/eval.json."""
+def model_card(lm, run_root: Path, arch: str) -> str:
+    """The Hugging Face folder's README.md from the loaded model, RUN/data/manifest.json and RUN/eval.json."""
     cfg, m, t = lm.config, lm.config.model, lm.config.train
     per_step = _tokens_per_step(run_root, t, m.block_size)
     # Counted as exported: the embedding (and untied head) rows past vocab_size are padding, not weights.
@@ -61,7 +61,7 @@ def model_card(lm, run_root: Path, fmt: str, arch: str) -> str:
 
     lines = [
         "---",
-        "library_name: transformers" if fmt == "hf" else "library_name: gguf",
+        "library_name: transformers",
         "pipeline_tag: text-generation",
         "tags: [scratchlm]",
         "---",
@@ -103,25 +103,26 @@ def model_card(lm, run_root: Path, fmt: str, arch: str) -> str:
         lines += [f"- {k}: {evaluation[k]}" for k in keys]
     else:
         lines.append("Not evaluated yet (run `scratchlm eval RUN` before exporting to include metrics).")
-    lines += ["", "## Use", ""]
-    if fmt == "hf":
-        lines += [
-            "```python",
-            "from transformers import AutoModelForCausalLM, AutoTokenizer",
-            'tok = AutoTokenizer.from_pretrained("PATH")',
-            'model = AutoModelForCausalLM.from_pretrained("PATH")  # no trust_remote_code needed',
-            "```",
-        ]
-    else:
-        lines += ["```", "llama-cli -m MODEL.gguf -p 'Once upon a time'", "```"]
     from .hf import start_id
 
     start = lm.tokenizer.piece(start_id(lm.tokenizer))
     lines += [
         "",
-        f"Prompts start with `{start}`, the token every training document follows: it is the BOS id of "
-        "this export, so generation from nothing and llama.cpp's automatic BOS begin there "
-        "(transformers tokenizers add no special tokens: put it first yourself).",
+        "## Use",
+        "",
+        "```python",
+        "import torch",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        'tok = AutoTokenizer.from_pretrained("PATH")',
+        'model = AutoModelForCausalLM.from_pretrained("PATH")  # no trust_remote_code needed',
+        f"ids = [tok.bos_token_id] + tok.encode('Once upon a time')  # {start} first, as in training",
+        "out = model.generate(torch.tensor([ids]), max_new_tokens=50, do_sample=False)  # greedy",
+        "print(tok.decode(out[0], skip_special_tokens=True))",
+        "```",
+        "",
+        f"Prompts start with `{start}`, the token every training document follows. It is the BOS id of "
+        "this export, so `generate()` from nothing starts there; the tokenizer adds no special tokens. "
+        "Without `do_sample=False`, `generate()` samples with the settings of generation_config.json.",
         "",
         "Chat format: `<|system|>...<|end|><|user|>...<|end|><|assistant|>` (the tokenizer's chat template).",
         "",
