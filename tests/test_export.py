@@ -356,6 +356,24 @@ VARIANTS = FLAVOURS | {
 }
 
 
+def test_gguf_char_vocabulary_reads_back(prepared, tmp_path):
+    """A char run's GGUF vocabulary: llama.cpp's "llama" model with the space as "▁", byte tokens typed."""
+    run = make_run(prepared, tmp_path / "run", kind="char", flavour="llama")
+    export(run, "gguf", tmp_path / "m.gguf")
+    tok = scratchlm.load(run).tokenizer
+    r = gguf.GGUFReader(tmp_path / "m.gguf")
+    assert _field(r, "tokenizer.ggml.model") == "llama"
+    assert _field(r, "tokenizer.ggml.add_space_prefix") is False
+    tokens, types = _field(r, "tokenizer.ggml.tokens"), _field(r, "tokenizer.ggml.token_type")
+    assert len(tokens) == tok.vocab_size
+    space, byte_a = tok.encode(" ")[0], tok.encode("\x00")[0]
+    assert (tokens[space], types[space]) == ("\u2581", gguf.TokenType.NORMAL)
+    assert (tokens[byte_a], types[byte_a]) == ("<0x00>", gguf.TokenType.BYTE)
+    assert (tokens[tok.eos_id], types[tok.eos_id]) == ("<|eos|>", gguf.TokenType.CONTROL)
+    letter = tok.encode("a")[0]
+    assert (tokens[letter], types[letter]) == ("a", gguf.TokenType.NORMAL)
+
+
 @pytest.mark.parametrize(
     "variant, kind",
     [

@@ -121,7 +121,7 @@ def _add_vocab(w, tok_dir: Path, tokenizer) -> None:
             f"{tok_dir}: a {tokenizer.kind} tokenizer has no llama.cpp equivalent; GGUF export needs a "
             "unigram, bpe, bytelevel or char tokenizer (--tokenizer.kind)"
         )
-    if getattr(tokenizer, "meta", {}).get("normalization") == "nfkc":
+    if tokenizer.meta.get("normalization") == "nfkc":
         print(
             "note: this tokenizer NFKC-normalizes text and llama.cpp does not: prompts that NFKC changes "
             "(full-width letters, ligatures...) tokenize differently in llama.cpp",
