@@ -27,21 +27,13 @@ def scratchlm(*args: str) -> str:
     return out.stdout
 
 
+def train_preset(run: Path, preset: str, steps: int, *extra: str) -> None:
+    scratchlm("train", str(run), "--preset", preset, "--fresh", "--train.max-steps", str(steps), *extra)
+
+
 def steps_per_second(run: Path, preset: str) -> float:
     t = time.time()
-    scratchlm(
-        "train",
-        str(run),
-        "--preset",
-        preset,
-        "--fresh",
-        "--train.max-steps",
-        "20",
-        "--train.eval-interval",
-        "1000",
-        "--train.eval-batches",
-        "1",
-    )
+    train_preset(run, preset, 20, "--train.eval-interval", "1000", "--train.eval-batches", "1")
     return 20 / (time.time() - t - 3.0)  # ~3 s of start-up (imports, data) are not training
 
 
@@ -69,14 +61,10 @@ def main() -> None:
             rate = steps_per_second(run, preset)
             steps = max(50, int(rate * a.minutes * 60))
             t = time.time()
-            scratchlm(
-                "train",
-                str(run),
-                "--preset",
+            train_preset(
+                run,
                 preset,
-                "--fresh",
-                "--train.max-steps",
-                str(steps),
+                steps,
                 "--train.warmup-steps",
                 str(max(10, steps // 20)),
                 "--train.eval-interval",

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from scratchlm.config import RunConfig
 from scratchlm.data.corpus import bundled_corpus, clean, read_text
@@ -59,6 +60,15 @@ def trained_run(trained_run_template, tmp_path) -> Path:
     dst = tmp_path / "run"
     shutil.copytree(trained_run_template, dst)
     return dst
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models on a shared 2-core machine: two threads contend and run 10-40x slower than one."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def shared_file(name: str) -> Path:

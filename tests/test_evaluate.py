@@ -12,18 +12,12 @@ import torch.nn as nn
 
 from scratchlm.cli import main
 from scratchlm.config import EvalConfig, ModelConfig
+from scratchlm.data.corpus import clean
 from scratchlm.data.shards import open_split
 from scratchlm.evaluate import evaluate, evaluate_loss, score_tokens, sliding_windows
 from scratchlm.tokenizer import Tokenizer
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: two threads contend and run 10-40x slower than one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Bigram(nn.Module):
@@ -106,8 +100,12 @@ def test_eval_of_a_text_file_scores_all_its_bytes_and_writes_the_reports(trained
     cfg = EvalConfig(text=str(path), stride=16, prompts=["", "The"], sample_tokens=12)
     result = evaluate(trained_run, cfg)
     tok = Tokenizer.load(trained_run / "tokenizer")
-    assert result["bytes"] == len(text.encode("utf-8"))  # every byte, the first included
-    assert result["tokens"] == len(tok.encode(text)) + 1  # the text's tokens and the final <|eos|>
+    # Scored as prepare would store it: cleaned like a training document (its final newline goes, as
+    # documents end with <|eos|>), and then every byte of it counts, the first included.
+    cleaned = clean(text, gutenberg=False)
+    assert cleaned == text.rstrip("\n")
+    assert result["bytes"] == len(cleaned.encode("utf-8"))
+    assert result["tokens"] == len(tok.encode(cleaned)) + 1  # the text's tokens and the final <|eos|>
     assert math.isfinite(result["bits_per_byte"]) and result["bits_per_byte"] > 0 and result["stride"] == 16
     saved = json.loads((trained_run / "eval.json").read_text())
     assert saved["loss"] == result["loss"] and saved["source"] == str(path)
@@ -156,7 +154,10 @@ def test_several_runs_print_a_comparison_table(trained_run, tmp_path, capsys):
     [
         (["--text", "missing.txt"], "--text missing.txt: no such file"),
         (["--text", "a.jsonl", "--jsonl", "a.jsonl"], "give --text or --jsonl, not both"),
-        (["--jsonl", "a.jsonl", "--text_field", "body"], 'a.jsonl:1: no string field "body"'),
+        (
+            ["--jsonl", "a.jsonl", "--text_field", "body"],
+            "a.jsonl:1: no field 'body' (it has: text); set --text_field",
+        ),
         (["--jsonl", "bad.jsonl"], "bad.jsonl:2: not valid JSON"),
         (["--stride", "65"], "--stride 65: must be between 1 and the context length 64"),
         pytest.param(

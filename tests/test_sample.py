@@ -20,13 +20,7 @@ from scratchlm.tokenizer import train_tokenizer
 GREEDY = SampleConfig(temperature=0.0, max_new_tokens=24)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: two threads contend and run 10-40x slower than one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(flavour: str, block: int = 32) -> GPT:
@@ -161,7 +155,7 @@ def test_japanese_streams_without_broken_characters(japanese_tokenizer, monkeypa
     assert all("\ufffd" not in p for p in pieces) and len(pieces) > 10
 
 
-def test_empty_prompt_starts_from_bos(japanese_tokenizer, monkeypatch):
+def test_empty_prompt_starts_from_eos(japanese_tokenizer, monkeypatch):
     seen = {}
 
     def fake_generate(model, prompt, cfg, stop_ids):
@@ -171,7 +165,7 @@ def test_empty_prompt_starts_from_bos(japanese_tokenizer, monkeypatch):
     monkeypatch.setattr(sample_mod, "generate_ids", fake_generate)
     lm = LoadedModel(tiny_model("gpt2"), japanese_tokenizer, RunConfig(), 0)
     assert list(stream_text(lm, "", SampleConfig())) == []
-    assert seen["prompt"] == [japanese_tokenizer.bos_id]
+    assert seen["prompt"] == [japanese_tokenizer.eos_id]
 
 
 def test_long_prompt_is_truncated_from_the_left_with_a_notice(japanese_tokenizer):
@@ -183,7 +177,7 @@ def test_long_prompt_is_truncated_from_the_left_with_a_notice(japanese_tokenizer
     assert prompt_ids_for(tok, prompt, 32, warn) == full[-32:]
     assert f"the prompt is {len(full)} tokens" in warn.getvalue() and "last 32" in warn.getvalue()
     short = io.StringIO()
-    assert prompt_ids_for(tok, "吾輩", 32, short) == [tok.bos_id] + tok.encode("吾輩")
+    assert prompt_ids_for(tok, "吾輩", 32, short) == [tok.eos_id] + tok.encode("吾輩")
     assert short.getvalue() == ""
 
 
@@ -220,7 +214,7 @@ def test_prompts_file_gives_one_output_per_prompt(trained_run, tmp_path, capsys)
     [
         (None, [], "no such file"),
         ('{"prompt": "a"}\n{oops\n', [], ":2: not valid JSON"),
-        ('{"text": "a"}\n', [], ':1: needs a string field "prompt"'),
+        ('{"text": "a"}\n', [], ":1: no field 'prompt' (it has: text); give each line a \"prompt\" string"),
         ("\n\n", [], "no prompts in it"),
         ("a\n", ["hello"], "give a PROMPT or --prompts_file"),
     ],

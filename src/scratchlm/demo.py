@@ -34,8 +34,9 @@ def demo(run_dir: str | Path = "runs/demo", steps: int = 360, minutes: float = 4
     r = run.root
     print(f"""
 Everything this run made is in {r}/:
-  config.yaml  tokenizer/  data/  checkpoints/  metrics.csv  loss.png  eval.json  samples.txt
+  config.yaml  tokenizer/  data/  checkpoints/  metrics.csv  loss.png  eval.json  report.md  samples.txt
 Next:
-  scratchlm sample {r} "Natasha" --temperature 0.7   # more samples
-  scratchlm train {r} --train.max-steps 4000          # train longer (continues from the checkpoint)
-  scratchlm prepare runs/mine --input your_text.txt   # your own text""")
+  scratchlm sample {r} "Natasha" --temperature 0.7          # more samples
+  scratchlm train {r} --train.max-steps 4000                 # train longer (continues from the checkpoint)
+  scratchlm export {r} --format hf --out {r}-hf            # a transformers model (or --format gguf)
+  scratchlm prepare runs/mine --input your_text.txt          # your own text""")

@@ -23,6 +23,7 @@ from .config import EvalConfig
 from .data.corpus import clean, read_text
 from .data.loader import sequential_windows
 from .data.shards import TokenShards, open_split
+from .data.sources import get_field, jsonl_objects
 from .metrics import read_metrics
 from .run import Run
 
@@ -129,17 +130,7 @@ def _documents(cfg: EvalConfig) -> tuple[str, list[str]]:
     path = Path(cfg.jsonl)
     if not path.is_file():
         raise UserError(f"--jsonl {path}: no such file")
-    docs = []
-    for n, line in enumerate(read_text(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get(cfg.text_field), str):
-            raise UserError(f'{path}:{n}: no string field "{cfg.text_field}"; choose it with --text_field')
-        docs.append(record[cfg.text_field])
+    docs = [get_field(obj, cfg.text_field, where, "set --text_field") for where, obj in jsonl_objects(path)]
     if not docs:
         raise UserError(f"--jsonl {path}: no records")
     return str(path), docs

@@ -8,7 +8,6 @@ start of a stop string.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,8 @@ import torch
 from .checkpoint import LoadedModel, load
 from .common import UserError, atomic_write_text
 from .config import SampleConfig
+from .data.corpus import read_text
+from .data.sources import get_field, jsonl_objects
 from .model import GPT, KVCache
 from .run import Run
 
@@ -69,14 +70,14 @@ def pick_next(
 def generate_ids(
     model: GPT, prompt_ids: list[int], cfg: SampleConfig, stop_ids: set[int] = frozenset()
 ) -> Iterator[int]:
-    """Yield new token ids one at a time. The prompt must be non-empty (callers add <|bos|>); only its
-    last block_size tokens are used.
+    """Yield new token ids one at a time. The prompt must be non-empty (callers start it with <|eos|>);
+    only its last block_size tokens are used.
 
     Past the context window, the cache is rebuilt from the last 3/4 of a window: one prefill every
     block_size/4 tokens instead of a full forward per token.
     """
     if not prompt_ids:
-        raise ValueError("generate_ids needs at least one prompt token (e.g. <|bos|>)")
+        raise ValueError("generate_ids needs at least one prompt token (e.g. <|eos|>)")
     block = model.config.block_size
     weight = model.transformer.wte.weight
     device, dtype = weight.device, weight.dtype
@@ -152,8 +153,12 @@ class TextStream:
 
 
 def prompt_ids_for(tokenizer, prompt: str, block_size: int, warn=None) -> list[int]:
-    """<|bos|> + the prompt's ids; a prompt longer than the context keeps its end, with a notice."""
-    ids = [tokenizer.bos_id] + tokenizer.encode(prompt)
+    """<|eos|> + the prompt's ids; a prompt longer than the context keeps its end, with a notice.
+
+    In the training stream every document follows an <|eos|>, so that is the context a model knows as
+    "a new text starts here" (<|bos|> never occurs in pretraining data; SFT uses the chat tokens).
+    """
+    ids = [tokenizer.eos_id] + tokenizer.encode(prompt)
     if len(ids) > block_size:
         if len(ids) - 1 > block_size:
             print(
@@ -192,25 +197,13 @@ def read_prompts(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--prompts_file {path}: no such file")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    if path.suffix != ".jsonl":
-        prompts = [line for line in lines if line.strip()]
-        if not prompts:
-            raise UserError(f"--prompts_file {path}: no prompts in it; write one prompt per line")
-        return prompts
-    prompts = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{n}: not valid JSON ({e.msg}); give one JSON object per line") from None
-        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
-            raise UserError(f'{path}:{n}: needs a string field "prompt"')
-        prompts.append(record["prompt"])
+    if path.suffix == ".jsonl":
+        fix = 'give each line a "prompt" string'
+        prompts = [get_field(obj, "prompt", where, fix) for where, obj in jsonl_objects(path)]
+    else:
+        prompts = [line for line in read_text(path).splitlines() if line.strip()]
     if not prompts:
-        raise UserError(f"--prompts_file {path}: no prompts in it; write one JSON object per line")
+        raise UserError(f"--prompts_file {path}: no prompts in it; write one prompt per line")
     return prompts
 
 

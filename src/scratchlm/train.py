@@ -199,11 +199,12 @@ def train(run_dir: str | Path, cfg: RunConfig, resume: bool | None = None) -> di
         state = load_train_state(previous[-1])
         load_weights(model, previous[-1] / "model.safetensors")
     forward = wrap_model(model, tc, dist_info, device)
-    optimizers = make_optimizers(model, tc, device)
+    optimizers = make_optimizers(model, tc)
     if previous:
-        load_optimizer_state(model, optimizers, state["optimizer"], tc, dist_info)
-        loader.load_state_dict(state["loader"])
-        set_rng_state(state["rng"])
+        if "optimizer" in state:  # absent from weights-only checkpoints (`scratchlm import`): start fresh
+            load_optimizer_state(model, optimizers, state["optimizer"], tc, dist_info)
+            loader.load_state_dict(state["loader"])
+            set_rng_state(state["rng"])
         step, best_val, elapsed_before = state["step"], state["best_val"], state["elapsed_s"]
         rank0_print(f"resuming from {previous[-1]} (step {step})")
         if step >= tc.max_steps:

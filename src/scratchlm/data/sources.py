@@ -154,8 +154,8 @@ def text_pieces(path: Path, encoding: str = "utf-8", errors: str = "strict") -> 
         yield carry
 
 
-def get_field(record, dotted: str, where: str) -> str:
-    """record["a"]["b"] for "a.b" (list items by number); a one-line error names the place."""
+def get_field(record, dotted: str, where: str, fix: str = "set --data.text_field") -> str:
+    """record["a"]["b"] for "a.b" (list items by number); a one-line error names the place and the fix."""
     value = record
     for key in dotted.split("."):
         if isinstance(value, dict) and key in value:
@@ -164,28 +164,34 @@ def get_field(record, dotted: str, where: str) -> str:
             value = value[int(key)]
         else:
             keys = f" (it has: {', '.join(map(str, value))})" if isinstance(value, dict) else ""
-            raise UserError(f"{where}: no field {dotted!r}{keys}; set --data.text_field")
+            raise UserError(f"{where}: no field {dotted!r}{keys}; {fix}")
     if not isinstance(value, str):
-        raise UserError(
-            f"{where}: field {dotted!r} is {type(value).__name__}, not text; set --data.text_field"
-        )
+        raise UserError(f"{where}: field {dotted!r} is {type(value).__name__}, not text; {fix}")
     return value
 
 
-def jsonl_records(path: Path, field: str, encoding: str, errors: str) -> Iterator[Document]:
+def jsonl_objects(
+    path: Path, encoding: str = "utf-8", errors: str = "strict"
+) -> Iterator[tuple[str, object]]:
+    """("file:line", parsed value) for each non-blank line of a JSONL file (.gz too), read streaming; a line
+    that is not JSON is a one-line error naming it. Shared by prepare, eval, sample and SFT."""
     with _open_binary(path) as f:
         for lineno, raw in enumerate(f, 1):
             if not raw.strip():
                 continue
             where = f"{path}:{lineno}"
             try:
-                obj = json.loads(raw.decode(encoding, errors))
+                yield where, json.loads(raw.decode(encoding, errors))
             except UnicodeDecodeError as e:
                 raise UserError(f"{where}: not valid {encoding} at byte {e.start} of the line") from None
             except json.JSONDecodeError as e:
                 raise UserError(f"{where}: not valid JSON ({e.msg}); write one JSON object a line") from None
-            text = get_field(obj, field, where)
-            yield Document(where, lambda t=text: split_text(t))
+
+
+def jsonl_records(path: Path, field: str, encoding: str, errors: str) -> Iterator[Document]:
+    for where, obj in jsonl_objects(path, encoding, errors):
+        text = get_field(obj, field, where)
+        yield Document(where, lambda t=text: split_text(t))
 
 
 def _batch_records(batches, field: str, name: str) -> Iterator[Document]:

@@ -33,6 +33,8 @@ def export(
     if dtype not in DTYPES[fmt]:
         raise UserError(f"--dtype {dtype}: {fmt} export supports {', '.join(DTYPES[fmt])}")
     out = Path(out)
+    if fmt == "gguf" and out.is_dir():
+        raise UserError(f"--out {out}: is a folder; GGUF export writes one file, e.g. --out model.gguf")
     if out.exists() and not force:
         raise UserError(f"--out {out}: already exists; choose another path or add --force to replace it")
     run = Run.at(run_dir)
@@ -46,7 +48,7 @@ def export(
 
         check_exportable(lm.config.model)
         arch = "GPT2LMHeadModel" if lm.config.model.flavour == "gpt2" else "LlamaForCausalLM"
-        card = model_card(lm, run.root, "hf", arch)
+        card = model_card(lm, run.root, arch)
         _replace_dir(out, lambda tmp: write_hf_folder(lm, run.tokenizer_dir, tmp, dtype, card))
     else:
         from .gguf import write_gguf

@@ -22,26 +22,46 @@ def _read_json(path: Path) -> dict | None:
         raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); fix or delete it") from None
 
 
+def _source_name(source: dict) -> str:
+    """A manifest source as the user named it: a file's name, or hf:NAME for a hub dataset."""
+    where = str(source.get("input", source.get("path", "?")))
+    return f"hf:{where}" if source.get("kind") == "hf_hub" else Path(where).name
+
+
 def _licence(source: dict) -> str:
     for key in ("licence", "license"):
         if source.get(key):
             return str(source[key])
-    name = Path(str(source.get("path", ""))).name
-    return _KNOWN_LICENCES.get(name, "not recorded: state the licence of this text before publishing")
+    return _KNOWN_LICENCES.get(
+        _source_name(source), "not recorded: state the licence of this text before publishing"
+    )
 
 
-def model_card(lm, run_root: Path, fmt: str, arch: str) -> str:
-    """Markdown for README.md from the loaded model, RUN/data/manifest.json and RUN/eval.json."""
+def _tokens_per_step(run_root: Path, t, block_size: int) -> int:
+    """From RUN/metrics.csv, which counts every process and batch_tokens; else from the settings."""
+    from ..metrics import read_metrics
+
+    for row in read_metrics(run_root / "metrics.csv"):
+        step, tokens = float(row.get("step") or 0), float(row.get("tokens") or 0)
+        if step > 0 and tokens > 0:
+            return round(tokens / step)
+    return t.batch_tokens or t.batch_size * t.grad_accum * block_size
+
+
+def model_card(lm, run_root: Path, arch: str) -> str:
+    """The Hugging Face folder's README.md from the loaded model, RUN/data/manifest.json and RUN/eval.json."""
     cfg, m, t = lm.config, lm.config.model, lm.config.train
-    tokens_seen = lm.step * t.batch_size * t.grad_accum * m.block_size
-    params = sum(p.numel() for p in lm.model.parameters())
+    per_step = _tokens_per_step(run_root, t, m.block_size)
+    # Counted as exported: the embedding (and untied head) rows past vocab_size are padding, not weights.
+    padding_rows = (m.padded_vocab_size - m.vocab_size) * (1 if m.tie_embeddings else 2)
+    params = sum(p.numel() for p in lm.model.parameters()) - padding_rows * m.n_embd
     manifest = _read_json(run_root / "data" / "manifest.json") or {}
     sources = manifest.get("sources") or []
     evaluation = _read_json(run_root / "eval.json")
 
     lines = [
         "---",
-        "library_name: transformers" if fmt == "hf" else "library_name: gguf",
+        "library_name: transformers",
         "pipeline_tag: text-generation",
         "tags: [scratchlm]",
         "---",
@@ -60,10 +80,7 @@ def model_card(lm, run_root: Path, fmt: str, arch: str) -> str:
     ]
     if sources:
         for s in sources:
-            lines.append(
-                f"- `{Path(str(s.get('path', '?'))).name}`: {s.get('chars', '?'):,} characters; "
-                f"licence: {_licence(s)}"
-            )
+            lines.append(f"- `{_source_name(s)}`: {s.get('chars', '?'):,} characters; licence: {_licence(s)}")
     else:
         lines.append("- not recorded (RUN/data/manifest.json is missing)")
     splits = manifest.get("splits") or {}
@@ -72,10 +89,11 @@ def model_card(lm, run_root: Path, fmt: str, arch: str) -> str:
     lines += [
         "",
         "## Training",
-        f"- {lm.step:,} steps, {tokens_seen:,} tokens seen "
-        f"({t.batch_size} sequences x {t.grad_accum} accumulation x {m.block_size} tokens per step)",
-        f"- AdamW, peak learning rate {t.lr}, {t.warmup_steps} warmup steps, cosine decay to "
-        f"{t.min_lr_ratio} x peak, weight decay {t.weight_decay}, gradient clip {t.grad_clip}, seed {t.seed}",
+        f"- {lm.step:,} steps, {lm.step * per_step:,} tokens seen ({per_step:,} tokens per step, "
+        f"sequences of {m.block_size} tokens)",
+        f"- {t.optimizer} optimizer, peak learning rate {t.lr}, {t.warmup_steps} warmup steps, {t.schedule} "
+        f"schedule down to {t.min_lr_ratio} x peak, weight decay {t.weight_decay}, "
+        f"gradient clip {t.grad_clip}, seed {t.seed}",
         "",
         "## Evaluation",
     ]
@@ -85,18 +103,26 @@ def model_card(lm, run_root: Path, fmt: str, arch: str) -> str:
         lines += [f"- {k}: {evaluation[k]}" for k in keys]
     else:
         lines.append("Not evaluated yet (run `scratchlm eval RUN` before exporting to include metrics).")
-    lines += ["", "## Use", ""]
-    if fmt == "hf":
-        lines += [
-            "```python",
-            "from transformers import AutoModelForCausalLM, AutoTokenizer",
-            'tok = AutoTokenizer.from_pretrained("PATH")',
-            'model = AutoModelForCausalLM.from_pretrained("PATH")  # no trust_remote_code needed',
-            "```",
-        ]
-    else:
-        lines += ["```", "llama-cli -m MODEL.gguf -p 'Once upon a time'", "```"]
+    from .hf import start_id
+
+    start = lm.tokenizer.piece(start_id(lm.tokenizer))
     lines += [
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import torch",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        'tok = AutoTokenizer.from_pretrained("PATH")',
+        'model = AutoModelForCausalLM.from_pretrained("PATH")  # no trust_remote_code needed',
+        f"ids = [tok.bos_token_id] + tok.encode('Once upon a time')  # {start} first, as in training",
+        "out = model.generate(torch.tensor([ids]), max_new_tokens=50, do_sample=False)  # greedy",
+        "print(tok.decode(out[0], skip_special_tokens=True))",
+        "```",
+        "",
+        f"Prompts start with `{start}`, the token every training document follows. It is the BOS id of "
+        "this export, so `generate()` from nothing starts there; the tokenizer adds no special tokens. "
+        "Without `do_sample=False`, `generate()` samples with the settings of generation_config.json.",
         "",
         "Chat format: `<|system|>...<|end|><|user|>...<|end|><|assistant|>` (the tokenizer's chat template).",
         "",

@@ -8,19 +8,21 @@ llama.cpp's converter matter and are copied here, proven by the llama-cpp-python
 - 1-D tensors (norms, biases) stay f32 at every --dtype; q8_0 applies to matrices whose rows are a
   multiple of 32 and falls back to f16 otherwise.
 Vocabulary: a SentencePiece run becomes tokenizer.ggml.model "llama" (pieces, scores, token types),
-a byte-level BPE run "gpt2" with its merges and the GPT-2 pre-tokenizer.
+a byte-level BPE run "gpt2" with its merges and the GPT-2 pre-tokenizer, a char run "llama" too (see
+_add_char_vocab).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..common import UserError
-from .hf import CHAT_TEMPLATE, check_exportable, to_hf_state_dict
+from .hf import CHAT_TEMPLATE, check_exportable, start_id, to_hf_state_dict
 
 _GPT2_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
@@ -108,16 +110,28 @@ def write_gguf(lm, tok_dir: Path, path: Path, dtype: str = "f32", name: str = "s
 
 # ---------------------------------------------------------------- vocabulary
 def _add_vocab(w, tok_dir: Path, tokenizer) -> None:
-    if (tok_dir / "tokenizer.model").is_file():
+    if tokenizer.kind in ("unigram", "bpe"):
         _add_sentencepiece_vocab(w, tok_dir / "tokenizer.model")
-    elif (tok_dir / "tokenizer.json").is_file():
+    elif tokenizer.kind == "bytelevel":
         _add_bytelevel_vocab(w, tok_dir / "tokenizer.json")
+    elif tokenizer.kind == "char":
+        _add_char_vocab(w, tok_dir / "tokenizer.json")
     else:
-        raise UserError(f"{tok_dir}: neither tokenizer.model nor tokenizer.json; GGUF needs one of them")
-    w.add_bos_token_id(tokenizer.bos_id)
+        raise UserError(
+            f"{tok_dir}: a {tokenizer.kind} tokenizer has no llama.cpp equivalent; GGUF export needs a "
+            "unigram, bpe, bytelevel or char tokenizer (--tokenizer.kind)"
+        )
+    if tokenizer.meta.get("normalization") == "nfkc":
+        print(
+            "note: this tokenizer NFKC-normalizes text and llama.cpp does not: prompts that NFKC changes "
+            "(full-width letters, ligatures...) tokenize differently in llama.cpp",
+            file=sys.stderr,
+        )
+    # llama.cpp puts the BOS token before every prompt: declaring scratchlm's start token (<|eos|>) as BOS
+    # makes `llama-cli -p TEXT` see what `scratchlm sample RUN TEXT` feeds the model.
+    w.add_bos_token_id(start_id(tokenizer))
     w.add_eos_token_id(tokenizer.eos_id)
     w.add_pad_token_id(tokenizer.pad_id)
-    # scratchlm starts every prompt with <|bos|>; llama.cpp does the same when this is set.
     w.add_add_bos_token(True)
     w.add_add_eos_token(False)
 
@@ -135,6 +149,15 @@ def _add_sentencepiece_vocab(w, path: Path) -> None:
     unk = [i for i, p in enumerate(proto.pieces) if p.type == pb.ModelProto.SentencePiece.UNKNOWN]
     if unk:
         w.add_unk_token_id(unk[0])
+    if proto.trainer_spec.model_type == pb.TrainerSpec.UNIGRAM:
+        # Measured: "Prince Andrew said" is 3 tokens in SentencePiece, 13 in llama.cpp ("t5", its Unigram
+        # tokenizer, matches on known text but turns byte-fallback characters into <unk>).
+        print(
+            "note: llama.cpp tokenizes a SentencePiece Unigram vocabulary by greedy merges, not Viterbi: "
+            "prompts typed into llama.cpp split into more, rarer tokens than scratchlm's (ids fed directly "
+            "are exact). Train with --tokenizer.kind bpe for an exact match.",
+            file=sys.stderr,
+        )
     # scratchlm trains without a dummy prefix: llama.cpp must not prepend "▁" to the text either.
     w.add_add_space_prefix(proto.normalizer_spec.add_dummy_prefix)
 
@@ -164,7 +187,39 @@ def _add_bytelevel_vocab(w, path: Path) -> None:
             types[i] = gguf.TokenType.NORMAL
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt2")
+    w.add_tokenizer_pre("gpt-2")  # llama.cpp's name for the GPT-2 regex ("gpt2" is refused)
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges(merges)
+
+
+def _add_char_vocab(w, path: Path) -> None:
+    """A char tokenizer (one token per known character, UTF-8 byte tokens <0xXX> for the rest) as a
+    llama.cpp "llama" vocabulary. llama.cpp's SentencePiece-style tokenizer splits text into characters,
+    merges two neighbours only when their join is in the vocabulary (a char vocabulary has no
+    two-character entry, so nothing merges), and spells unknown characters as byte tokens: the same ids,
+    proven by the llama.cpp parity test. It reads a space as "▁", so the space token is written so."""
+    import gguf
+
+    from ..tokenizer_hf import BYTE_TOKENS
+
+    tj = json.loads(path.read_text(encoding="utf-8"))
+    vocab: dict[str, int] = dict(tj["model"]["vocab"])
+    special = {t["content"] for t in tj.get("added_tokens", []) if t.get("special")}
+    tokens = [""] * (max(vocab.values()) + 1)
+    types = [gguf.TokenType.UNUSED] * len(tokens)
+    byte_tokens = set(BYTE_TOKENS)
+    for tok, i in vocab.items():
+        tokens[i] = "\u2581" if tok == " " else tok
+        types[i] = (
+            gguf.TokenType.CONTROL
+            if tok in special
+            else gguf.TokenType.BYTE
+            if tok in byte_tokens
+            else gguf.TokenType.NORMAL
+        )
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores([0.0] * len(tokens))  # only merges use scores, and a char vocabulary has none
+    w.add_token_types(types)
+    w.add_add_space_prefix(False)

@@ -292,23 +292,31 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 # The chat format of scratchlm: each message as <|role|>content<|end|>, the reply opened by <|assistant|>.
 CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}"
+    "{% for message in messages %}"
     "{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
 )
 
 
+def start_id(tokenizer) -> int:
+    """The token `scratchlm sample` puts before every prompt (<|eos|>: the context each training document
+    follows). Exports declare it as the BOS id, as GPT-2 does with <|endoftext|>, so transformers'
+    generate() from nothing and llama.cpp's automatic BOS feed the model what scratchlm feeds it."""
+    from ..sample import prompt_ids_for
+
+    return prompt_ids_for(tokenizer, "", 1 << 30)[0]
+
+
 def _tokenizer_config(tok_dir: Path, tokenizer) -> dict:
-    """The run's tokenizer_config.json with the special tokens and the chat template set."""
+    """The run's tokenizer_config.json with the special tokens and the chat template set; its BOS is
+    start_id's token, like config.json's, so tokenizer.bos_token_id is what scratchlm starts prompts with."""
     path = tok_dir / "tokenizer_config.json"
     d = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    ids = tokenizer.special_ids
-    names = {v: k for k, v in ids.items()}
     d.update(
         {
-            "bos_token": names.get(tokenizer.bos_id, "<|bos|>"),
-            "eos_token": names.get(tokenizer.eos_id, "<|eos|>"),
-            "pad_token": names.get(tokenizer.pad_id, "<|pad|>"),
+            "bos_token": tokenizer.piece(start_id(tokenizer)),
+            "eos_token": tokenizer.piece(tokenizer.eos_id),
+            "pad_token": tokenizer.piece(tokenizer.pad_id),
             "chat_template": CHAT_TEMPLATE,
         }
     )
@@ -325,11 +333,11 @@ def write_hf_folder(lm, tok_dir: Path, out: Path, dtype: str, card: str) -> None
     logging.disable_progress_bar()  # one "wrote DIR" line is enough for a model this small
     tok = lm.tokenizer
     torch_dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[dtype]
-    hf = to_hf_model(lm.model, tok.bos_id, tok.eos_id, tok.pad_id, dtype=torch_dtype)
+    hf = to_hf_model(lm.model, start_id(tok), tok.eos_id, tok.pad_id, dtype=torch_dtype)
     hf.save_pretrained(out)
     sc = lm.config.sample
     gen = GenerationConfig(
-        bos_token_id=tok.bos_id,
+        bos_token_id=start_id(tok),
         eos_token_id=tok.eos_id,
         pad_token_id=tok.pad_id,
         do_sample=sc.temperature > 0,
@@ -368,9 +376,7 @@ def import_hf(hf_dir: str | Path, run_dir: str | Path) -> None:
     The run gets config.yaml, tokenizer/ and a weights-only step-0 checkpoint (+ best.safetensors), so
     eval, sample and train (which then starts at step 0 from these weights) accept it.
     """
-    from safetensors.torch import save_model
-
-    from ..checkpoint import _metadata
+    from ..checkpoint import save_best, save_checkpoint, weights_of
     from ..model import GPT
     from ..run import Run
 
@@ -384,7 +390,9 @@ def import_hf(hf_dir: str | Path, run_dir: str | Path) -> None:
         raise UserError(
             f"{hf_dir}: config.json vocab_size {cfg.model.vocab_size} != tokenizer's {tokenizer.vocab_size}"
         )
-    cfg.tokenizer = TokenizerConfig(kind=tokenizer.kind, vocab_size=tokenizer.vocab_size)
+    cfg.tokenizer = TokenizerConfig(
+        kind=tokenizer.kind, vocab_size=tokenizer.vocab_size, normalization=tokenizer.meta["normalization"]
+    )
     gen_path = hf_dir / "generation_config.json"
     if gen_path.is_file():
         gen = json.loads(gen_path.read_text(encoding="utf-8"))
@@ -401,37 +409,65 @@ def import_hf(hf_dir: str | Path, run_dir: str | Path) -> None:
         hf_sd.pop("lm_head.weight", None)
     model.load_state_dict({k: v.float() for k, v in from_hf_state_dict(hf_sd, cfg.model).items()})
 
-    step_dir = run.checkpoints_dir / "step_000000"
-    tmp = run.checkpoints_dir / ".tmp-step_000000"
-    tmp.mkdir(parents=True)
-    meta = _metadata(cfg, 0, tokenizer.hash, imported_from=str(hf_dir))
-    save_model(model, str(tmp / "model.safetensors"), metadata=meta)
     # Weights only: no optimizer or loader state, so `train` starts fresh at step 0 from these weights.
-    torch.save({"step": 0, "best_val": float("inf"), "elapsed_s": 0.0}, tmp / "state.pt")
-    tmp.replace(step_dir)
-    save_model(model, str(run.checkpoints_dir / "best.safetensors"), metadata=meta)
+    weights = weights_of(model.state_dict(), cfg.model.tie_embeddings)
+    state = {"step": 0, "best_val": float("inf"), "elapsed_s": 0.0}
+    save_checkpoint(run, 0, weights, cfg, tokenizer.hash, state, keep_last=1)
+    save_best(run, 0, weights, cfg, tokenizer.hash, val_loss=float("inf"))
     run.save_config(cfg)
 
 
+def tokenizer_json_kind(tj: dict) -> str | None:
+    """scratchlm's kind of a tokenizer.json without SentencePiece model: "bytelevel" (BPE over GPT-2
+    byte characters), "char" (BPE without merges, byte fallback), or None."""
+    model = tj.get("model") or {}
+    if model.get("type") != "BPE":
+        return None
+    if "ByteLevel" in json.dumps(tj.get("pre_tokenizer")):
+        return "bytelevel"
+    if model.get("byte_fallback") and not model.get("merges") and tj.get("pre_tokenizer") is None:
+        return "char"
+    return None
+
+
 def _import_tokenizer(hf_dir: Path, tok_dir: Path):
-    """Copy the folder's tokenizer files into RUN/tokenizer and load them as a scratchlm Tokenizer."""
-    from ..tokenizer_sp import SentencePieceTokenizer
+    """Copy the folder's tokenizer files into RUN/tokenizer, add scratchlm's metadata file, and load it."""
+    from ..tokenizer import META_FILE, SPECIALS, Tokenizer
 
-    if not (hf_dir / "tokenizer.model").is_file():
-        raise UserError(
-            f"{hf_dir}: no tokenizer.model; scratchlm imports SentencePiece tokenizers only for now"
-        )
-    from sentencepiece import sentencepiece_model_pb2 as pb
+    if (hf_dir / "tokenizer.model").is_file():
+        from sentencepiece import sentencepiece_model_pb2 as pb
 
-    proto = pb.ModelProto()
-    model_bytes = (hf_dir / "tokenizer.model").read_bytes()
-    proto.ParseFromString(model_bytes)
-    kind = {pb.TrainerSpec.UNIGRAM: "unigram", pb.TrainerSpec.BPE: "bpe"}.get(proto.trainer_spec.model_type)
+        proto = pb.ModelProto()
+        proto.ParseFromString((hf_dir / "tokenizer.model").read_bytes())
+        kinds = {pb.TrainerSpec.UNIGRAM: "unigram", pb.TrainerSpec.BPE: "bpe"}
+        kind = kinds.get(proto.trainer_spec.model_type)
+        nfkc = proto.normalizer_spec.name != "identity"
+    elif (hf_dir / "tokenizer.json").is_file():
+        tj = json.loads((hf_dir / "tokenizer.json").read_text(encoding="utf-8"))
+        kind, nfkc = tokenizer_json_kind(tj), "NFKC" in json.dumps(tj.get("normalizer"))
+    else:
+        raise UserError(f"{hf_dir}: no tokenizer.model or tokenizer.json; the folder needs its tokenizer")
     if kind is None:
-        raise UserError(f"{hf_dir}/tokenizer.model: only SentencePiece unigram or bpe models are supported")
-    tokenizer = SentencePieceTokenizer(model_bytes, kind)
-    tokenizer.save(tok_dir)
+        raise UserError(
+            f"{hf_dir}: tokenizer type not supported; scratchlm imports SentencePiece (tokenizer.model), "
+            "byte-level BPE or character tokenizers"
+        )
+    tok_dir.mkdir(parents=True, exist_ok=True)
     for name in TOKENIZER_FILES:
-        if (hf_dir / name).is_file() and name != "tokenizer.model":
+        if (hf_dir / name).is_file():
             shutil.copyfile(hf_dir / name, tok_dir / name)
+    # The normalization goes in the metadata too: a SentencePiece tokenizer builds its tokenizer.json from it.
+    meta = {"kind": kind, "normalization": "nfkc" if nfkc else "identity"}
+    (tok_dir / META_FILE).write_text(json.dumps(meta) + "\n", encoding="utf-8")
+    try:
+        tokenizer = Tokenizer.load(tok_dir)
+    except UserError as e:  # e.g. no <|bos|> ... <|end|> at ids 0..6, as in a hub GPT-2 or Llama
+        detail = str(e).split(": ", 1)[-1].split(";")[0]
+        raise UserError(
+            f"{hf_dir}: cannot use its {kind} tokenizer ({detail}); scratchlm needs its special tokens "
+            f"{', '.join(SPECIALS)} at ids 0..{len(SPECIALS) - 1}, as in its own exports"
+        ) from None
+    except (OSError, KeyError, ValueError) as e:
+        raise UserError(f"{hf_dir}: cannot use its {kind} tokenizer here ({e})") from None
+    tokenizer.save(tok_dir)  # rewrites the metadata (hash, special ids) the way scratchlm keeps it
     return tokenizer

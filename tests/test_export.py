@@ -1,0 +1,522 @@
+"""Export to Hugging Face and GGUF, import back: parity with transformers and llama.cpp, round trips,
+and the one-line errors of bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sentencepiece as spm
+import torch
+from safetensors.torch import load_file
+
+import scratchlm
+from scratchlm.checkpoint import save_best, save_checkpoint, weights_of
+from scratchlm.cli import main
+from scratchlm.config import RunConfig, SampleConfig
+from scratchlm.export import export, import_run
+from scratchlm.model import GPT
+from scratchlm.run import Run
+from scratchlm.sample import generate_ids, prompt_ids_for
+from scratchlm.tokenizer import KINDS, Tokenizer
+
+transformers = pytest.importorskip("transformers")
+gguf = pytest.importorskip("gguf")
+
+PROMPTS = ["Prince Andrew said that", "吾輩は猫である。名前はまだ無い。"]
+FLAVOURS = {
+    "gpt2": dict(flavour="gpt2"),
+    "llama": dict(flavour="llama", bias=False, n_kv_head=1, tie_embeddings=False),
+}
+
+
+def tiny_config(corpus: Path) -> RunConfig:
+    """A ~150k-parameter model over a 600-token vocabulary: every export test runs in about a second."""
+    cfg = RunConfig()
+    cfg.data.inputs = [str(corpus)]
+    cfg.tokenizer.vocab_size = 600
+    cfg.model.block_size, cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd = 128, 2, 2, 64
+    cfg.train.batch_size = 8
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory, tiny_corpus) -> dict[str, Path]:
+    """Prepared (tokenizer + shards) but untrained runs, one per tokenizer kind."""
+    from scratchlm.prepare import prepare
+
+    out = {}
+    for name in (*KINDS, "bpe-nfkc"):
+        cfg = tiny_config(tiny_corpus)
+        cfg.tokenizer.kind = name.split("-")[0]
+        cfg.tokenizer.normalization = "nfkc" if name.endswith("nfkc") else "identity"
+        out[name] = tmp_path_factory.mktemp("prepared") / name
+        prepare(out[name], cfg)
+    return out
+
+
+def make_run(prepared: dict[str, Path], dst: Path, kind: str = "unigram", **model_kw) -> Path:
+    """A run with a random checkpoint, its weights pushed off init so every tensor shapes the output
+    and greedy decoding does not sit on near-ties."""
+    shutil.copytree(prepared[kind], dst)
+    run = Run.at(dst)
+    cfg = run.load_config()
+    for k, v in model_kw.items():
+        setattr(cfg.model, k, v)
+    run.save_config(cfg)
+    torch.manual_seed(0)
+    model = GPT(cfg.model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.15)
+    tok = Tokenizer.load(run.tokenizer_dir)
+    weights = weights_of(model.state_dict(), cfg.model.tie_embeddings)
+    save_checkpoint(run, 7, weights, cfg, tok.hash, {"step": 7}, keep_last=2)
+    save_best(run, 7, weights, cfg, tok.hash, val_loss=5.0)
+    (dst / "eval.json").write_text(json.dumps({"source": "val", "step": 7, "loss": 5.0, "perplexity": 148.4}))
+    return dst
+
+
+def prompt_ids(lm, prompt: str) -> list[int]:
+    return prompt_ids_for(lm.tokenizer, prompt, lm.config.model.block_size)  # what `scratchlm sample` feeds
+
+
+def greedy(lm, ids: list[int], n: int = 20) -> list[int]:
+    cfg = SampleConfig(temperature=0, max_new_tokens=n)
+    return list(generate_ids(lm.model, ids, cfg, stop_ids={lm.tokenizer.eos_id}))
+
+
+# ---------------------------------------------------------------- Hugging Face
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_hf_export_loads_natively_and_matches(prepared, tmp_path, flavour, capsys):
+    run = make_run(prepared, tmp_path / "run", **FLAVOURS[flavour])
+    (run / "metrics.csv").write_text("step,tokens,val_loss\n5,5120,6.1\n7,7168,5.0\n")  # 1024 tokens/step
+    out = tmp_path / "hf"
+    assert main(["export", str(run), "--format", "hf", "--out", str(out)]) == 0
+    for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer_config.json"):
+        assert (out / name).is_file(), name
+    assert (out / "tokenizer.model").read_bytes() == (run / "tokenizer" / "tokenizer.model").read_bytes()
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out)  # no trust_remote_code
+    assert type(hf).__name__ == {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}[flavour]
+    assert hf.get_input_embeddings().weight.shape[0] == 600  # padding rows sliced off
+    lm = scratchlm.load(run)
+    for prompt in PROMPTS:
+        ids = prompt_ids(lm, prompt)
+        x = torch.tensor([ids])
+        with torch.no_grad():
+            torch.testing.assert_close(hf(x).logits, lm.model(x)[0], atol=1e-4, rtol=0)
+        ours = greedy(lm, ids)
+        theirs = hf.generate(x, do_sample=False, max_new_tokens=len(ours))[0, len(ids) :].tolist()
+        assert theirs == ours and len(set(ours)) > 3, (ours, theirs)
+
+    card = (out / "README.md").read_text()
+    n_params = sum(p.numel() for p in hf.parameters())
+    for needle in (
+        "## Architecture",
+        "wp_slice.txt",
+        "## Training",
+        "perplexity: 148.4",
+        "7 steps, 7,168 tokens seen",
+        f"{n_params:,}",
+    ):
+        assert needle in card, needle
+    # The card's usage example runs as written and continues the prompt greedily as scratchlm does.
+    code = card.split("```python\n")[1].split("```")[0].replace("PATH", str(out))
+    capsys.readouterr()
+    exec(code, {})
+    start = prompt_ids(lm, "Once upon a time")
+    # (Decoded by transformers' tokenizer: random weights emit broken UTF-8, which the two libraries
+    # replace differently.)
+    expected = transformers.AutoTokenizer.from_pretrained(out).decode(
+        start + greedy(lm, start, 50), skip_special_tokens=True
+    )
+    assert capsys.readouterr().out.rstrip("\n") == expected
+    gen = json.loads((out / "generation_config.json").read_text())
+    # generate() from nothing starts where `scratchlm sample ''` starts.
+    start = prompt_ids(lm, "")
+    assert gen["eos_token_id"] == lm.tokenizer.eos_id and [gen["bos_token_id"]] == start
+    assert hf.generate(do_sample=False, max_new_tokens=8)[0].tolist() == start + greedy(lm, start, 8)
+
+
+@pytest.mark.parametrize("kind", (*KINDS, "bpe-nfkc"))
+def test_hf_tokenizer_of_every_kind_loads_with_autotokenizer_and_imports_back(prepared, tmp_path, kind):
+    run = make_run(prepared, tmp_path / "run", kind=kind)
+    out = tmp_path / "hf"
+    export(run, "hf", out)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    lm = scratchlm.load(run)
+    tok = lm.tokenizer
+    hf_config = json.loads((out / "config.json").read_text())
+    assert [hf_tok.bos_token_id] == [hf_config["bos_token_id"]] == prompt_ids(lm, "")
+    assert (hf_tok.eos_token_id, hf_tok.pad_token_id) == (tok.eos_id, tok.pad_id)
+    texts = PROMPTS + ["  two  spaces\tand a tab\n", "鬱蒼 ½ ﬁ"]  # unseen characters: byte fallback
+    for text in texts:
+        assert hf_tok(text, add_special_tokens=False)["input_ids"] == tok.encode(text), text
+        assert hf_tok.decode(tok.encode(text)) == tok.decode(tok.encode(text))  # == text unless NFKC
+    chat = [{"role": "user", "content": "Who is Pierre?"}]
+    ids = hf_tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False)
+    expected = tok.encode("<|user|>Who is Pierre?<|end|><|assistant|>", allow_special=True)
+    assert list(ids) == expected
+
+    import_run(out, tmp_path / "imported")
+    back = scratchlm.load(tmp_path / "imported").tokenizer
+    assert (back.kind, back.hash) == (tok.kind, tok.hash)
+    assert [back.encode(t) for t in texts] == [tok.encode(t) for t in texts]
+    # And out again: the same tokenizer files (a SentencePiece tokenizer.json is rebuilt on import).
+    export(tmp_path / "imported", "hf", tmp_path / "again")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        again, first = (json.loads((d / name).read_text()) for d in (tmp_path / "again", out))
+        assert again == first, name
+
+
+def test_hf_chat_template_renders_scratchlm_chat_format(prepared, tmp_path):
+    from jinja2 import Template
+
+    run = make_run(prepared, tmp_path / "run")
+    out = tmp_path / "hf"
+    export(run, "hf", out)
+    tc = json.loads((out / "tokenizer_config.json").read_text())
+    # The export's BOS is the token `scratchlm sample` starts prompts with (GPT-2 style: BOS = EOS).
+    assert (tc["bos_token"], tc["eos_token"], tc["pad_token"]) == ("<|eos|>", "<|eos|>", "<|pad|>")
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    text = Template(tc["chat_template"]).render(
+        messages=messages, bos_token="<|bos|>", add_generation_prompt=True
+    )
+    assert text == "<|system|>Be brief.<|end|><|user|>Hi<|end|><|assistant|>"
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_import_round_trip_gives_identical_tensors_and_a_usable_run(prepared, tmp_path, flavour, capsys):
+    run = make_run(prepared, tmp_path / "run", **FLAVOURS[flavour])
+    assert main(["export", str(run), "--format", "hf", "--out", str(tmp_path / "a"), "--dtype", "f32"]) == 0
+    assert main(["import", str(tmp_path / "a"), str(tmp_path / "imported")]) == 0
+    assert main(["export", str(tmp_path / "imported"), "--format", "hf", "--out", str(tmp_path / "b")]) == 0
+    a, b = (
+        load_file(str(tmp_path / "a" / "model.safetensors")),
+        load_file(str(tmp_path / "b" / "model.safetensors")),
+    )
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+    lm, imported = scratchlm.load(run), scratchlm.load(tmp_path / "imported", checkpoint="last")
+    assert imported.config.model.flavour == flavour and imported.step == 0
+    ids = prompt_ids(lm, PROMPTS[0])
+    assert greedy(imported, ids) == greedy(lm, ids)
+    # `scratchlm eval` and `scratchlm sample` accept the imported run and agree with the original one.
+    text = tmp_path / "t.txt"
+    text.write_text("Prince Andrew looked at the sky. " * 20)
+    for r in (run, tmp_path / "imported"):
+        args = [str(r), "--text", str(text), "--prompts", "[]", "--device", "cpu"]
+        assert main(["eval", *args]) == 0
+    loss = [json.loads((r / "eval.json").read_text())["loss"] for r in (run, tmp_path / "imported")]
+    assert loss[0] == pytest.approx(loss[1], abs=1e-5)
+    for r in (run, tmp_path / "imported"):
+        assert main(["sample", str(r), "Prince", "--temperature", "0", "--max_new_tokens", "8"]) == 0
+    out = capsys.readouterr().out.split("\n")
+    samples = [line for line in out if line.startswith("Prince")]
+    assert len(samples) == 2 and samples[0] == samples[1], samples
+
+
+@pytest.mark.parametrize("dtype, torch_dtype", [("f16", torch.float16), ("bf16", torch.bfloat16)])
+def test_hf_half_precision_export_rounds_each_weight_once(prepared, tmp_path, dtype, torch_dtype):
+    run = make_run(prepared, tmp_path / "run", **FLAVOURS["llama"])
+    export(run, "hf", tmp_path / "hf", dtype=dtype)
+    saved = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    assert {t.dtype for t in saved.values()} == {torch_dtype}
+    import_run(tmp_path / "hf", tmp_path / "imported")
+    ours = scratchlm.load(run).model.state_dict()
+    back = scratchlm.load(tmp_path / "imported").model.state_dict()
+    V = 600
+    for k, v in ours.items():
+        want = (v[:V] if k in ("transformer.wte.weight", "lm_head.weight") else v).to(torch_dtype).float()
+        got = back[k][:V] if k in ("transformer.wte.weight", "lm_head.weight") else back[k]
+        assert torch.equal(got, want), k
+
+
+@pytest.mark.slow
+def test_imported_run_trains_on_with_resume(prepared, tiny_corpus, tmp_path):
+    run = make_run(prepared, tmp_path / "run")
+    imported = tmp_path / "imported"
+    export(run, "hf", tmp_path / "hf")
+    import_run(tmp_path / "hf", imported)
+    assert main(["prepare", str(imported), "--data.inputs", f"[{tiny_corpus}]"]) == 0  # keeps its tokenizer
+    # A tiny learning rate, so the weights after 2 steps are still (nearly) the imported ones.
+    args = ["--train.max_steps", "2", "--train.eval_interval", "2", "--train.eval_batches", "1"]
+    args += ["--train.lr", "1e-6", "--train.batch_size", "4"]
+    assert main(["train", str(imported), "--resume", *args]) == 0
+    before = scratchlm.load(run).model.state_dict()
+    after = scratchlm.load(imported, checkpoint="last")
+    assert after.step == 2
+    w = after.model.state_dict()["transformer.h.0.attn.c_attn.weight"]
+    torch.testing.assert_close(w, before["transformer.h.0.attn.c_attn.weight"], atol=1e-3, rtol=0)
+    assert not torch.equal(w, before["transformer.h.0.attn.c_attn.weight"])  # it did train
+
+
+# ---------------------------------------------------------------- GGUF
+def _field(reader, key):
+    f = reader.fields[key]
+    if f.types and f.types[0] == gguf.GGUFValueType.ARRAY:
+        return (
+            [f.contents(i) for i in range(len(f.data))]
+            if f.types[-1] != gguf.GGUFValueType.STRING
+            else f.contents()
+        )
+    return f.contents()
+
+
+def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Inverse of llama.cpp's Q/K row permutation: interleaved pairs back to rotate-half halves."""
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("dtype, atol", [("f32", 0.0), ("f16", 1e-3), ("q8_0", 1e-2)])
+def test_gguf_reads_back_with_metadata_and_tensors(prepared, tmp_path, flavour, dtype, atol):
+    run = make_run(prepared, tmp_path / "run", **FLAVOURS[flavour])
+    path = tmp_path / "m.gguf"
+    assert main(["export", str(run), "--format", "gguf", "--out", str(path), "--dtype", dtype]) == 0
+    lm = scratchlm.load(run)
+    cfg, tok = lm.config.model, lm.tokenizer
+    r = gguf.GGUFReader(path)
+    arch = _field(r, "general.architecture")
+    assert arch == flavour
+    assert _field(r, f"{arch}.context_length") == cfg.block_size
+    assert _field(r, f"{arch}.block_count") == cfg.n_layer
+    assert _field(r, f"{arch}.embedding_length") == cfg.n_embd
+    assert _field(r, f"{arch}.feed_forward_length") == cfg.ffn_hidden
+    assert _field(r, f"{arch}.attention.head_count") == cfg.n_head
+    if flavour == "llama":
+        assert _field(r, "llama.attention.head_count_kv") == cfg.kv_heads
+        assert _field(r, "llama.rope.freq_base") == cfg.rope_theta
+        assert _field(r, "llama.rope.dimension_count") == cfg.n_embd // cfg.n_head
+    assert _field(r, "tokenizer.ggml.model") == "llama"
+    sp = spm.SentencePieceProcessor(model_file=str(run / "tokenizer" / "tokenizer.model"))
+    tokens = _field(r, "tokenizer.ggml.tokens")
+    assert (
+        len(tokens) == tok.vocab_size and tokens[tok.eos_id] == "<|eos|>" and tokens[10] == sp.id_to_piece(10)
+    )
+    types = _field(r, "tokenizer.ggml.token_type")
+    assert types[tok.bos_id] == gguf.TokenType.CONTROL and types[sp.unk_id()] == gguf.TokenType.UNKNOWN
+    assert types[sp.piece_to_id("<0x41>")] == gguf.TokenType.BYTE
+    assert types[sp.piece_to_id("\n")] == gguf.TokenType.USER_DEFINED
+    assert _field(r, "tokenizer.ggml.add_space_prefix") is False
+    # llama.cpp's automatic BOS is the token `scratchlm sample` starts prompts with.
+    assert [_field(r, "tokenizer.ggml.bos_token_id")] == prompt_ids(lm, "")
+    assert _field(r, "tokenizer.ggml.add_bos_token") is True
+    assert _field(r, "tokenizer.ggml.eos_token_id") == tok.eos_id
+
+    sd = {k: v.numpy() for k, v in lm.model.state_dict().items()}
+    tensors = {t.name: t for t in r.tensors}
+    qsize = cfg.n_embd
+    expected = {
+        "token_embd.weight": sd["transformer.wte.weight"][: cfg.vocab_size],
+        "output_norm.weight": sd["transformer.ln_f.weight"],
+        "blk.1.attn_norm.weight": sd["transformer.h.1.ln_1.weight"],
+        "blk.1.ffn_down.weight": sd["transformer.h.1.mlp.c_proj.weight"],
+    }
+    if flavour == "gpt2":
+        expected["position_embd.weight"] = sd["transformer.wpe.weight"]
+        expected["blk.1.attn_qkv.weight"] = sd["transformer.h.1.attn.c_attn.weight"]
+        expected["blk.1.attn_qkv.bias"] = sd["transformer.h.1.attn.c_attn.bias"]
+        assert "output.weight" not in tensors  # tied: llama.cpp reuses token_embd
+    else:
+        expected["blk.1.ffn_gate.weight"] = sd["transformer.h.1.mlp.c_gate.weight"]
+        expected["blk.1.attn_v.weight"] = sd["transformer.h.1.attn.c_attn.weight"][qsize + qsize // 2 :]
+        expected["output.weight"] = sd["lm_head.weight"][: cfg.vocab_size]
+        q = gguf.dequantize(tensors["blk.1.attn_q.weight"].data, tensors["blk.1.attn_q.weight"].tensor_type)
+        np.testing.assert_allclose(
+            _unpermute(q.reshape(qsize, -1), cfg.n_head),
+            sd["transformer.h.1.attn.c_attn.weight"][:qsize],
+            atol=atol,
+        )
+    for name, want in expected.items():
+        t = tensors[name]
+        got = gguf.dequantize(t.data, t.tensor_type).reshape(want.shape)
+        np.testing.assert_allclose(got, want, atol=atol, rtol=0, err_msg=name)
+        assert t.tensor_type == (
+            gguf.GGMLQuantizationType.F32
+            if want.ndim == 1
+            else {
+                "f32": gguf.GGMLQuantizationType.F32,
+                "f16": gguf.GGMLQuantizationType.F16,
+                "q8_0": gguf.GGMLQuantizationType.Q8_0,
+            }[dtype]
+        ), name
+
+
+# Other options llama.cpp must honour too: biases in Llama, a tied Llama head, GPT-2 without biases, untied.
+VARIANTS = FLAVOURS | {
+    "llama-bias-tied": dict(flavour="llama", bias=True, n_kv_head=2, tie_embeddings=True),
+    "gpt2-nobias-untied": dict(flavour="gpt2", bias=False, tie_embeddings=False),
+}
+
+
+def test_gguf_char_vocabulary_reads_back(prepared, tmp_path):
+    """A char run's GGUF vocabulary: llama.cpp's "llama" model with the space as "▁", byte tokens typed."""
+    run = make_run(prepared, tmp_path / "run", kind="char", flavour="llama")
+    export(run, "gguf", tmp_path / "m.gguf")
+    tok = scratchlm.load(run).tokenizer
+    r = gguf.GGUFReader(tmp_path / "m.gguf")
+    assert _field(r, "tokenizer.ggml.model") == "llama"
+    assert _field(r, "tokenizer.ggml.add_space_prefix") is False
+    tokens, types = _field(r, "tokenizer.ggml.tokens"), _field(r, "tokenizer.ggml.token_type")
+    assert len(tokens) == tok.vocab_size
+    space, byte_a = tok.encode(" ")[0], tok.encode("\x00")[0]
+    assert (tokens[space], types[space]) == ("\u2581", gguf.TokenType.NORMAL)
+    assert (tokens[byte_a], types[byte_a]) == ("<0x00>", gguf.TokenType.BYTE)
+    assert (tokens[tok.eos_id], types[tok.eos_id]) == ("<|eos|>", gguf.TokenType.CONTROL)
+    letter = tok.encode("a")[0]
+    assert (tokens[letter], types[letter]) == ("a", gguf.TokenType.NORMAL)
+
+
+@pytest.mark.parametrize(
+    "variant, kind",
+    [
+        ("gpt2", "bpe"),
+        ("llama", "bpe"),
+        ("gpt2-nobias-untied", "bytelevel"),
+        ("llama", "char"),
+        ("llama-bias-tied", "unigram"),
+    ],
+)
+def test_llama_cpp_greedy_output_equals_scratchlm(prepared, tmp_path, variant, kind):
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        pytest.skip("llama-cpp-python is not installed (pip install 'scratchlm[gguf-check]')")
+    run = make_run(prepared, tmp_path / "run", kind=kind, **VARIANTS[variant])
+    path = tmp_path / "m.gguf"
+    export(run, "gguf", path, dtype="f32")
+    lm = scratchlm.load(run)
+    llm = Llama(
+        model_path=str(path), n_ctx=lm.config.model.block_size, n_threads=1, verbose=False, logits_all=True
+    )
+    try:
+        for prompt in PROMPTS + ["  two  spaces\tand a tab\n鬱蒼"]:
+            ids = prompt_ids(lm, prompt)
+            assert llm.detokenize(ids[1:]) == prompt.encode()  # the GGUF vocabulary spells text back
+            # llama.cpp's tokenizer, its automatic BOS included, gives scratchlm's ids: SentencePiece BPE
+            # (merges by score), byte-level BPE and char. Not Unigram: llama.cpp merges greedily where
+            # SentencePiece finds the best segmentation (see gguf.py), so ids are fed directly there.
+            if kind != "unigram":
+                assert llm.tokenize(prompt.encode(), add_bos=True, special=False) == ids, prompt
+            llm.reset()
+            llm.eval(ids)
+            with torch.no_grad():
+                ours_logits = lm.model(torch.tensor([ids]))[0][0].numpy()
+            # llama.cpp's CPU kernels land within ~3e-3 of torch here (measured); a wrong map is off by O(1).
+            np.testing.assert_allclose(np.asarray(llm.scores[: len(ids)]), ours_logits, atol=1e-2, rtol=0)
+            ours = greedy(lm, ids)
+            theirs = []
+            for t in llm.generate(ids, top_k=1, temp=0.0, reset=True):
+                if t == lm.tokenizer.eos_id or len(theirs) == len(ours):
+                    break
+                theirs.append(t)
+            assert theirs == ours and len(set(ours)) > 3, (ours, theirs)
+    finally:
+        llm.close()
+
+
+# ---------------------------------------------------------------- bad input
+def _error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("scratchlm: error:") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_bad_input_is_one_line_exit_2(prepared, tmp_path, capsys):
+    untrained = tmp_path / "untrained"
+    shutil.copytree(prepared["unigram"], untrained)
+    assert "no checkpoint" in _error(
+        capsys, ["export", str(untrained), "--format", "hf", "--out", str(tmp_path / "x")]
+    )
+
+    run = make_run(prepared, tmp_path / "run")
+    assert "unknown format" in _error(
+        capsys, ["export", str(run), "--format", "onnx", "--out", str(tmp_path / "x")]
+    )
+    assert "--dtype q8_0" in _error(
+        capsys, ["export", str(run), "--format", "hf", "--out", str(tmp_path / "x"), "--dtype", "q8_0"]
+    )
+    out = tmp_path / "exists"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert "--force" in _error(capsys, ["export", str(run), "--format", "hf", "--out", str(out)])
+    assert (out / "keep.txt").read_text() == "mine"
+    assert main(["export", str(run), "--format", "hf", "--out", str(out), "--force"]) == 0
+    assert (out / "config.json").is_file() and not (out / "keep.txt").exists()
+
+    assert "is a folder" in _error(
+        capsys, ["export", str(run), "--format", "gguf", "--out", str(out), "--force"]
+    )
+
+    qk = make_run(prepared, tmp_path / "qk", flavour="llama", qk_norm=True)
+    assert "qk_norm" in _error(capsys, ["export", str(qk), "--format", "hf", "--out", str(tmp_path / "y")])
+    assert not (tmp_path / "y").exists()
+
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
+    err = _error(capsys, ["import", str(bert), str(tmp_path / "imported")])
+    assert "model_type='bert'" in err and "gpt2 and llama" in err
+    assert not (tmp_path / "imported").exists()
+    assert "not empty" in _error(capsys, ["import", str(out), str(run)])
+
+    gguf_file = tmp_path / "m.gguf"
+    gguf_file.write_bytes(b"mine")
+    assert "--force" in _error(capsys, ["export", str(run), "--format", "gguf", "--out", str(gguf_file)])
+    assert gguf_file.read_bytes() == b"mine"
+
+    # A GPT-2 folder whose byte-level tokenizer lacks scratchlm's special tokens (as a hub GPT-2 would).
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, pre_tokenizers
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "config.json").write_text(json.dumps({"model_type": "gpt2", "vocab_size": 2}))
+    tk = HFTokenizer(models.BPE({"a": 0, "b": 1}, []))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.save(str(foreign / "tokenizer.json"))
+    err = _error(capsys, ["import", str(foreign), str(tmp_path / "imported")])
+    assert "cannot use its bytelevel tokenizer" in err and "<|bos|>" in err, err
+    assert not (tmp_path / "imported").exists()
+
+
+def test_bytelevel_bpe_vocab_is_written_as_gpt2(tmp_path):
+    """A byte-level BPE tokenizer.json (Hugging Face `tokenizers`) → tokenizer.ggml.model "gpt2"."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    from scratchlm.export.gguf import _add_bytelevel_vocab
+
+    tk = HFTokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<|bos|>", "<|eos|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tk.train_from_iterator(["Prince Andrew said that the war was over."] * 50, trainer)
+    tk.save(str(tmp_path / "tokenizer.json"))
+    w = gguf.GGUFWriter(str(tmp_path / "v.gguf"), "gpt2")
+    _add_bytelevel_vocab(w, tmp_path / "tokenizer.json")
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.close()
+    r = gguf.GGUFReader(tmp_path / "v.gguf")
+    assert (_field(r, "tokenizer.ggml.model"), _field(r, "tokenizer.ggml.pre")) == ("gpt2", "gpt-2")
+    tokens, types = _field(r, "tokenizer.ggml.tokens"), _field(r, "tokenizer.ggml.token_type")
+    vocab = tk.get_vocab()
+    assert len(tokens) == len(vocab) and all(tokens[i] == t for t, i in vocab.items())
+    assert types[vocab["<|eos|>"]] == gguf.TokenType.CONTROL and types[vocab["Ġ"]] == gguf.TokenType.NORMAL
+    merges = _field(r, "tokenizer.ggml.merges")
+    assert merges and all(len(m.split(" ")) == 2 for m in merges)
+    first = merges[0].split(" ")
+    assert tk.encode(first[0] + first[1]).ids == [vocab[first[0] + first[1]]]
