@@ -2,6 +2,7 @@
 
     python bench/train.py                       # 4 layers, 4 heads, 128 wide, vocab 65, batch 12 x 64
     python bench/train.py --vocab 4096 --block 128 --batch 16
+    python bench/train.py --compile             # scratchlm with torch.compile (--train.compile true)
 
 Both models are trained with the same AdamW settings on the same random batches, interleaved in rounds
 so that load from other processes hits both alike. Prints tokens/s, the ratio, and peak RSS of each
@@ -77,6 +78,8 @@ def worker(kind: str, a) -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     model = make_model(kind, a)
+    if a.compile and kind == "scratchlm":  # scratchlm's --train.compile; the warm-up steps include compiling
+        model = torch.compile(model)
     step = step_fn(kind, model, a)
     for _ in range(a.warmup):
         step()
@@ -103,6 +106,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds per model")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--compile", action="store_true", help="scratchlm compiled (transformers eager)")
     p.add_argument("--worker", choices=["scratchlm", "transformers"], help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
@@ -127,6 +131,7 @@ def main() -> None:
     print(
         f"shape: {a.layers} layers, {a.heads} heads, {a.width} wide, vocab {a.vocab}, "
         f"batch {a.batch} x {a.block}, {a.rounds} rounds x {a.steps} steps"
+        + (", scratchlm compiled" if a.compile else "")
     )
     for k in results:
         print(f"  {k:<13} {speed[k]:>9,.0f} tokens/s   peak RSS {rss[k]:,.0f} MB")
