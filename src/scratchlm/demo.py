@@ -32,11 +32,16 @@ def demo(run_dir: str | Path = "runs/demo", steps: int = 360, minutes: float = 4
     print(f"\n== 4/4 sample: {PROMPT!r}")
     sample(run.root, PROMPT)
     r = run.root
-    print(f"""
-Everything this run made is in {r}/:
-  config.yaml  tokenizer/  data/  checkpoints/  metrics.csv  loss.png  eval.json  report.md  samples.txt
-Next:
-  scratchlm sample {r} "Natasha" --temperature 0.7          # more samples
-  scratchlm train {r} --train.max-steps 4000                 # train longer (continues from the checkpoint)
-  scratchlm export {r} --format hf --out {r}-hf            # a transformers model (or --format gguf)
-  scratchlm prepare runs/mine --input your_text.txt          # your own text""")
+    steps_next = [
+        (f'scratchlm sample {r} "Natasha" --temperature 0.7', "more samples"),
+        (f"scratchlm train {r} --train.max-steps 4000", "train longer (continues from the checkpoint)"),
+        (f"scratchlm export {r} --format hf --out {r}-hf", "a transformers model (or --format gguf)"),
+        ("scratchlm prepare runs/mine --input your_text.txt", "your own text"),
+    ]
+    width = max(len(cmd) for cmd, _ in steps_next) + 2
+    print(f"\nEverything this run made is in {r}/:")
+    made = "config.yaml tokenizer/ data/ checkpoints/ metrics.csv loss.png eval.json report.md samples.txt"
+    print("  " + made.replace(" ", "  "))
+    print("Next:")
+    for cmd, why in steps_next:
+        print(f"  {cmd.ljust(width)}# {why}")
