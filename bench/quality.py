@@ -69,6 +69,8 @@ def main() -> None:
                 str(max(10, steps // 20)),
                 "--train.eval-interval",
                 str(steps),
+                "--train.eval-batches",  # the pilot's 1 would otherwise stick (the run's saved config)
+                "20",
                 "--train.max-minutes",
                 str(a.minutes * 1.2),
             )

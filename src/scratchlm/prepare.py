@@ -29,6 +29,16 @@ REPORT_LINES = {
 }
 
 
+def train_on_corpus(corpus: Corpus, cfg: RunConfig) -> Tokenizer:
+    """Train cfg.tokenizer on the first --data.tokenizer_sample_mb of the corpus's cleaned documents."""
+    sample = corpus.sample(int(cfg.data.tokenizer_sample_mb * 1e6))
+    rank0_print(
+        f"training a {cfg.tokenizer.kind} tokenizer of {cfg.tokenizer.vocab_size} tokens "
+        f"on {sum(len(d) for d in sample):,} characters…"
+    )
+    return train_tokenizer(sample, cfg.tokenizer)
+
+
 def prepare(run_dir: str | Path, cfg: RunConfig | None = None) -> dict:
     """Read the inputs, train a tokenizer (unless the run has one) and write the token shards."""
     run = Run.at(run_dir)
@@ -39,13 +49,7 @@ def prepare(run_dir: str | Path, cfg: RunConfig | None = None) -> dict:
         tokenizer = Tokenizer.load(run.tokenizer_dir)
         rank0_print(f"using the run's tokenizer ({tokenizer.kind}, {tokenizer.vocab_size} tokens)")
     else:
-        sample = corpus.sample(int(cfg.data.tokenizer_sample_mb * 1e6))
-        rank0_print(
-            f"training a {cfg.tokenizer.kind} tokenizer of {cfg.tokenizer.vocab_size} tokens "
-            f"on {sum(len(d) for d in sample):,} characters…"
-        )
-        tokenizer = train_tokenizer(sample, cfg.tokenizer)
-        del sample
+        tokenizer = train_on_corpus(corpus, cfg)
         tokenizer.save(run.tokenizer_dir)
     cfg.model.vocab_size = tokenizer.vocab_size
 

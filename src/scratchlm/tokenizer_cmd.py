@@ -12,8 +12,9 @@ import numpy as np
 from .common import UserError, rank0_print
 from .config import RunConfig
 from .data.corpus import Corpus, clean, read_text
+from .prepare import train_on_corpus
 from .run import Run
-from .tokenizer import Tokenizer, exists, train_tokenizer
+from .tokenizer import Tokenizer, exists
 
 
 def train_command(run_dir: str | Path, cfg: RunConfig, overwrite: bool = False) -> Tokenizer:
@@ -24,14 +25,7 @@ def train_command(run_dir: str | Path, cfg: RunConfig, overwrite: bool = False) 
             f"{run.tokenizer_dir} already holds a tokenizer; pass --overwrite to replace it "
             "(then run `scratchlm prepare` again: shards and checkpoints belong to the old one)"
         )
-    # The same text as `prepare` trains on: the first --data.tokenizer_sample_mb of cleaned documents.
-    sample = Corpus(cfg.data).sample(int(cfg.data.tokenizer_sample_mb * 1e6))
-    rank0_print(
-        f"training a {cfg.tokenizer.kind} tokenizer of {cfg.tokenizer.vocab_size} tokens "
-        f"on {sum(len(d) for d in sample):,} characters…"
-    )
-    tok = train_tokenizer(sample, cfg.tokenizer)
-    del sample
+    tok = train_on_corpus(Corpus(cfg.data), cfg)  # the same text as `prepare` trains on
     tok.save(run.tokenizer_dir)
     cfg.model.vocab_size = tok.vocab_size
     run.save_config(cfg)
