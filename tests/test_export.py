@@ -31,6 +31,8 @@ FLAVOURS = {
     "gpt2": dict(flavour="gpt2"),
     "llama": dict(flavour="llama", bias=False, n_kv_head=1, tie_embeddings=False),
 }
+# The HF folder tests also cover GPT-2's tanh GELU ("gpt2" above is the default, exact GELU).
+HF_CASES = FLAVOURS | {"gpt2-gelu_tanh": dict(flavour="gpt2", activation="gelu_tanh")}
 
 
 def tiny_config(corpus: Path) -> RunConfig:
@@ -90,9 +92,10 @@ def greedy(lm, ids: list[int], n: int = 20) -> list[int]:
 
 
 # ---------------------------------------------------------------- Hugging Face
-@pytest.mark.parametrize("flavour", FLAVOURS)
-def test_hf_export_loads_natively_and_matches(prepared, tmp_path, flavour, capsys):
-    run = make_run(prepared, tmp_path / "run", **FLAVOURS[flavour])
+@pytest.mark.parametrize("case", HF_CASES)
+def test_hf_export_loads_natively_and_matches(prepared, tmp_path, case, capsys):
+    flavour = HF_CASES[case]["flavour"]
+    run = make_run(prepared, tmp_path / "run", **HF_CASES[case])
     (run / "metrics.csv").write_text("step,tokens,val_loss\n5,5120,6.1\n7,7168,5.0\n")  # 1024 tokens/step
     out = tmp_path / "hf"
     assert main(["export", str(run), "--format", "hf", "--out", str(out)]) == 0
@@ -102,6 +105,9 @@ def test_hf_export_loads_natively_and_matches(prepared, tmp_path, flavour, capsy
 
     hf = transformers.AutoModelForCausalLM.from_pretrained(out)  # no trust_remote_code
     assert type(hf).__name__ == {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}[flavour]
+    if flavour == "gpt2":
+        want = {"gpt2": "gelu", "gpt2-gelu_tanh": "gelu_new"}[case]
+        assert json.loads((out / "config.json").read_text())["activation_function"] == want
     assert hf.get_input_embeddings().weight.shape[0] == 600  # padding rows sliced off
     lm = scratchlm.load(run)
     for prompt in PROMPTS:
@@ -189,9 +195,10 @@ def test_hf_chat_template_renders_scratchlm_chat_format(prepared, tmp_path):
     assert text == "<|system|>Be brief.<|end|><|user|>Hi<|end|><|assistant|>"
 
 
-@pytest.mark.parametrize("flavour", FLAVOURS)
-def test_import_round_trip_gives_identical_tensors_and_a_usable_run(prepared, tmp_path, flavour, capsys):
-    run = make_run(prepared, tmp_path / "run", **FLAVOURS[flavour])
+@pytest.mark.parametrize("case", HF_CASES)
+def test_import_round_trip_gives_identical_tensors_and_a_usable_run(prepared, tmp_path, case, capsys):
+    flavour = HF_CASES[case]["flavour"]
+    run = make_run(prepared, tmp_path / "run", **HF_CASES[case])
     assert main(["export", str(run), "--format", "hf", "--out", str(tmp_path / "a"), "--dtype", "f32"]) == 0
     assert main(["import", str(tmp_path / "a"), str(tmp_path / "imported")]) == 0
     assert main(["export", str(tmp_path / "imported"), "--format", "hf", "--out", str(tmp_path / "b")]) == 0
@@ -205,6 +212,7 @@ def test_import_round_trip_gives_identical_tensors_and_a_usable_run(prepared, tm
 
     lm, imported = scratchlm.load(run), scratchlm.load(tmp_path / "imported", checkpoint="last")
     assert imported.config.model.flavour == flavour and imported.step == 0
+    assert imported.config.model.activation == lm.config.model.activation
     ids = prompt_ids(lm, PROMPTS[0])
     assert greedy(imported, ids) == greedy(lm, ids)
     # `scratchlm eval` and `scratchlm sample` accept the imported run and agree with the original one.
@@ -351,9 +359,29 @@ def test_gguf_reads_back_with_metadata_and_tensors(prepared, tmp_path, flavour, 
 
 # Other options llama.cpp must honour too: biases in Llama, a tied Llama head, GPT-2 without biases, untied.
 VARIANTS = FLAVOURS | {
+    "gpt2-gelu_tanh": dict(flavour="gpt2", activation="gelu_tanh"),
     "llama-bias-tied": dict(flavour="llama", bias=True, n_kv_head=2, tie_embeddings=True),
     "gpt2-nobias-untied": dict(flavour="gpt2", bias=False, tie_embeddings=False),
 }
+
+
+@pytest.mark.parametrize(
+    ("model_kw", "noted"),
+    [
+        (dict(flavour="gpt2"), True),
+        (dict(flavour="gpt2", activation="gelu_tanh"), False),
+        (FLAVOURS["llama"], False),
+    ],
+)
+def test_gguf_export_notes_llama_cpps_tanh_gelu_for_exact_gelu_models(
+    prepared, tmp_path, capsys, model_kw, noted
+):
+    run = make_run(prepared, tmp_path / "run", kind="bpe", **model_kw)
+    capsys.readouterr()
+    assert main(["export", str(run), "--format", "gguf", "--out", str(tmp_path / "m.gguf")]) == 0
+    err = capsys.readouterr().err
+    assert ("llama.cpp computes GELU with the tanh approximation" in err) == noted, err
+    assert ("--model.activation gelu_tanh" in err) == noted
 
 
 def test_gguf_char_vocabulary_reads_back(prepared, tmp_path):
@@ -377,7 +405,8 @@ def test_gguf_char_vocabulary_reads_back(prepared, tmp_path):
 @pytest.mark.parametrize(
     "variant, kind",
     [
-        ("gpt2", "bpe"),
+        ("gpt2", "bpe"),  # exact GELU, run by llama.cpp with its tanh GELU (see gguf.GELU_NOTE)
+        ("gpt2-gelu_tanh", "bpe"),
         ("llama", "bpe"),
         ("gpt2-nobias-untied", "bytelevel"),
         ("llama", "char"),

@@ -97,3 +97,33 @@ def test_gqa_needs_divisible_heads():
 
     with pytest.raises(UserError, match="n_kv_head"):
         GPT(ModelConfig(flavour="llama", n_head=4, n_kv_head=3, n_embd=32))
+
+
+@pytest.mark.parametrize(("activation", "reference"), [("gelu", "none"), ("gelu_tanh", "tanh")])
+def test_gpt2_mlp_uses_the_chosen_gelu(activation, reference):
+    torch.manual_seed(0)
+    m = GPT(ModelConfig(vocab_size=64, n_layer=1, n_head=2, n_embd=32, activation=activation))
+    mlp, x = m.transformer.h[0].mlp, torch.randn(2, 5, 32) * 3
+    for approximate in ("none", "tanh"):
+        want = mlp.c_proj(torch.nn.functional.gelu(mlp.c_fc(x), approximate=approximate))
+        assert torch.equal(mlp(x), want) == (approximate == reference)
+
+
+def test_llama_refuses_a_gelu_choice():
+    from scratchlm.common import UserError
+
+    with pytest.raises(UserError, match="--model.activation gelu_tanh applies to the gpt2 flavour only"):
+        GPT(ModelConfig(flavour="llama", n_head=4, n_embd=32, activation="gelu_tanh"))
+
+
+def test_configs_saved_before_the_activation_option_keep_the_tanh_gelu():
+    from scratchlm.config import RunConfig
+
+    old_gpt2 = RunConfig.from_dict({"model": {"flavour": "gpt2", "n_layer": 2}})
+    assert old_gpt2.model.activation == "gelu_tanh"  # what every gpt2 model computed back then
+    assert RunConfig.from_dict({"model": {"flavour": "llama"}}).model.activation == "gelu"
+    assert RunConfig.from_dict({}).model.activation == "gelu"  # a new run: the default
+    for activation in ("gelu", "gelu_tanh"):
+        cfg = RunConfig()
+        cfg.model.activation = activation
+        assert RunConfig.from_dict(cfg.to_dict()).model.activation == activation

@@ -2,7 +2,7 @@
 
 Two flavours, chosen by `ModelConfig.flavour`, with the math of their transformers namesakes so
 export is a plain key map:
-- "gpt2":  learned positions, LayerNorm, GELU (tanh approximation), biases, tied head.
+- "gpt2":  learned positions, LayerNorm, GELU (exact, or GPT-2's tanh approximation), biases, tied head.
 - "llama": RoPE, RMSNorm, SwiGLU, no biases, grouped-query attention, optional QK-norm.
 """
 
@@ -123,6 +123,7 @@ class MLP(nn.Module):
         super().__init__()
         hidden = cfg.ffn_hidden
         self.swiglu = cfg.flavour == "llama"
+        self.gelu_approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"  # gelu_tanh: "gelu_new"
         self.c_fc = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)
         self.c_gate = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias) if self.swiglu else None
         self.c_proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
@@ -133,7 +134,7 @@ class MLP(nn.Module):
         if self.swiglu:
             h = F.silu(self.c_gate(x)) * self.c_fc(x)
         else:
-            h = F.gelu(self.c_fc(x), approximate="tanh")  # GPT-2's "gelu_new"
+            h = F.gelu(self.c_fc(x), approximate=self.gelu_approximate)
         return self.dropout(self.c_proj(h))
 
 

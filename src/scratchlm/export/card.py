@@ -13,6 +13,9 @@ _KNOWN_LICENCES = {
 }
 
 
+_ACTIVATION_NAMES = {"gelu": "exact (erf) GELU", "gelu_tanh": "tanh-approximate GELU (gelu_new)"}
+
+
 def _read_json(path: Path) -> dict | None:
     if not path.is_file():
         return None
@@ -71,7 +74,9 @@ def model_card(lm, run_root: Path, arch: str) -> str:
         "",
         "## Architecture",
         f"- {m.flavour} flavour: {m.n_layer} layers, {m.n_head} heads ({m.kv_heads} key/value heads), "
-        f"width {m.n_embd}, MLP hidden {m.ffn_hidden}, context {m.block_size} tokens",
+        f"width {m.n_embd}, MLP hidden {m.ffn_hidden}"
+        + (", SwiGLU" if m.flavour == "llama" else f", {_ACTIVATION_NAMES[m.activation]}")
+        + f", context {m.block_size} tokens",
         f"- vocabulary {m.vocab_size} ({cfg.tokenizer.kind} tokenizer), "
         f"{'tied' if m.tie_embeddings else 'separate'} input/output embeddings",
         f"- {params:,} parameters",

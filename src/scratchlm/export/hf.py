@@ -24,6 +24,12 @@ from ..config import ModelConfig, RunConfig, TokenizerConfig
 Tensor = torch.Tensor
 
 
+# model.activation → GPT2Config.activation_function: transformers' "gelu" is the exact erf GELU and
+# "gelu_new" GPT-2's tanh approximation (its "gelu_pytorch_tanh" is the same function in one kernel).
+HF_ACTIVATION = {"gelu": "gelu", "gelu_tanh": "gelu_new"}
+_ACTIVATION_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
+
+
 def check_exportable(cfg: ModelConfig) -> None:
     """Raise UserError naming the first option that GPT2LMHeadModel / LlamaForCausalLM cannot express."""
     if cfg.flavour == "gpt2":
@@ -55,7 +61,7 @@ def hf_config_dict(cfg: ModelConfig, bos_id: int | None, eos_id: int | None, pad
             "n_layer": cfg.n_layer,
             "n_head": cfg.n_head,
             "n_inner": cfg.ffn_hidden,
-            "activation_function": "gelu_new",
+            "activation_function": HF_ACTIVATION[cfg.activation],
             "layer_norm_epsilon": cfg.norm_eps,
             "resid_pdrop": cfg.dropout,
             "embd_pdrop": cfg.dropout,
@@ -98,9 +104,11 @@ def model_config_from_hf(d: dict, vocab_multiple: int = 64) -> ModelConfig:
     """The scratchlm ModelConfig of a transformers config.json dict; UserError when unsupported."""
     model_type = d.get("model_type")
     if model_type == "gpt2":
-        if d.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+        act = d.get("activation_function", "gelu_new")  # GPT2Config's default
+        if act not in _ACTIVATION_FROM_HF:
             raise UserError(
-                f"activation_function={d['activation_function']!r}: scratchlm's gpt2 uses gelu_new"
+                f"config.json activation_function={act!r}: scratchlm's gpt2 flavour supports "
+                f"{', '.join(_ACTIVATION_FROM_HF)} (--model.activation gelu / gelu_tanh)"
             )
         for flag in ("scale_attn_by_inverse_layer_idx", "add_cross_attention"):
             if d.get(flag):
@@ -116,6 +124,7 @@ def model_config_from_hf(d: dict, vocab_multiple: int = 64) -> ModelConfig:
             n_head=d.get("n_head", 12),
             n_embd=n_embd,
             mlp_hidden=d.get("n_inner") or 4 * n_embd,
+            activation=_ACTIVATION_FROM_HF[act],
             dropout=float(d.get("resid_pdrop", 0.0)),
             bias=True,
             tie_embeddings=d.get("tie_word_embeddings", True),
