@@ -3,10 +3,18 @@
     python bench/train.py                       # 4 layers, 4 heads, 128 wide, vocab 65, batch 12 x 64
     python bench/train.py --vocab 4096 --block 128 --batch 16
     python bench/train.py --compile             # scratchlm with torch.compile (--train.compile true)
+    python bench/train.py --activation gelu_tanh   # scratchlm with GPT-2's tanh GELU, as GPT2LMHeadModel
+    python bench/train.py --bias false          # scratchlm without biases (the minimal GPT's default)
 
 Both models are trained with the same AdamW settings on the same random batches, interleaved in rounds
 so that load from other processes hits both alike. Prints tokens/s, the ratio, and peak RSS of each
 model measured in its own subprocess.
+
+What differs between the sides: scratchlm runs its own GELU (--activation; default: scratchlm's
+default, exact GELU) and, with --bias false, no biases; GPT2LMHeadModel runs its default "gelu_new"
+(tanh GELU as separate ops). When the activations differ, GPT2LMHeadModel is also run with scratchlm's
+activation (transformers' "gelu" for exact GELU), so the ratio with the same math is printed beside the
+ratio against transformers' default.
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ import subprocess
 import sys
 import time
 
+from scratchlm.config import ModelConfig
+
 
 def make_model(kind: str, a):
     import torch
@@ -26,10 +36,18 @@ def make_model(kind: str, a):
         from scratchlm.model import GPT, GPTConfig
 
         cfg = GPTConfig(
-            vocab_size=a.vocab, block_size=a.block, n_layer=a.layers, n_head=a.heads, n_embd=a.width
+            vocab_size=a.vocab,
+            block_size=a.block,
+            n_layer=a.layers,
+            n_head=a.heads,
+            n_embd=a.width,
+            activation=a.activation,
+            bias=a.bias == "true",
         )
         return GPT(cfg)
     from transformers import GPT2Config, GPT2LMHeadModel
+
+    from scratchlm.export.hf import HF_ACTIVATION
 
     cfg = GPT2Config(
         vocab_size=a.vocab,
@@ -41,6 +59,8 @@ def make_model(kind: str, a):
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,
+        # "transformers": its default; "transformers-same": scratchlm's activation under its HF name.
+        activation_function=HF_ACTIVATION[a.activation] if kind == "transformers-same" else "gelu_new",
     )
     torch.manual_seed(0)
     return GPT2LMHeadModel(cfg)
@@ -107,13 +127,24 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds per model")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="scratchlm compiled (transformers eager)")
-    p.add_argument("--worker", choices=["scratchlm", "transformers"], help=argparse.SUPPRESS)
+    p.add_argument(
+        "--activation",
+        choices=["gelu", "gelu_tanh"],
+        default=ModelConfig.activation,
+        help="scratchlm's MLP activation (default: scratchlm's default)",
+    )
+    p.add_argument("--bias", choices=["true", "false"], default="true", help="biases in scratchlm's model")
+    p.add_argument(
+        "--worker", choices=["scratchlm", "transformers", "transformers-same"], help=argparse.SUPPRESS
+    )
     a = p.parse_args()
     if a.worker:
         return worker(a.worker, a)
 
     args = [a for a in sys.argv[1:]]
     results = {"scratchlm": [], "transformers": []}
+    if a.activation != "gelu_tanh":  # transformers' default is the tanh GELU: also run it with ours
+        results["transformers-same"] = []
     rss = {}
     for _ in range(a.rounds):
         for kind in results:
@@ -133,9 +164,18 @@ def main() -> None:
         f"batch {a.batch} x {a.block}, {a.rounds} rounds x {a.steps} steps"
         + (", scratchlm compiled" if a.compile else "")
     )
+    from scratchlm.export.hf import HF_ACTIVATION
+
+    labels = {
+        "scratchlm": f"scratchlm, activation {a.activation}, bias {a.bias}",
+        "transformers": "GPT2LMHeadModel, gelu_new (its default)",
+        "transformers-same": f"GPT2LMHeadModel, {HF_ACTIVATION[a.activation]} (scratchlm's activation)",
+    }
     for k in results:
-        print(f"  {k:<13} {speed[k]:>9,.0f} tokens/s   peak RSS {rss[k]:,.0f} MB")
-    print(f"ratio scratchlm / transformers: {speed['scratchlm'] / speed['transformers']:.2f}x")
+        print(f"  {labels[k]:<54} {speed[k]:>9,.0f} tokens/s   peak RSS {rss[k]:,.0f} MB")
+    for k in results:
+        if k != "scratchlm":
+            print(f"ratio scratchlm / {labels[k]}: {speed['scratchlm'] / speed[k]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -128,6 +128,7 @@ def test_hf_export_loads_natively_and_matches(prepared, tmp_path, case, capsys):
         "perplexity: 148.4",
         "7 steps, 7,168 tokens seen",
         f"{n_params:,}",
+        {"gpt2": "exact (erf) GELU", "gpt2-gelu_tanh": "tanh-approximate GELU", "llama": "SwiGLU"}[case],
     ):
         assert needle in card, needle
     # The card's usage example runs as written and continues the prompt greedily as scratchlm does.
