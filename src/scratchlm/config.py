@@ -99,8 +99,8 @@ class ModelConfig:
     mlp_hidden: int = 0
     """MLP hidden width; 0 means 4 x n_embd (gpt2) or 8/3 x n_embd rounded up to 64 (llama)."""
     # Exact GELU by default, as nn.GELU and nanoGPT: ATen's tanh-GELU kernel is ~3x slower on this 2-core CPU
-    # (1.47 vs 0.53 ms per (768 x 512) call, 2 threads); bench/train.py vs GPT2LMHeadModel went from 1.09x to
-    # 1.38x with it (2 threads; equal at 1 thread). docs/benchmarks.md, issue 6.
+    # (1.47 vs 0.53 ms per (768 x 512) call, 2 threads): bench/train.py vs GPT2LMHeadModel went from 1.09x to
+    # 1.18-1.20x with it (2 threads; equal at 1 thread). docs/benchmarks.md, issue 6.
     activation: Literal["gelu", "gelu_tanh"] = "gelu"
     """MLP activation of the gpt2 flavour: gelu (exact, erf; transformers' "gelu") or gelu_tanh (GPT-2's
     tanh approximation, transformers' "gelu_new", llama.cpp's GELU). llama uses SwiGLU and needs gelu."""
