@@ -180,8 +180,8 @@ def test_hf_chat_template_renders_scratchlm_chat_format(prepared, tmp_path):
     out = tmp_path / "hf"
     export(run, "hf", out)
     tc = json.loads((out / "tokenizer_config.json").read_text())
-    # The export's BOS is the token `scratchlm sample` starts prompts with (GPT-2 style: BOS = EOS).
-    assert (tc["bos_token"], tc["eos_token"], tc["pad_token"]) == ("<|eos|>", "<|eos|>", "<|pad|>")
+    # The export's BOS is the token `scratchlm sample` starts prompts with, and training documents too.
+    assert (tc["bos_token"], tc["eos_token"], tc["pad_token"]) == ("<|bos|>", "<|eos|>", "<|pad|>")
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     text = Template(tc["chat_template"]).render(
         messages=messages, bos_token="<|bos|>", add_generation_prompt=True

@@ -299,9 +299,9 @@ CHAT_TEMPLATE = (
 
 
 def start_id(tokenizer) -> int:
-    """The token `scratchlm sample` puts before every prompt (<|eos|>: the context each training document
-    follows). Exports declare it as the BOS id, as GPT-2 does with <|endoftext|>, so transformers'
-    generate() from nothing and llama.cpp's automatic BOS feed the model what scratchlm feeds it."""
+    """The token `scratchlm sample` puts before every prompt (<|bos|>, which starts every training
+    document). Exports declare it as the BOS id, so transformers' generate() from nothing and llama.cpp's
+    automatic BOS feed the model what scratchlm feeds it."""
     from ..sample import prompt_ids_for
 
     return prompt_ids_for(tokenizer, "", 1 << 30)[0]
