@@ -68,17 +68,20 @@ def prepared(run: Path, tokenizer_dir: Path, inputs: list, **data) -> dict:
     return prepare(run, cfg)
 
 
-def split_docs(run: Path, split: str) -> list[str]:
+def split_docs(run: Path, split: str, opens: bool = True) -> list[str]:
+    """The split's documents as text. Each is stored as <|bos|> text <|eos|>; a val piece held out from
+    the tail of a document (opens=False) continues it, so it has no <|bos|>."""
     tok = Tokenizer.load(run / "tokenizer")
     ids = np.concatenate([a for a in open_split(run / "data", split, tok.hash).arrays]).tolist()
+    assert ids[-1] == tok.eos_id  # every document ends with <|eos|>
     out, cur = [], []
     for i in ids:
         if i == tok.eos_id:
-            out.append(tok.decode(cur))
+            assert (cur[:1] == [tok.bos_id]) == opens and tok.bos_id not in cur[1:], cur[:3]
+            out.append(tok.decode(cur[1:] if opens else cur))
             cur = []
         else:
             cur.append(i)
-    assert not cur  # every document ends with <|eos|>
     return out
 
 
@@ -333,7 +336,7 @@ def test_few_books_hold_out_the_end_of_each(tmp_path, tokenizer_dir):
     path = tmp_path / "book.txt"
     path.write_text(book)
     prepared(tmp_path / "run", tokenizer_dir, [path], val_fraction=0.1)
-    (train,), (val,) = split_docs(tmp_path / "run", "train"), split_docs(tmp_path / "run", "val")
+    (train,), (val,) = split_docs(tmp_path / "run", "train"), split_docs(tmp_path / "run", "val", opens=False)
     assert train + val == book and 0.05 < len(val) / len(book) < 0.15
     assert train.endswith("\n\n")  # cut at a paragraph break
 
@@ -351,7 +354,7 @@ def test_shards_match_the_naive_encoding(tmp_path, tokenizer_dir, monkeypatch):
     assert tok.decode(ids) == book
     naive = tok.encode(book)
     # Only the tokens around the train/val cut may differ from the naive encoding.
-    streamed = [i for i in ids.tolist() if i != tok.eos_id]
+    streamed = [i for i in ids.tolist() if i not in (tok.bos_id, tok.eos_id)]
     assert abs(len(streamed) - len(naive)) <= 2 and streamed[:1000] == naive[:1000]
 
 
@@ -406,7 +409,7 @@ def test_few_records_hold_out_the_end_of_each_and_an_empty_val_split_is_an_error
     path = write_jsonl(tmp_path / "three.jsonl", records)
     manifest = prepared(tmp_path / "run", tokenizer_dir, [path], val_fraction=0.2)
     assert manifest["split_mode"] == "tail of each document"
-    train, val = split_docs(tmp_path / "run", "train"), split_docs(tmp_path / "run", "val")
+    train, val = split_docs(tmp_path / "run", "train"), split_docs(tmp_path / "run", "val", opens=False)
     assert [t + v for t, v in zip(train, val, strict=True)] == [clean(r["text"]) for r in records]
     many = write_jsonl(tmp_path / "twelve.jsonl", [{"text": f"doc {i}"} for i in range(12)])
     with pytest.raises(UserError, match="no document went to the val split.*raise --data.val_fraction"):

@@ -86,8 +86,9 @@ def test_stride_equal_to_context_matches_the_training_estimate(trained_run):
     tokens = np.asarray(shards.arrays[0])
     tokens = tokens[: 1 + 64 * ((tokens.size - 1) // 64)]
     shards.arrays = [tokens]
-    quick = evaluate_loss(lm.model, shards, 8, "cpu", token_bytes=token_bytes)
-    full = score_tokens(lm.model, tokens, 64, 8, token_bytes)
+    bos = lm.tokenizer.bos_id
+    quick = evaluate_loss(lm.model, shards, 8, "cpu", token_bytes=token_bytes, skip_id=bos)
+    full = score_tokens(lm.model, tokens, 64, 8, token_bytes, skip_id=bos)
     assert full["tokens"] == quick["tokens"] and full["bytes"] == quick["bytes"]
     assert full["loss"] == pytest.approx(quick["loss"], rel=1e-5)
 
@@ -132,6 +133,10 @@ def test_eval_of_jsonl_uses_the_text_field(trained_run, tmp_path):
     path.write_text('{"body": "The war began."}\n\n{"body": "Natasha smiled."}\n', encoding="utf-8")
     result = evaluate(trained_run, EvalConfig(jsonl=str(path), text_field="body", prompts=[]))
     assert result["bytes"] == len(b"The war began.Natasha smiled.")
+    # Each record is <|bos|> text <|eos|>: its text and its <|eos|> are scored, the <|bos|> between
+    # records (always predictable after <|eos|>) is not.
+    tok = Tokenizer.load(trained_run / "tokenizer")
+    assert result["tokens"] == len(tok.encode("The war began.")) + len(tok.encode("Natasha smiled.")) + 2
 
 
 def test_several_runs_print_a_comparison_table(trained_run, tmp_path, capsys):

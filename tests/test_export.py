@@ -187,8 +187,8 @@ def test_hf_chat_template_renders_scratchlm_chat_format(prepared, tmp_path):
     out = tmp_path / "hf"
     export(run, "hf", out)
     tc = json.loads((out / "tokenizer_config.json").read_text())
-    # The export's BOS is the token `scratchlm sample` starts prompts with (GPT-2 style: BOS = EOS).
-    assert (tc["bos_token"], tc["eos_token"], tc["pad_token"]) == ("<|eos|>", "<|eos|>", "<|pad|>")
+    # The export's BOS is the token `scratchlm sample` starts prompts with, and training documents too.
+    assert (tc["bos_token"], tc["eos_token"], tc["pad_token"]) == ("<|bos|>", "<|eos|>", "<|pad|>")
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     text = Template(tc["chat_template"]).render(
         messages=messages, bos_token="<|bos|>", add_generation_prompt=True
@@ -334,7 +334,9 @@ def test_gguf_reads_back_with_metadata_and_tensors(prepared, tmp_path, flavour, 
         expected["blk.1.attn_qkv.bias"] = sd["transformer.h.1.attn.c_attn.bias"]
         assert "output.weight" not in tensors  # tied: llama.cpp reuses token_embd
     else:
-        expected["blk.1.ffn_gate.weight"] = sd["transformer.h.1.mlp.c_gate.weight"]
+        up, gate = np.split(sd["transformer.h.1.mlp.c_fc.weight"], 2)  # one Linear, rows [up; gate]
+        expected["blk.1.ffn_gate.weight"] = gate
+        expected["blk.1.ffn_up.weight"] = up
         expected["blk.1.attn_v.weight"] = sd["transformer.h.1.attn.c_attn.weight"][qsize + qsize // 2 :]
         expected["output.weight"] = sd["lm_head.weight"][: cfg.vocab_size]
         q = gguf.dequantize(tensors["blk.1.attn_q.weight"].data, tensors["blk.1.attn_q.weight"].tensor_type)

@@ -155,7 +155,7 @@ def test_japanese_streams_without_broken_characters(japanese_tokenizer, monkeypa
     assert all("\ufffd" not in p for p in pieces) and len(pieces) > 10
 
 
-def test_empty_prompt_starts_from_eos(japanese_tokenizer, monkeypatch):
+def test_empty_prompt_starts_from_bos(japanese_tokenizer, monkeypatch):
     seen = {}
 
     def fake_generate(model, prompt, cfg, stop_ids):
@@ -165,7 +165,7 @@ def test_empty_prompt_starts_from_eos(japanese_tokenizer, monkeypatch):
     monkeypatch.setattr(sample_mod, "generate_ids", fake_generate)
     lm = LoadedModel(tiny_model("gpt2"), japanese_tokenizer, RunConfig(), 0)
     assert list(stream_text(lm, "", SampleConfig())) == []
-    assert seen["prompt"] == [japanese_tokenizer.eos_id]
+    assert seen["prompt"] == [japanese_tokenizer.bos_id]
 
 
 def test_long_prompt_is_truncated_from_the_left_with_a_notice(japanese_tokenizer):
@@ -177,7 +177,7 @@ def test_long_prompt_is_truncated_from_the_left_with_a_notice(japanese_tokenizer
     assert prompt_ids_for(tok, prompt, 32, warn) == full[-32:]
     assert f"the prompt is {len(full)} tokens" in warn.getvalue() and "last 32" in warn.getvalue()
     short = io.StringIO()
-    assert prompt_ids_for(tok, "吾輩", 32, short) == [tok.eos_id] + tok.encode("吾輩")
+    assert prompt_ids_for(tok, "吾輩", 32, short) == [tok.bos_id] + tok.encode("吾輩")
     assert short.getvalue() == ""
 
 

@@ -384,7 +384,8 @@ def test_prepare_with_a_char_tokenizer_gives_a_small_vocabulary(tmp_path):
     assert cfg.model.vocab_size == tok.vocab_size
     train, val = open_split(tmp_path / "run" / "data", "train"), open_split(tmp_path / "run" / "data", "val")
     ids = np.concatenate([np.asarray(a) for a in train.arrays + val.arrays])
-    assert ids.size == len(text) + 2 and not tok.fallback_mask()[ids].any()  # + one <|eos|> per split
+    # + <|bos|> before the book (train) and <|eos|> after each split (its val tail continues it)
+    assert ids.size == len(text) + 3 and not tok.fallback_mask()[ids].any()
 
 
 def test_encode_batch_shows_a_progress_bar_on_large_inputs_only(loaded, corpus, monkeypatch, capsys):

@@ -28,6 +28,12 @@ from .metrics import read_metrics
 from .run import Run
 
 
+def _unscored(y: torch.Tensor, skip_id: int | None) -> torch.Tensor:
+    """Targets with skip_id (<|bos|>, which always follows <|eos|>) set to -1: they are layout, not text,
+    and scoring them would pad the token count with free predictions."""
+    return y if skip_id is None else y.masked_fill(y == skip_id, -1)
+
+
 def _summary(total_nats: float, total_tokens: int, total_bytes: int | None) -> dict:
     loss = total_nats / max(1, total_tokens)
     out = {"loss": loss, "perplexity": math.exp(min(loss, 50)), "tokens": total_tokens}
@@ -45,6 +51,7 @@ def evaluate_loss(
     device,
     max_batches: int | None = None,
     token_bytes: np.ndarray | None = None,
+    skip_id: int | None = None,
 ) -> dict:
     """Mean next-token loss over non-overlapping windows of the split (all of it unless max_batches).
 
@@ -55,7 +62,7 @@ def evaluate_loss(
     total_nats, total_tokens, total_bytes = 0.0, 0, 0
     block = model.config.block_size
     for x, y in sequential_windows(shards, batch_size, block, max_batches):
-        x, y = x.to(device), y.to(device)
+        x, y = x.to(device), _unscored(y, skip_id).to(device)
         logits, _ = model(x)
         nats = torch.nn.functional.cross_entropy(
             logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), ignore_index=-1, reduction="sum"
@@ -87,10 +94,16 @@ def sliding_windows(n_tokens: int, block: int, stride: int) -> list[tuple[int, i
 
 @torch.inference_mode()
 def score_tokens(
-    model, tokens: np.ndarray, stride: int, batch_size: int, token_bytes: np.ndarray | None = None
+    model,
+    tokens: np.ndarray,
+    stride: int,
+    batch_size: int,
+    token_bytes: np.ndarray | None = None,
+    skip_id: int | None = None,
 ) -> dict:
     """Loss, perplexity (and bits per byte given the bytes of each token) of a token sequence, scored
-    with a sliding window of the model's context moved by `stride` tokens."""
+    with a sliding window of the model's context moved by `stride` tokens; targets equal to skip_id
+    are context only."""
     model.eval()
     device = model.transformer.wte.weight.device
     block = model.config.block_size
@@ -105,6 +118,7 @@ def score_tokens(
             w = torch.from_numpy(np.asarray(tokens[start:end], dtype=np.int64))
             x[row, : len(w) - 1] = w[:-1]
             y[row, first - start - 1 : len(w) - 1] = w[first - start :]  # earlier targets are context only
+        y = _unscored(y, skip_id)
         logits, _ = model(x.to(device))
         total_nats += torch.nn.functional.cross_entropy(
             logits.float().reshape(-1, logits.size(-1)),
@@ -137,19 +151,18 @@ def _documents(cfg: EvalConfig) -> tuple[str, list[str]]:
 
 
 def _eval_tokens(lm, run: Run, cfg: EvalConfig) -> tuple[str, np.ndarray]:
-    """The token stream to score, laid out as in training: documents each followed by <|eos|>."""
+    """The token stream to score, laid out as in training: <|bos|> document <|eos|>, one after another."""
     if not (cfg.text or cfg.jsonl):
         shards = open_split(run.data_dir, "val", lm.tokenizer.hash)
         if shards.total < 2:
             raise UserError(f"{run.data_dir}: the val split is empty; evaluate a file with --text")
         return "val", np.concatenate([np.asarray(a) for a in shards.arrays])
     source, docs = _documents(cfg)
-    eos = lm.tokenizer.eos_id
-    # A leading <|eos|> puts the first document in the position every training document starts in, and
-    # makes its first token a scored target: so a file's bytes are all scored.
-    ids = [eos]
+    tok = lm.tokenizer
+    # The leading <|bos|> makes each document's first token a scored target: a file's bytes all count.
+    ids = []
     for doc in docs:
-        ids += lm.tokenizer.encode(doc) + [eos]
+        ids += [tok.bos_id] + tok.encode(doc) + [tok.eos_id]
     return source, np.asarray(ids, dtype=np.int64)
 
 
@@ -182,7 +195,8 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out=None) -
     block = lm.model.config.block_size
     stride = cfg.stride or max(1, block // 2)
     source, tokens = _eval_tokens(lm, run, cfg)
-    metrics = score_tokens(lm.model, tokens, stride, cfg.batch_size, lm.tokenizer.token_bytes())
+    tok = lm.tokenizer
+    metrics = score_tokens(lm.model, tokens, stride, cfg.batch_size, tok.token_bytes(), tok.bos_id)
     samples = _eval_samples(lm, cfg)
     result = {
         "run": str(run.root),

@@ -70,14 +70,14 @@ def pick_next(
 def generate_ids(
     model: GPT, prompt_ids: list[int], cfg: SampleConfig, stop_ids: set[int] = frozenset()
 ) -> Iterator[int]:
-    """Yield new token ids one at a time. The prompt must be non-empty (callers start it with <|eos|>);
+    """Yield new token ids one at a time. The prompt must be non-empty (callers start it with <|bos|>);
     only its last block_size tokens are used.
 
     Past the context window, the cache is rebuilt from the last 3/4 of a window: one prefill every
     block_size/4 tokens instead of a full forward per token.
     """
     if not prompt_ids:
-        raise ValueError("generate_ids needs at least one prompt token (e.g. <|eos|>)")
+        raise ValueError("generate_ids needs at least one prompt token (e.g. <|bos|>)")
     block = model.config.block_size
     weight = model.transformer.wte.weight
     device, dtype = weight.device, weight.dtype
@@ -153,12 +153,12 @@ class TextStream:
 
 
 def prompt_ids_for(tokenizer, prompt: str, block_size: int, warn=None) -> list[int]:
-    """<|eos|> + the prompt's ids; a prompt longer than the context keeps its end, with a notice.
+    """<|bos|> + the prompt's ids; a prompt longer than the context keeps its end, with a notice.
 
-    In the training stream every document follows an <|eos|>, so that is the context a model knows as
-    "a new text starts here" (<|bos|> never occurs in pretraining data; SFT uses the chat tokens).
+    Every training document starts with <|bos|> (data/shards.py), so a prompt continues a text from
+    its beginning, and an empty prompt samples a text from nothing.
     """
-    ids = [tokenizer.eos_id] + tokenizer.encode(prompt)
+    ids = [tokenizer.bos_id] + tokenizer.encode(prompt)
     if len(ids) > block_size:
         if len(ids) - 1 > block_size:
             print(

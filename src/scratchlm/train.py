@@ -230,7 +230,13 @@ def train(run_dir: str | Path, cfg: RunConfig, resume: bool | None = None) -> di
         with autocast:
             # Every rank scores the same global-size batches: the result does not depend on the world size.
             val = evaluate_loss(
-                model, val_shards, tc.batch_size * dist_info.world_size, device, tc.eval_batches, token_bytes
+                model,
+                val_shards,
+                tc.batch_size * dist_info.world_size,
+                device,
+                tc.eval_batches,
+                token_bytes,
+                skip_id=tokenizer.bos_id,
             )
         weights = full_weights(model, tc, dist_info)
         opt_state = optimizer_state(model, optimizers, tc, dist_info)

@@ -128,24 +128,26 @@ def few_documents(docs: Iterable[CleanDoc]) -> tuple[bool, Iterator[CleanDoc]]:
     return True, iter(head)
 
 
-def _route(docs: Iterable[CleanDoc], cfg: DataConfig, tail: bool) -> Iterator[tuple[str, str, bool]]:
-    """(split, text, ends_document) for every piece. Whole documents go to val with probability
-    val_fraction (a seeded draw per document); with `tail`, the last val_fraction of each document does."""
+def _route(docs: Iterable[CleanDoc], cfg: DataConfig, tail: bool) -> Iterator[tuple[str, str, bool, bool]]:
+    """(split, text, starts_document, ends_document) for every piece. Whole documents go to val with
+    probability val_fraction (a seeded draw per document); with `tail`, the last val_fraction of each
+    document does (that val piece starts mid-document)."""
     rng = np.random.default_rng(cfg.seed)
     for doc in docs:
         split = "val" if not tail and rng.random() < cfg.val_fraction else "train"
         cut_at = int(doc.chars * (1 - cfg.val_fraction)) if tail else doc.chars
-        pos = 0
+        pos, first = 0, True
         for piece, last in _with_last(doc.pieces()):
             if split == "train" and pos + len(piece) > cut_at:
                 local = cut_at - pos
                 # Cut at a paragraph (or at least a line) break so val does not start mid-sentence.
                 para, line = piece.find("\n\n", local), piece.find("\n", local)
                 cut = para + 2 if para >= 0 else line + 1 if line >= 0 else local
-                yield "train", piece[:cut], True
-                split, piece = "val", piece[cut:]
+                yield "train", piece[:cut], first, True
+                split, piece, first = "val", piece[cut:], False
             pos += len(piece)
-            yield split, piece, last
+            yield split, piece, first, last
+            first = False
 
 
 def write_shards(
@@ -164,7 +166,9 @@ def write_shards(
     for stale in data_dir.glob(".*.tmp"):  # temp files of an interrupted earlier prepare
         stale.unlink()
     dtype = token_dtype(tokenizer.vocab_size)
-    eos = np.array([tokenizer.eos_id], dtype=dtype)
+    # Documents are laid out as <|bos|> text <|eos|>, Llama-style: <|bos|> is the context a model knows
+    # as "a text starts here" (sampling starts every prompt with it), <|eos|> teaches it to stop.
+    bos, eos = np.array([tokenizer.bos_id], dtype=dtype), np.array([tokenizer.eos_id], dtype=dtype)
     writers = {s: ShardWriter(data_dir, s, dtype, cfg.shard_tokens) for s in SPLITS}
     progress = Progress(extra.pop("total_bytes", None))
     # One batch is encoded (sentencepiece's C++ threads, GIL released) while the next one is read and
@@ -174,17 +178,19 @@ def write_shards(
     pool = ThreadPoolExecutor(max_workers=1)
     pending: tuple[list, Future] | None = None
 
-    def write(batch: list[tuple[str, str, bool]], encoded: list[list[int]]) -> None:
-        for (split, _, ends), ids in zip(batch, encoded, strict=True):
+    def write(batch: list[tuple[str, str, bool, bool]], encoded: list[list[int]]) -> None:
+        for (split, _, starts, ends), ids in zip(batch, encoded, strict=True):
+            if starts:
+                writers[split].write(bos)
             writers[split].write(np.asarray(ids, dtype=dtype))
             if ends:
-                writers[split].write(eos)  # documents end with <|eos|>
+                writers[split].write(eos)
                 writers[split].documents += 1
-        progress.update(sum(len(t.encode("utf-8", "surrogatepass")) for _, t, _ in batch))  # in bytes
+        progress.update(sum(len(t.encode("utf-8", "surrogatepass")) for _, t, _, _ in batch))  # in bytes
 
-    def submit(batch: list[tuple[str, str, bool]]) -> None:
+    def submit(batch: list[tuple[str, str, bool, bool]]) -> None:
         nonlocal pending
-        job = (batch, pool.submit(tokenizer.encode_batch, [text for _, text, _ in batch])) if batch else None
+        job = (batch, pool.submit(tokenizer.encode_batch, [t[1] for t in batch])) if batch else None
         if pending is not None:
             write(pending[0], pending[1].result())
         pending = job
@@ -218,7 +224,9 @@ def write_shards(
     manifest = {
         "tokenizer_hash": tokenizer.hash,
         "vocab_size": tokenizer.vocab_size,
+        "bos_id": tokenizer.bos_id,
         "eos_id": tokenizer.eos_id,
+        "layout": "<|bos|> document <|eos|>",
         "dtype": dtype.name,
         "split_mode": "tail of each document" if tail else "whole documents",
         "documents": {s: w.documents for s, w in writers.items()},

@@ -206,8 +206,9 @@ def to_hf_state_dict(sd: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tenso
             for name, t in zip(("q_proj", "k_proj", "v_proj"), qkv, strict=True):
                 out[q + f"self_attn.{name}.{suffix}"] = t.contiguous()
             out[q + f"self_attn.o_proj.{suffix}"] = sd[p + "attn.c_proj." + suffix]
-            out[q + f"mlp.gate_proj.{suffix}"] = sd[p + "mlp.c_gate." + suffix]
-            out[q + f"mlp.up_proj.{suffix}"] = sd[p + "mlp.c_fc." + suffix]
+            up, gate = sd[p + "mlp.c_fc." + suffix].chunk(2, dim=0)  # one Linear, rows [up; gate]
+            out[q + f"mlp.gate_proj.{suffix}"] = gate.contiguous()
+            out[q + f"mlp.up_proj.{suffix}"] = up.contiguous()
             out[q + f"mlp.down_proj.{suffix}"] = sd[p + "mlp.c_proj." + suffix]
     out["model.norm.weight"] = sd["transformer.ln_f.weight"]
     out["lm_head.weight"] = sd["lm_head.weight"][:V]
@@ -272,8 +273,9 @@ def from_hf_state_dict(hf: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Ten
                     [take(q + f"self_attn.{n}.{suffix}") for n in ("q_proj", "k_proj", "v_proj")]
                 )
                 out[p + "attn.c_proj." + suffix] = take(q + f"self_attn.o_proj.{suffix}")
-                out[p + "mlp.c_gate." + suffix] = take(q + f"mlp.gate_proj.{suffix}")
-                out[p + "mlp.c_fc." + suffix] = take(q + f"mlp.up_proj.{suffix}")
+                out[p + "mlp.c_fc." + suffix] = torch.cat(
+                    [take(q + f"mlp.up_proj.{suffix}"), take(q + f"mlp.gate_proj.{suffix}")]
+                )
                 out[p + "mlp.c_proj." + suffix] = take(q + f"mlp.down_proj.{suffix}")
         out["transformer.ln_f.weight"] = take("model.norm.weight")
         head = "model.embed_tokens.weight" if cfg.tie_embeddings else "lm_head.weight"
@@ -308,9 +310,9 @@ CHAT_TEMPLATE = (
 
 
 def start_id(tokenizer) -> int:
-    """The token `scratchlm sample` puts before every prompt (<|eos|>: the context each training document
-    follows). Exports declare it as the BOS id, as GPT-2 does with <|endoftext|>, so transformers'
-    generate() from nothing and llama.cpp's automatic BOS feed the model what scratchlm feeds it."""
+    """The token `scratchlm sample` puts before every prompt (<|bos|>, which starts every training
+    document). Exports declare it as the BOS id, so transformers' generate() from nothing and llama.cpp's
+    automatic BOS feed the model what scratchlm feeds it."""
     from ..sample import prompt_ids_for
 
     return prompt_ids_for(tokenizer, "", 1 << 30)[0]
