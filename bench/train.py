@@ -5,6 +5,7 @@
     python bench/train.py --compile             # scratchlm with torch.compile (--train.compile true)
     python bench/train.py --activation gelu_tanh   # scratchlm with GPT-2's tanh GELU, as GPT2LMHeadModel
     python bench/train.py --bias false          # scratchlm without biases (the minimal GPT's default)
+    python bench/train.py --peer-dropout        # also GPT2LMHeadModel with GPT2Config's dropout 0.1
 
 Both models are trained with the same AdamW settings on the same random batches, interleaved in rounds
 so that load from other processes hits both alike. Prints tokens/s, the ratio, and peak RSS of each
@@ -14,7 +15,10 @@ What differs between the sides: scratchlm runs its own GELU (--activation; defau
 default, exact GELU) and, with --bias false, no biases; GPT2LMHeadModel runs its default "gelu_new"
 (tanh GELU as separate ops). When the activations differ, GPT2LMHeadModel is also run with scratchlm's
 activation (transformers' "gelu" for exact GELU), so the ratio with the same math is printed beside the
-ratio against transformers' default.
+ratio against transformers' default. Dropout is 0 on both sides (the recipe's setting); --peer-dropout
+adds a run of GPT2LMHeadModel with GPT2Config's default dropout of 0.1, which is what a script that
+builds GPT2Config(n_layer=..., ...) without setting the *_pdrop fields trains with: context for
+published "x times faster than GPT2LMHeadModel" figures, not a like-for-like ratio.
 """
 
 from __future__ import annotations
@@ -56,9 +60,11 @@ def make_model(kind: str, a):
         n_head=a.heads,
         n_embd=a.width,
         attn_implementation="sdpa",
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
+        **(
+            {}
+            if kind == "transformers-dropout"
+            else {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
+        ),
         # "transformers": its default; "transformers-same": scratchlm's activation under its HF name.
         activation_function=HF_ACTIVATION[a.activation] if kind == "transformers-same" else "gelu_new",
     )
@@ -135,7 +141,12 @@ def main() -> None:
     )
     p.add_argument("--bias", choices=["true", "false"], default="true", help="biases in scratchlm's model")
     p.add_argument(
-        "--worker", choices=["scratchlm", "transformers", "transformers-same"], help=argparse.SUPPRESS
+        "--peer-dropout", action="store_true", help="also run GPT2LMHeadModel with its default dropout 0.1"
+    )
+    p.add_argument(
+        "--worker",
+        choices=["scratchlm", "transformers", "transformers-same", "transformers-dropout"],
+        help=argparse.SUPPRESS,
     )
     a = p.parse_args()
     if a.worker:
@@ -145,6 +156,8 @@ def main() -> None:
     results = {"scratchlm": [], "transformers": []}
     if a.activation != "gelu_tanh":  # transformers' default is the tanh GELU: also run it with ours
         results["transformers-same"] = []
+    if a.peer_dropout:
+        results["transformers-dropout"] = []
     rss = {}
     for _ in range(a.rounds):
         for kind in results:
@@ -170,6 +183,7 @@ def main() -> None:
         "scratchlm": f"scratchlm, activation {a.activation}, bias {a.bias}",
         "transformers": "GPT2LMHeadModel, gelu_new (its default)",
         "transformers-same": f"GPT2LMHeadModel, {HF_ACTIVATION[a.activation]} (scratchlm's activation)",
+        "transformers-dropout": "GPT2LMHeadModel, gelu_new, dropout 0.1 (GPT2Config's)",
     }
     for k in results:
         print(f"  {labels[k]:<54} {speed[k]:>9,.0f} tokens/s   peak RSS {rss[k]:,.0f} MB")
