@@ -92,6 +92,38 @@ def test_presets_have_the_advertised_size(preset, vocab, low, high):
     assert low < n < high
 
 
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        ModelConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768),  # gpt2, tied head
+        ModelConfig(
+            flavour="llama",
+            vocab_size=4096,
+            block_size=256,
+            n_layer=4,
+            n_head=4,
+            n_kv_head=2,
+            n_embd=128,
+            tie_embeddings=False,
+        ),
+    ],
+    ids=["gpt2-124M-tied", "llama-gqa-untied"],
+)
+def test_flops_per_token_matches_torch_flop_counter(cfg):
+    """The estimate behind MFU equals the matmul FLOPs torch counts for a forward + backward of one full
+    context (on the meta device: no compute), the tied head included."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = GPT(cfg)
+        idx = torch.zeros(1, cfg.block_size, dtype=torch.long)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        _, loss = model(idx, idx)
+        loss.backward()
+    assert model.flops_per_token() == counter.get_total_flops() / cfg.block_size
+
+
 def test_gqa_needs_divisible_heads():
     from scratchlm.common import UserError
 
