@@ -6,6 +6,7 @@
     python bench/train.py --activation gelu_tanh   # scratchlm with GPT-2's tanh GELU, as GPT2LMHeadModel
     python bench/train.py --bias false          # scratchlm without biases (the minimal GPT's default)
     python bench/train.py --peer-dropout        # also GPT2LMHeadModel with GPT2Config's dropout 0.1
+    python bench/train.py --peer-minimal        # also a minimal tutorial-style GPT (bench/minimal_gpt.py)
 
 Both models are trained with the same AdamW settings on the same random batches, interleaved in rounds
 so that load from other processes hits both alike. Prints tokens/s, the ratio, and peak RSS of each
@@ -18,7 +19,9 @@ activation (transformers' "gelu" for exact GELU), so the ratio with the same mat
 ratio against transformers' default. Dropout is 0 on both sides (the recipe's setting); --peer-dropout
 adds a run of GPT2LMHeadModel with GPT2Config's default dropout of 0.1, which is what a script that
 builds GPT2Config(n_layer=..., ...) without setting the *_pdrop fields trains with: context for
-published "x times faster than GPT2LMHeadModel" figures, not a like-for-like ratio.
+published "x times faster than GPT2LMHeadModel" figures, not a like-for-like ratio. --peer-minimal
+adds the kind of minimal GPT those figures are quoted for (bench/minimal_gpt.py: exact GELU, no
+biases, dropout 0), to measure on this machine what such a model gains over GPT2LMHeadModel.
 """
 
 from __future__ import annotations
@@ -49,6 +52,11 @@ def make_model(kind: str, a):
             bias=a.bias == "true",
         )
         return GPT(cfg)
+    if kind == "minimal":
+        from minimal_gpt import MinimalGPT
+
+        torch.manual_seed(0)
+        return MinimalGPT(a.vocab, a.block, a.layers, a.heads, a.width)
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from scratchlm.export.hf import HF_ACTIVATION
@@ -84,7 +92,7 @@ def step_fn(kind: str, model, a):
     def step():
         x = torch.randint(0, a.vocab, (a.batch, a.block), generator=g)
         y = torch.randint(0, a.vocab, (a.batch, a.block), generator=g)
-        if kind == "scratchlm":
+        if kind in ("scratchlm", "minimal"):
             _, loss = model(x, y)
         else:
             logits = model(input_ids=x).logits
@@ -144,8 +152,11 @@ def main() -> None:
         "--peer-dropout", action="store_true", help="also run GPT2LMHeadModel with its default dropout 0.1"
     )
     p.add_argument(
+        "--peer-minimal", action="store_true", help="also run the minimal GPT of bench/minimal_gpt.py"
+    )
+    p.add_argument(
         "--worker",
-        choices=["scratchlm", "transformers", "transformers-same", "transformers-dropout"],
+        choices=["scratchlm", "transformers", "transformers-same", "transformers-dropout", "minimal"],
         help=argparse.SUPPRESS,
     )
     a = p.parse_args()
@@ -158,6 +169,8 @@ def main() -> None:
         results["transformers-same"] = []
     if a.peer_dropout:
         results["transformers-dropout"] = []
+    if a.peer_minimal:
+        results["minimal"] = []
     rss = {}
     for _ in range(a.rounds):
         for kind in results:
@@ -184,12 +197,17 @@ def main() -> None:
         "transformers": "GPT2LMHeadModel, gelu_new (its default)",
         "transformers-same": f"GPT2LMHeadModel, {HF_ACTIVATION[a.activation]} (scratchlm's activation)",
         "transformers-dropout": "GPT2LMHeadModel, gelu_new, dropout 0.1 (GPT2Config's)",
+        "minimal": "minimal GPT (bench/minimal_gpt.py), gelu, no bias",
     }
     for k in results:
         print(f"  {labels[k]:<54} {speed[k]:>9,.0f} tokens/s   peak RSS {rss[k]:,.0f} MB")
     for k in results:
         if k != "scratchlm":
             print(f"ratio scratchlm / {labels[k]}: {speed['scratchlm'] / speed[k]:.2f}x")
+    if "minimal" in results:
+        for k in results:
+            if k.startswith("transformers"):
+                print(f"ratio minimal GPT / {labels[k]}: {speed['minimal'] / speed[k]:.2f}x")
 
 
 if __name__ == "__main__":
