@@ -188,6 +188,37 @@ def test_max_tokens_sets_the_number_of_steps(prepared_run):
     assert train(prepared_run, cfg)["step"] == 6
 
 
+def test_max_minutes_stops_with_a_checkpoint_and_the_budget_spans_resumes(prepared_run, capsys):
+    cfg = tiny_config(Path("unused"))
+    cfg.train.max_steps, cfg.train.max_minutes = 100_000, 0.05
+    result = train(prepared_run, cfg)
+    assert 1 <= result["step"] < 100_000
+    assert "stopped at step" in capsys.readouterr().out
+    saved = step_dirs(Run.at(prepared_run))
+    assert saved[-1].name == f"step_{result['step']:06d}"
+    assert max(losses(prepared_run)) == result["step"]
+    # The budget is for the run, not the session: resuming with it spent trains nothing, raising it trains on.
+    assert train(prepared_run, cfg)["step"] == result["step"]
+    assert "nothing to do: raise --train.max_minutes" in capsys.readouterr().out
+    cfg.train.max_minutes = 0.0
+    cfg.train.max_steps = result["step"] + 2
+    assert train(prepared_run, cfg)["step"] == result["step"] + 2
+
+
+def test_tensorboard_logs_train_and_val_losses(prepared_run):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tiny_config(Path("unused"))
+    cfg.train.max_steps, cfg.train.tensorboard = 30, True
+    train(prepared_run, cfg)
+    events = EventAccumulator(str(prepared_run / "tensorboard"))
+    events.Reload()
+    train_curve = {e.step: e.value for e in events.Scalars("loss/train")}
+    assert train_curve == pytest.approx(losses(prepared_run), abs=1e-4)
+    assert any(tag.startswith("loss/val") for tag in events.Tags()["scalars"])
+
+
 def test_resume_without_checkpoint_is_a_user_error(prepared_run):
     with pytest.raises(UserError, match="no checkpoint to resume"):
         train(prepared_run, tiny_config(Path("unused")), resume=True)

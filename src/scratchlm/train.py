@@ -210,6 +210,12 @@ def train(run_dir: str | Path, cfg: RunConfig, resume: bool | None = None) -> di
         if step >= tc.max_steps:
             rank0_print(f"already trained for {step} steps (--train.max_steps {tc.max_steps}); nothing to do")
             return {"step": step, "best_val_loss": best_val}
+        if 0 < tc.max_minutes <= elapsed_before / 60:
+            rank0_print(
+                f"already trained for {elapsed_before / 60:.1f} minutes (--train.max_minutes "
+                f"{tc.max_minutes:g}); nothing to do: raise --train.max_minutes to train on"
+            )
+            return {"step": step, "best_val_loss": best_val}
     if dist_info.is_main:
         run.save_config(cfg)
 
@@ -224,6 +230,7 @@ def train(run_dir: str | Path, cfg: RunConfig, resume: bool | None = None) -> di
     )
     tb = _tensorboard(run) if tc.tensorboard and dist_info.is_main else None
     peak = peak_flops(device)
+    flops_per_token = model.flops_per_token()
 
     def evaluate_and_save(step: int, elapsed: float) -> tuple[float, float]:
         nonlocal best_val
@@ -325,9 +332,7 @@ def train(run_dir: str | Path, cfg: RunConfig, resume: bool | None = None) -> di
                 t_log, tokens_since_log = time.time(), 0
                 postfix = {"loss": f"{train_loss:.3f}", "lr": f"{lr:.2e}", "tok/s": f"{tok_s:,.0f}"}
                 if peak:
-                    postfix["mfu"] = (
-                        f"{100 * model.flops_per_token() * tok_s / (peak * dist_info.world_size):.1f}%"
-                    )
+                    postfix["mfu"] = f"{100 * flops_per_token * tok_s / (peak * dist_info.world_size):.1f}%"
                 if dist_info.is_main:
                     metrics.log(
                         step=step,
