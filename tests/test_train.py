@@ -266,7 +266,7 @@ def test_checkpoint_keeps_config_and_tokenizer_hash(prepared_run):
         ),
     ],
 )
-def test_bf16_compiled_training_learns_resumes_and_loads_as_fp32_on_cpu(prepared_run, device):
+def test_bf16_compiled_training_learns_resumes_and_loads_as_fp32_on_cpu(prepared_run, device, capsys):
     """The GPU defaults (bf16 autocast, torch.compile, fused AdamW, TF32) train and resume, and the checkpoint
     they write is ordinary fp32 that loads and samples on the CPU. The cpu case turns the same options on by
     hand, so the compiled bf16 path runs in CI where no GPU is lent."""
@@ -279,6 +279,8 @@ def test_bf16_compiled_training_learns_resumes_and_loads_as_fp32_on_cpu(prepared
     train(prepared_run, cfg)
     got = losses(prepared_run)
     assert got[60] < got[1] - 0.8
+    if device == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        assert "no bfloat16 instructions" in capsys.readouterr().err
     cfg.train.max_steps = 70
     assert train(prepared_run, cfg)["step"] == 70
     lm = load(prepared_run, device="cpu")
