@@ -64,6 +64,8 @@ class DataConfig:
 
 @dataclass
 class TokenizerConfig:
+    """The tokenizer: its kind, vocabulary size and training options."""
+
     kind: Literal["unigram", "bpe", "bytelevel", "char"] = "unigram"
     """unigram/bpe: SentencePiece with byte fallback; bytelevel: GPT-2 style byte-level BPE; char: one
     token per character (unseen ones fall back to bytes). Every kind round-trips any text exactly."""
@@ -82,6 +84,8 @@ class TokenizerConfig:
 
 @dataclass
 class ModelConfig:
+    """The network: flavour, size and architecture options (saved with every checkpoint)."""
+
     flavour: Literal["gpt2", "llama"] = "gpt2"
     """gpt2: learned positions, LayerNorm, GELU. llama: RoPE, RMSNorm, SwiGLU, grouped-query attention."""
     vocab_size: int = 4096
@@ -155,6 +159,8 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
+    """The training loop: length, batch, optimizer, schedule, evaluation, checkpoints, device."""
+
     max_steps: int = 2000
     """Optimizer steps to run."""
     max_tokens: int = 0
@@ -217,6 +223,8 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
+    """Text generation: length, sampling, stop strings."""
+
     max_new_tokens: int = 200
     """Tokens to generate."""
     temperature: float = 0.8
@@ -238,6 +246,8 @@ class SampleConfig:
 
 @dataclass
 class EvalConfig:
+    """Evaluation: what text to score and how."""
+
     text: str | None = None
     """Score this UTF-8 text file instead of the run's val split."""
     jsonl: str | None = None
@@ -263,6 +273,8 @@ class EvalConfig:
 
 @dataclass
 class RunConfig:
+    """Everything one run is made with; saved as RUN/config.yaml."""
+
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
