@@ -90,6 +90,19 @@ def test_bad_model_shape_is_a_user_error(trained_run, capsys):
     assert "--model.n_embd 64 must be divisible by --model.n_head 3" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("command", "flag", "message"),
+    [
+        ("train", "--train.device", "--train.device tpu: not a device; use auto, cpu, cuda, cuda:N or mps"),
+        ("eval", "--device", "--device tpu: not a device; use auto, cpu, cuda, cuda:N or mps"),
+    ],
+)
+def test_unknown_device_is_a_user_error(trained_run, capsys, command, flag, message):
+    assert main([command, str(trained_run), flag, "tpu"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
 def test_sample_cli_is_deterministic(trained_run):
     a = run_cli("sample", str(trained_run), "The", "--max-new-tokens", "20", "--seed", "3")
     b = run_cli("sample", str(trained_run), "The", "--max-new-tokens", "20", "--seed", "3")

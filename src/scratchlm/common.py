@@ -19,13 +19,19 @@ class UserError(Exception):
     """A mistake the user can fix: the CLI prints the message on one line and exits with 2."""
 
 
-def pick_device(name: str = "auto"):
+def pick_device(name: str = "auto", option: str = "--train.device"):
     import torch
 
     if name != "auto":
-        if name.startswith("cuda") and not torch.cuda.is_available():
-            raise UserError(f"--train.device {name}: no CUDA device is visible; use --train.device cpu")
-        return torch.device(name)
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise UserError(f"{option} {name}: not a device; use auto, cpu, cuda, cuda:N or mps") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UserError(f"{option} {name}: no CUDA device is visible; use {option} cpu")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise UserError(f"{option} {name}: MPS (Apple GPU) is not available here; use {option} cpu")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
