@@ -219,6 +219,18 @@ def test_tensorboard_logs_train_and_val_losses(prepared_run):
     assert any(tag.startswith("loss/val") for tag in events.Tags()["scalars"])
 
 
+def test_resume_refuses_a_changed_model_but_takes_a_changed_dropout(prepared_run):
+    cfg = tiny_config(Path("unused"))
+    cfg.train.max_steps = 3
+    train(prepared_run, cfg)
+    cfg.train.max_steps = 5
+    cfg.model.n_layer = 3
+    with pytest.raises(UserError, match=r"step_000003: --model.n_layer 3 \(checkpoint: 2\); .* --fresh"):
+        train(prepared_run, cfg)
+    cfg.model.n_layer, cfg.model.dropout = 2, 0.1
+    assert train(prepared_run, cfg)["step"] == 5
+
+
 def test_resume_without_checkpoint_is_a_user_error(prepared_run):
     with pytest.raises(UserError, match="no checkpoint to resume"):
         train(prepared_run, tiny_config(Path("unused")), resume=True)

@@ -16,7 +16,7 @@ import os
 import random
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .common import UserError, atomic_path
-from .config import RunConfig
+from .config import ModelConfig, RunConfig
 from .model import GPT
 from .run import Run
 from .tokenizer import Tokenizer
@@ -95,6 +95,31 @@ def load_weights(model: GPT, path: Path) -> None:
     allowed_missing = {"lm_head.weight"} if model.config.tie_embeddings else set()
     if set(missing) - allowed_missing or unexpected:
         raise UserError(f"{path}: weights do not fit the model (missing {missing}, unexpected {unexpected})")
+
+
+# Settings a resume may change: they do not touch the weights' shapes or what the weights compute.
+RESUMABLE_MODEL_CHANGES = {"dropout"}
+
+
+def check_same_model(checkpoint: Path, model_cfg: ModelConfig) -> None:
+    """A run keeps the model it was trained with: refuse a resume whose --model settings differ."""
+    meta = read_metadata(checkpoint / "model.safetensors")
+    if "config" not in meta:
+        return
+    saved = RunConfig.from_dict(json.loads(meta["config"])).model
+    changed = [
+        f.name
+        for f in fields(ModelConfig)
+        if f.name not in RESUMABLE_MODEL_CHANGES and getattr(saved, f.name) != getattr(model_cfg, f.name)
+    ]
+    if changed:
+        diffs = ", ".join(
+            f"--model.{n} {getattr(model_cfg, n)} (checkpoint: {getattr(saved, n)})" for n in changed
+        )
+        raise UserError(
+            f"{checkpoint}: {diffs}; a run keeps the model it was trained with: drop the flag to resume, "
+            "add --fresh to start this run over, or prepare a new run"
+        )
 
 
 def save_checkpoint(
