@@ -231,6 +231,24 @@ def test_resume_refuses_a_changed_model_but_takes_a_changed_dropout(prepared_run
     assert train(prepared_run, cfg)["step"] == 5
 
 
+def test_resume_refuses_a_changed_tokenizer(prepared_run, tiny_corpus):
+    import shutil
+
+    from scratchlm.prepare import prepare
+
+    cfg = tiny_config(tiny_corpus)
+    cfg.train.max_steps = 3
+    train(prepared_run, cfg)
+    # Prepared again with another tokenizer of the same size: the shards agree with it, the checkpoint not.
+    shutil.rmtree(prepared_run / "tokenizer")
+    shutil.rmtree(prepared_run / "data")
+    cfg.tokenizer.kind = "bpe"
+    prepare(prepared_run, cfg)
+    cfg.train.max_steps = 5
+    with pytest.raises(UserError, match=r"step_000003: the run's tokenizer changed since this checkpoint"):
+        train(prepared_run, cfg)
+
+
 def test_resume_without_checkpoint_is_a_user_error(prepared_run):
     with pytest.raises(UserError, match="no checkpoint to resume"):
         train(prepared_run, tiny_config(Path("unused")), resume=True)

@@ -101,9 +101,14 @@ def load_weights(model: GPT, path: Path) -> None:
 RESUMABLE_MODEL_CHANGES = {"dropout"}
 
 
-def check_same_model(checkpoint: Path, model_cfg: ModelConfig) -> None:
-    """A run keeps the model it was trained with: refuse a resume whose --model settings differ."""
+def check_resumable(checkpoint: Path, model_cfg: ModelConfig, tokenizer_hash: str) -> None:
+    """A run keeps the model and tokenizer it was trained with: refuse a resume where either changed."""
     meta = read_metadata(checkpoint / "model.safetensors")
+    if meta.get("tokenizer_hash", tokenizer_hash) != tokenizer_hash:
+        raise UserError(
+            f"{checkpoint}: the run's tokenizer changed since this checkpoint was trained, so its token ids "
+            "mean other text now; restore the tokenizer, or add --fresh to start this run over"
+        )
     if "config" not in meta:
         return
     saved = RunConfig.from_dict(json.loads(meta["config"])).model

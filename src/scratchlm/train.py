@@ -20,7 +20,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from .checkpoint import (
-    check_same_model,
+    check_resumable,
     load_train_state,
     load_weights,
     rng_state,
@@ -204,7 +204,7 @@ def train(run_dir: str | Path, cfg: RunConfig, resume: bool | None = None) -> di
     if resume and not previous:
         raise UserError(f"{run.root}: --resume given but there is no checkpoint to resume from")
     if previous:
-        check_same_model(previous[-1], cfg.model)
+        check_resumable(previous[-1], cfg.model, tokenizer.hash)
         state = load_train_state(previous[-1])
         load_weights(model, previous[-1] / "model.safetensors")
     forward = wrap_model(model, tc, dist_info, device)
