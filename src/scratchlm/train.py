@@ -299,7 +299,7 @@ def train(run_dir: str | Path, cfg: RunConfig, resume: bool | None = None) -> di
             for opt in optimizers:
                 for group in opt.param_groups:
                     group["lr"] = lr
-            loss_sum = 0.0
+            micro_losses = []  # read after the last micro-step: one host sync per step, not per micro-step
             for micro in range(grad_accum):
                 x, y = loader.next_batch()
                 x, y = x[lo:hi].to(device, non_blocking=True), y[lo:hi].to(device, non_blocking=True)
@@ -307,8 +307,8 @@ def train(run_dir: str | Path, cfg: RunConfig, resume: bool | None = None) -> di
                     with autocast:
                         _, loss = forward(x, y)
                     (loss / grad_accum).backward()
-                loss_sum += loss.item()
-            train_loss = all_mean(loss_sum / grad_accum, dist_info, device)
+                micro_losses.append(loss.detach())
+            train_loss = all_mean(sum(t.item() for t in micro_losses) / grad_accum, dist_info, device)
             if not math.isfinite(train_loss):
                 if tc.on_nan == "stop":
                     last = step_dirs(run)
