@@ -13,6 +13,7 @@ import math
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -101,6 +102,10 @@ def wrap_model(model: GPT, tc: TrainConfig, dist_info: Dist, device: torch.devic
     if tc.fsdp and dist_info.enabled:
         from torch.distributed.fsdp import fully_shard
 
+        # The model returns its logits as a slice of the padded head's output (a view). FSDP2 warns that an
+        # in-place op on that view would skip its backward hook; the trainer uses only the loss, so the
+        # warning would only alarm.
+        warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
         for block in model.transformer.h:
             fully_shard(block)
         fully_shard(model)
