@@ -8,6 +8,11 @@
     python bench/train.py --peer-dropout        # also GPT2LMHeadModel with GPT2Config's dropout 0.1
     python bench/train.py --peer-minimal        # also a minimal tutorial-style GPT (bench/minimal_gpt.py)
 
+On a CUDA GPU (bf16 autocast, fused AdamW, both sides compiled; prints MFU and peak GPU memory):
+
+    python bench/train.py --device cuda --preset gpt2 --vocab 50257 --batch 16 --compile --rounds 1
+    python bench/train.py --device cuda --preset gpt2 --vocab 50257 --compile --find-max-batch
+
 Both models are trained with the same AdamW settings on the same random batches, interleaved in rounds
 so that load from other processes hits both alike. Prints tokens/s, the ratio, and peak RSS of each
 model measured in its own subprocess.
@@ -33,7 +38,7 @@ import subprocess
 import sys
 import time
 
-from scratchlm.config import ModelConfig
+from scratchlm.config import PRESETS, ModelConfig
 
 
 def make_model(kind: str, a):
@@ -87,16 +92,19 @@ def step_fn(kind: str, model, a):
 
     # The same optimizer for both: the fused AdamW that scratchlm's trainer uses on CPU and GPU.
     opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-3, betas=(0.9, 0.95), fused=True)
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(device=a.device).manual_seed(0)
+    # The trainer's defaults: bf16 autocast (fp32 master weights) on CUDA, fp32 on CPU.
+    autocast = torch.autocast(a.device, dtype=torch.bfloat16, enabled=a.device == "cuda")
 
-    def step():
-        x = torch.randint(0, a.vocab, (a.batch, a.block), generator=g)
-        y = torch.randint(0, a.vocab, (a.batch, a.block), generator=g)
-        if kind in ("scratchlm", "minimal"):
-            _, loss = model(x, y)
-        else:
-            logits = model(input_ids=x).logits
-            loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
+    def step(batch: int = a.batch):
+        x = torch.randint(0, a.vocab, (batch, a.block), generator=g, device=a.device)
+        y = torch.randint(0, a.vocab, (batch, a.block), generator=g, device=a.device)
+        with autocast:
+            if kind in ("scratchlm", "minimal"):
+                _, loss = model(x, y)
+            else:
+                logits = model(input_ids=x).logits
+                loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)).float(), y.view(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -106,30 +114,60 @@ def step_fn(kind: str, model, a):
 
 
 def worker(kind: str, a) -> None:
-    """One model in a fresh process: prints steps timed per round and peak RSS, as JSON."""
+    """One model in a fresh process: prints steps timed per round and peak memory, as JSON."""
     import torch
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    model = make_model(kind, a)
-    if a.compile and kind == "scratchlm":  # scratchlm's --train.compile; the warm-up steps include compiling
+    cuda = a.device == "cuda"
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True  # as the trainer sets it
+    model = make_model(kind, a).to(a.device)
+    # scratchlm's --train.compile (on by default on CUDA); on CUDA the peers are compiled too, so that the
+    # ratio compares models rather than compilers. The warm-up steps include compiling.
+    if a.compile and (kind == "scratchlm" or cuda):
         model = torch.compile(model)
     step = step_fn(kind, model, a)
+    sync = torch.cuda.synchronize if cuda else lambda: None
+    if a.find_max_batch:
+        return print(json.dumps({"max_batch": largest_batch(step, a)}))
     for _ in range(a.warmup):
         step()
     times = []
     for _ in range(a.steps):
+        sync()
         t = time.perf_counter()
         step()
+        sync()
         times.append(time.perf_counter() - t)
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(
-        json.dumps({"times": times, "rss_mb": rss_mb, "params": sum(p.numel() for p in model.parameters())})
-    )
+    if cuda:
+        mem_mb = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        mem_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    gpu = torch.cuda.get_device_name() if cuda else None
+    print(json.dumps({"times": times, "mem_mb": mem_mb, "gpu": gpu}))
+
+
+def largest_batch(step, a) -> int:
+    """The largest power-of-two micro-batch (from --batch up to --max-batch) whose training step fits."""
+    import torch
+
+    fits, batch = 0, a.batch
+    while batch <= a.max_batch:
+        try:
+            for _ in range(2):  # the second step holds the optimizer state as well
+                step(batch)
+            torch.cuda.synchronize()
+        except torch.OutOfMemoryError:
+            break
+        fits, batch = batch, batch * 2
+    return fits
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="layers, heads, width and block of a preset")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--width", type=int, default=128)
@@ -140,7 +178,13 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds per model")
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--compile", action="store_true", help="scratchlm compiled (transformers eager)")
+    p.add_argument(
+        "--compile", action="store_true", help="scratchlm compiled (on CPU transformers stays eager)"
+    )
+    p.add_argument(
+        "--find-max-batch", action="store_true", help="CUDA: the largest micro-batch scratchlm trains at"
+    )
+    p.add_argument("--max-batch", type=int, default=1024, help="where --find-max-batch stops doubling")
     p.add_argument(
         "--activation",
         choices=["gelu", "gelu_tanh"],
@@ -160,10 +204,26 @@ def main() -> None:
         help=argparse.SUPPRESS,
     )
     a = p.parse_args()
+    if a.preset:
+        m = PRESETS[a.preset]["model"]
+        a.layers, a.heads, a.width, a.block = m["n_layer"], m["n_head"], m["n_embd"], m["block_size"]
+    if a.find_max_batch and a.device != "cuda":
+        p.error("--find-max-batch needs --device cuda (a CPU run does not run out of memory, it swaps)")
     if a.worker:
         return worker(a.worker, a)
 
     args = [a for a in sys.argv[1:]]
+    if a.find_max_batch:
+        out = subprocess.run(
+            [sys.executable, __file__, *args, "--worker", "scratchlm"], capture_output=True, text=True
+        )
+        if out.returncode:
+            sys.exit(out.stderr)
+        batch = json.loads(out.stdout.strip().splitlines()[-1])["max_batch"]
+        return print(
+            f"largest power-of-two micro-batch that trains: {batch} x {a.block} tokens "
+            f"({a.layers} layers, {a.width} wide, vocab {a.vocab}{', compiled' if a.compile else ''})"
+        )
     results = {"scratchlm": [], "transformers": []}
     if a.activation != "gelu_tanh":  # transformers' default is the tanh GELU: also run it with ours
         results["transformers-same"] = []
@@ -171,7 +231,7 @@ def main() -> None:
         results["transformers-dropout"] = []
     if a.peer_minimal:
         results["minimal"] = []
-    rss = {}
+    mem, gpu = {}, None
     for _ in range(a.rounds):
         for kind in results:
             out = subprocess.run(
@@ -182,14 +242,31 @@ def main() -> None:
             )
             r = json.loads(out.stdout.strip().splitlines()[-1])
             results[kind].extend(r["times"])
-            rss[kind] = max(rss.get(kind, 0), r["rss_mb"])
+            mem[kind] = max(mem.get(kind, 0), r["mem_mb"])
+            gpu = r["gpu"]
     tokens = a.batch * a.block
     speed = {k: tokens / sorted(v)[len(v) // 2] for k, v in results.items()}  # median step time
+    compiled = ("all compiled" if a.device == "cuda" else "scratchlm compiled") if a.compile else "eager"
     print(
         f"shape: {a.layers} layers, {a.heads} heads, {a.width} wide, vocab {a.vocab}, "
-        f"batch {a.batch} x {a.block}, {a.rounds} rounds x {a.steps} steps"
-        + (", scratchlm compiled" if a.compile else "")
+        f"batch {a.batch} x {a.block}, {a.rounds} rounds x {a.steps} steps, {compiled}, "
+        + (f"{gpu}, bf16 autocast" if gpu else "CPU, float32")
     )
+    mfu = {}
+    if gpu:
+        import torch
+
+        from scratchlm.model import GPT
+        from scratchlm.train import PEAK_BF16_FLOPS
+
+        with torch.device("meta"):
+            cfg = ModelConfig(
+                vocab_size=a.vocab, block_size=a.block, n_layer=a.layers, n_head=a.heads, n_embd=a.width
+            )
+            flops = GPT(cfg).flops_per_token()
+        peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in gpu), None)
+        if peak:  # the same model FLOPs for every side: what MFU compares is the work the model needs
+            mfu = {k: flops * v / peak for k, v in speed.items()}
     from scratchlm.export.hf import HF_ACTIVATION
 
     labels = {
@@ -199,8 +276,10 @@ def main() -> None:
         "transformers-dropout": "GPT2LMHeadModel, gelu_new, dropout 0.1 (GPT2Config's)",
         "minimal": "minimal GPT (bench/minimal_gpt.py), gelu, no bias",
     }
+    memory = "peak GPU memory" if gpu else "peak RSS"
     for k in results:
-        print(f"  {labels[k]:<54} {speed[k]:>9,.0f} tokens/s   peak RSS {rss[k]:,.0f} MB")
+        line = f"  {labels[k]:<54} {speed[k]:>9,.0f} tokens/s   {memory} {mem[k]:,.0f} MB"
+        print(line + (f"   MFU {100 * mfu[k]:.1f}%" if k in mfu else ""))
     for k in results:
         if k != "scratchlm":
             print(f"ratio scratchlm / {labels[k]}: {speed['scratchlm'] / speed[k]:.2f}x")
