@@ -249,6 +249,18 @@ def test_resume_refuses_a_changed_tokenizer(prepared_run, tiny_corpus):
         train(prepared_run, cfg)
 
 
+def test_train_puts_back_the_torch_settings_it_changes(prepared_run):
+    cfg = tiny_config(Path("unused"))
+    cfg.train.max_steps, cfg.train.deterministic, cfg.train.threads = 2, True, 1
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        train(prepared_run, cfg)
+        assert torch.get_num_threads() == 2 and not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_resume_without_checkpoint_is_a_user_error(prepared_run):
     with pytest.raises(UserError, match="no checkpoint to resume"):
         train(prepared_run, tiny_config(Path("unused")), resume=True)

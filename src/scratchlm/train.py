@@ -166,7 +166,24 @@ def train(run_dir: str | Path, cfg: RunConfig, resume: bool | None = None) -> di
     """Train the run's model.
 
     resume: None continues from the newest checkpoint if there is one; True requires one; False starts over.
+    The process-wide torch settings that training changes (threads, deterministic kernels, TF32) are put
+    back afterwards, so a notebook or script that calls train() keeps its own.
     """
+    saved = (
+        torch.get_num_threads(),
+        torch.are_deterministic_algorithms_enabled(),
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+    )
+    try:
+        return _train(run_dir, cfg, resume)
+    finally:
+        torch.set_num_threads(saved[0])
+        torch.use_deterministic_algorithms(saved[1])
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[2:]
+
+
+def _train(run_dir: str | Path, cfg: RunConfig, resume: bool | None) -> dict:
     run = Run.at(run_dir)
     run.require_data()
     tokenizer = Tokenizer.load(run.tokenizer_dir)
