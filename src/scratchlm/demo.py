@@ -34,7 +34,8 @@ def demo(run_dir: str | Path = "runs/demo", steps: int = 360, minutes: float = 4
     r = run.root
     steps_next = [
         (f'scratchlm sample {r} "Natasha" --temperature 0.7', "more samples"),
-        (f"scratchlm train {r} --train.max-steps 4000", "train longer (continues from the checkpoint)"),
+        # The demo's time limit is saved with the run: lift it, or the longer run stops at the same minutes.
+        (f"scratchlm train {r} --train.max-steps 4000 --train.max-minutes 0", "train longer (continues)"),
         (f"scratchlm export {r} --format hf --out {r}-hf", "a transformers model (or --format gguf)"),
         ("scratchlm prepare runs/mine --input your_text.txt", "your own text"),
     ]
