@@ -261,6 +261,30 @@ def test_train_puts_back_the_torch_settings_it_changes(prepared_run):
         torch.set_num_threads(before)
 
 
+def test_a_failed_checkpoint_write_keeps_the_last_good_one_and_resumes(prepared_run, monkeypatch):
+    import scratchlm.checkpoint as checkpoint
+
+    cfg = tiny_config(Path("unused"))
+    cfg.train.max_steps, cfg.train.eval_interval = 6, 3
+    real_save, calls = torch.save, {"n": 0}
+
+    def disk_full_on_the_second_checkpoint(obj, path, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            Path(path).write_bytes(b"half a file")
+            raise OSError(28, "No space left on device")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "save", disk_full_on_the_second_checkpoint)
+    with pytest.raises(
+        UserError, match=r"step_000006: could not write .*No space left.* last complete one is .*step_000003"
+    ):
+        train(prepared_run, cfg)
+    assert [p.name for p in (prepared_run / "checkpoints").iterdir() if "step" in p.name] == ["step_000003"]
+    monkeypatch.setattr(checkpoint.torch, "save", real_save)
+    assert train(prepared_run, cfg)["step"] == 6
+
+
 def test_resume_without_checkpoint_is_a_user_error(prepared_run):
     with pytest.raises(UserError, match="no checkpoint to resume"):
         train(prepared_run, tiny_config(Path("unused")), resume=True)

@@ -139,9 +139,17 @@ def save_checkpoint(
     final = run.checkpoints_dir / f"step_{step:06d}"
     tmp = run.checkpoints_dir / f".tmp-step_{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(weights, str(tmp / "model.safetensors"), metadata=_metadata(cfg, step, tokenizer_hash))
-    torch.save(train_state, tmp / "state.pt")
+    try:
+        tmp.mkdir(parents=True)
+        save_file(weights, str(tmp / "model.safetensors"), metadata=_metadata(cfg, step, tokenizer_hash))
+        torch.save(train_state, tmp / "state.pt")
+    except OSError as e:  # disk full, permissions: the complete checkpoints are untouched
+        shutil.rmtree(tmp, ignore_errors=True)
+        last = step_dirs(run)
+        raise UserError(
+            f"{final}: could not write the checkpoint ({e.strerror or e}); the last complete one is "
+            f"{last[-1] if last else 'none'}; fix the cause and `scratchlm train {run.root}` resumes"
+        ) from None
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -158,8 +166,14 @@ def save_best(
     tokenizer_hash: str,
     val_loss: float,
 ) -> None:
-    with atomic_path(run.checkpoints_dir / "best.safetensors") as tmp:
-        save_file(weights, str(tmp), metadata=_metadata(cfg, step, tokenizer_hash, val_loss=val_loss))
+    path = run.checkpoints_dir / "best.safetensors"
+    try:
+        with atomic_path(path) as tmp:
+            save_file(weights, str(tmp), metadata=_metadata(cfg, step, tokenizer_hash, val_loss=val_loss))
+    except OSError as e:  # the previous best.safetensors is untouched
+        raise UserError(
+            f"{path}: could not write the best weights ({e.strerror or e}); fix the cause and resume"
+        ) from None
 
 
 def load_train_state(path: Path) -> dict:
