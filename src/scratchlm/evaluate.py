@@ -189,8 +189,6 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out=None) -
     cfg = cfg or EvalConfig()
     out = out or sys.stdout
     run = Run.at(run_dir)
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {cfg.device}: no CUDA device is visible; use --device cpu")
     lm = load(run.root, cfg.checkpoint, device=str(pick_device(cfg.device, "--device")))
     block = lm.model.config.block_size
     stride = cfg.stride or max(1, block // 2)

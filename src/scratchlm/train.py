@@ -206,7 +206,8 @@ def _train(run_dir: str | Path, cfg: RunConfig, resume: bool | None) -> dict:
         torch.backends.cudnn.allow_tf32 = True
     use_bf16 = tc.dtype == "bfloat16" or (tc.dtype == "auto" and device.type == "cuda")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
-    if use_bf16 and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    cpu_has_bf16 = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    if use_bf16 and device.type == "cpu" and not cpu_has_bf16():
         rank0_print(
             "scratchlm: note: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX): --train.dtype "
             "bfloat16 trains ~10x slower here than float32 (measured on an AVX2 machine)",
@@ -250,10 +251,11 @@ def _train(run_dir: str | Path, cfg: RunConfig, resume: bool | None) -> dict:
     if dist_info.is_main:
         run.save_config(cfg)
 
+    flops_per_token = model.flops_per_token()
     rank0_print(
         f"model: {cfg.model.flavour}, {model.num_params():,} parameters "
         f"({model.num_params(non_embedding=True):,} without embeddings), "
-        f"{model.flops_per_token() / 1e6:.1f} MFLOPs per token; {tokens_per_step:,} tokens per step "
+        f"{flops_per_token / 1e6:.1f} MFLOPs per token; {tokens_per_step:,} tokens per step "
         f"({dist_info.world_size} x {tc.batch_size} x {grad_accum} x {cfg.model.block_size}) on {device}"
     )
     metrics = (
@@ -261,7 +263,6 @@ def _train(run_dir: str | Path, cfg: RunConfig, resume: bool | None) -> dict:
     )
     tb = _tensorboard(run) if tc.tensorboard and dist_info.is_main else None
     peak = peak_flops(device)
-    flops_per_token = model.flops_per_token()
 
     def evaluate_and_save(step: int, elapsed: float) -> tuple[float, float]:
         nonlocal best_val
