@@ -149,7 +149,7 @@ def worker(kind: str, a) -> None:
 
 
 def largest_batch(step, a) -> int:
-    """The largest power-of-two micro-batch (from --batch up to --max-batch) whose training step fits."""
+    """The largest micro-batch of --batch, 2x, 4x, ... (up to --max-batch) whose training step fits."""
     import torch
 
     fits, batch = 0, a.batch
@@ -221,7 +221,7 @@ def main() -> None:
             sys.exit(out.stderr)
         batch = json.loads(out.stdout.strip().splitlines()[-1])["max_batch"]
         return print(
-            f"largest power-of-two micro-batch that trains: {batch} x {a.block} tokens "
+            f"largest micro-batch that trains (doubling from {a.batch}): {batch} x {a.block} tokens "
             f"({a.layers} layers, {a.width} wide, vocab {a.vocab}{', compiled' if a.compile else ''})"
         )
     results = {"scratchlm": [], "transformers": []}
