@@ -11,7 +11,7 @@
 On a CUDA GPU (bf16 autocast, fused AdamW, both sides compiled; prints MFU and peak GPU memory):
 
     python bench/train.py --device cuda --preset gpt2 --vocab 50257 --batch 16 --compile --rounds 1
-    python bench/train.py --device cuda --preset gpt2 --vocab 50257 --compile --find-max-batch
+    python bench/train.py --device cuda --preset gpt2 --vocab 50257 --batch 8 --compile --find-max-batch
 
 Both models are trained with the same AdamW settings on the same random batches, interleaved in rounds
 so that load from other processes hits both alike. Prints tokens/s, the ratio, and peak RSS of each
