@@ -3,9 +3,9 @@
 The issue's reference ratio ("a well-known minimal GPT runs ~1.35x faster than GPT2LMHeadModel") comes
 from a model of this shape, so bench/train.py --peer-minimal measures one here, on this machine, beside
 scratchlm and GPT2LMHeadModel. Written for this benchmark: pre-LayerNorm blocks, no biases (such scripts'
-default for training; bias=True puts them back), one Linear
-for q, k and v, SDPA with is_causal, exact GELU, learned positions, a head tied to the embedding, an
-unpadded vocabulary, GPT-2's init, and Dropout modules at p=0 as such scripts keep them.
+default for training; bias=True puts them back), one Linear for q, k and v, SDPA with is_causal, exact
+GELU, learned positions, a head tied to the embedding, an unpadded vocabulary, GPT-2's init, and Dropout
+modules at p=0 as such scripts keep them.
 """
 
 from __future__ import annotations

@@ -256,15 +256,11 @@ def main() -> None:
     if gpu:
         import torch
 
-        from scratchlm.model import GPT
-        from scratchlm.train import PEAK_BF16_FLOPS
+        from scratchlm.train import peak_bf16_flops
 
         with torch.device("meta"):
-            cfg = ModelConfig(
-                vocab_size=a.vocab, block_size=a.block, n_layer=a.layers, n_head=a.heads, n_embd=a.width
-            )
-            flops = GPT(cfg).flops_per_token()
-        peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in gpu), None)
+            flops = make_model("scratchlm", a).flops_per_token()
+        peak = peak_bf16_flops(gpu)
         if peak:  # the same model FLOPs for every side: what MFU compares is the work the model needs
             mfu = {k: flops * v / peak for k, v in speed.items()}
     from scratchlm.export.hf import HF_ACTIVATION

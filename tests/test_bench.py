@@ -13,21 +13,8 @@ BENCH = Path(__file__).parents[1] / "bench"
 
 def test_train_bench_runs_both_models_and_prints_the_ratio():
     pytest.importorskip("transformers")
-    tiny = [
-        "--rounds",
-        "1",
-        "--steps",
-        "2",
-        "--warmup",
-        "1",
-        "--layers",
-        "1",
-        "--heads",
-        "2",
-        "--width",
-        "32",
-    ]
-    tiny += ["--block", "16", "--batch", "2", "--vocab", "64", "--activation", "gelu_tanh"]
+    tiny = "--rounds 1 --steps 2 --warmup 1 --layers 1 --heads 2 --width 32 --block 16 --batch 2 --vocab 64"
+    tiny = [*tiny.split(), "--activation", "gelu_tanh"]
     out = subprocess.run([sys.executable, str(BENCH / "train.py"), *tiny], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "batch 2 x 16" in out.stdout and "CPU, float32" in out.stdout

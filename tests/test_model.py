@@ -94,20 +94,8 @@ def test_presets_have_the_advertised_size(preset, vocab, low, high):
 
 @pytest.mark.parametrize(
     "cfg",
-    [
-        ModelConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768),  # gpt2, tied head
-        ModelConfig(
-            flavour="llama",
-            vocab_size=4096,
-            block_size=256,
-            n_layer=4,
-            n_head=4,
-            n_kv_head=2,
-            n_embd=128,
-            tie_embeddings=False,
-        ),
-    ],
-    ids=["gpt2-124M-tied", "llama-gqa-untied"],
+    [ModelConfig(vocab_size=50257, **PRESETS["gpt2"]["model"]), FLAVOURS["llama"]],
+    ids=["gpt2-124M-tied-head", "llama-gqa-qknorm-untied-head"],
 )
 def test_flops_per_token_matches_torch_flop_counter(cfg):
     """The estimate behind MFU equals the matmul FLOPs torch counts for a forward + backward of one full

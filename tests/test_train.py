@@ -19,7 +19,7 @@ from scratchlm.common import UserError
 from scratchlm.config import RunConfig, TrainConfig
 from scratchlm.optim import lr_at
 from scratchlm.run import Run
-from scratchlm.train import train
+from scratchlm.train import cpu_has_bf16, train
 
 from .conftest import tiny_config
 
@@ -345,7 +345,7 @@ def test_bf16_compiled_training_learns_resumes_and_loads_as_fp32_on_cpu(prepared
     train(prepared_run, cfg)
     got = losses(prepared_run)
     assert got[60] < got[1] - 0.8
-    if device == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if device == "cpu" and not cpu_has_bf16():
         assert "no bfloat16 instructions" in capsys.readouterr().err
     cfg.train.max_steps = 70
     assert train(prepared_run, cfg)["step"] == 70

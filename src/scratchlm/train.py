@@ -89,11 +89,18 @@ def resolve_batch(tc: TrainConfig, block_size: int, world_size: int) -> int:
     return tc.batch_tokens // per_micro_step
 
 
+def peak_bf16_flops(gpu_name: str) -> float | None:
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in gpu_name), None)
+
+
 def peak_flops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+    return peak_bf16_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX); without them bf16 is ~10x slower."""
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)  # private: absent means unknown
+    return probe() if probe else True
 
 
 def wrap_model(model: GPT, tc: TrainConfig, dist_info: Dist, device: torch.device) -> torch.nn.Module:
@@ -206,7 +213,6 @@ def _train(run_dir: str | Path, cfg: RunConfig, resume: bool | None) -> dict:
         torch.backends.cudnn.allow_tf32 = True
     use_bf16 = tc.dtype == "bfloat16" or (tc.dtype == "auto" and device.type == "cuda")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
-    cpu_has_bf16 = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
     if use_bf16 and device.type == "cpu" and not cpu_has_bf16():
         rank0_print(
             "scratchlm: note: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX): --train.dtype "
