@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from scratchlm.chat_template import jinja_template, render, render_many, stop_ids, validate
+from scratchlm.chat_template import LAYOUT, jinja_template, render, render_many, stop_ids, validate
 from scratchlm.common import UserError
 from scratchlm.config import TokenizerConfig
 from scratchlm.data.corpus import bundled_corpus, clean, read_text
@@ -136,6 +136,12 @@ def test_jinja_template_refuses_unknown_roles(pair):
     _, hf = pair
     with pytest.raises(Exception, match="unknown role tool"):
         hf.apply_chat_template([{"role": "tool", "content": "x"}], tokenize=False)
+
+
+def test_layout_line_is_what_the_template_renders(pair):
+    _, hf = pair
+    conv = [{"role": r, "content": "…"} for r in ("system", "user", "assistant")]
+    assert hf.apply_chat_template(conv, tokenize=False) == LAYOUT
 
 
 def test_stop_ids_are_end_then_eos(pair):

@@ -33,6 +33,8 @@ ROLES = ("system", "user", "assistant")
 BOS, END = "<|bos|>", "<|end|>"
 EOS = "<|eos|>"
 ROLE_TOKENS = {role: f"<|{role}|>" for role in ROLES}
+# The layout in one line, for model cards and help texts (tested against the template).
+LAYOUT = "<|bos|><|system|>…<|end|><|user|>…<|end|><|assistant|>…<|end|>"
 
 # For tokenizer_config.json, Hugging Face exports and GGUF (llama.cpp's Jinja engine reads the same
 # subset). Whitespace-free so trim_blocks/lstrip_blocks settings cannot change the output; an unknown

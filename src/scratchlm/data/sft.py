@@ -142,7 +142,8 @@ def _read_file(path: Path, shape: str, fields, system_prompt: str | None) -> Ite
         where = f"{path}:{lineno}"
         file_shape = file_shape or _detect(rec, fields, where)
         for messages in _to_messages(rec, file_shape, fields, where):
-            if system_prompt is not None and messages and messages[0].get("role") != "system":
+            first = messages[0] if messages else None
+            if system_prompt is not None and isinstance(first, dict) and first.get("role") != "system":
                 messages.insert(0, {"role": "system", "content": system_prompt})
             try:
                 validate(messages)
