@@ -58,6 +58,29 @@ def prepared_run(tiny_corpus, tmp_path) -> Path:
     return run
 
 
+def start(cmd: list[str], log: Path) -> subprocess.Popen:
+    """Run `cmd` in the background, its stdout and stderr going to `log` (a pipe nobody reads could fill)."""
+    with open(log, "w") as f:
+        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_until(done, proc: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:
+    """Poll `done()` while the child runs; fail with its output if it exits first or `timeout` s pass."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if proc.poll() is not None:
+            pytest.fail(f"the child exited with {proc.returncode} too early:\n{log.read_text()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"still waiting after {timeout:.0f} s:\n{log.read_text()}")
+        time.sleep(0.01)
+
+
+def last_step(run: Path) -> int:
+    return max(losses(run), default=0) if (run / "metrics.csv").exists() else 0
+
+
 def copy_run(src: Path, dst: Path) -> Path:
     import shutil
 
@@ -71,13 +94,11 @@ def test_sigkill_then_resume_is_bit_identical(prepared_run, tmp_path):
     args = ["--train.max-steps", str(steps), "--train.eval-interval", str(every), *FAST]
     subprocess.run(scratchlm_cmd("train", str(other), *args), check=True, capture_output=True)
 
-    proc = subprocess.Popen(
-        scratchlm_cmd("train", str(prepared_run), *args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    log = tmp_path / "killed.log"
+    proc = start(scratchlm_cmd("train", str(prepared_run), *args), log)
     first_checkpoint = prepared_run / "checkpoints" / f"step_{every:06d}"
     # Kill a few steps after the first checkpoint, well before the next one.
-    while proc.poll() is None and not (first_checkpoint.exists() and max(losses(prepared_run)) >= every + 3):
-        time.sleep(0.01)
+    wait_until(lambda: first_checkpoint.exists() and last_step(prepared_run) >= every + 3, proc, log)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert not (prepared_run / "checkpoints" / f"step_{steps:06d}").exists()
@@ -94,19 +115,19 @@ def test_sigkill_then_resume_is_bit_identical(prepared_run, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_ctrl_c_finishes_the_step_saves_and_exits_0(prepared_run):
-    proc = subprocess.Popen(
-        scratchlm_cmd("train", str(prepared_run), "--train.max-steps", "100000", *FAST),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    while not (prepared_run / "metrics.csv").exists() or len(losses(prepared_run)) < 5:
-        time.sleep(0.05)
+def test_ctrl_c_finishes_the_step_saves_and_exits_0(prepared_run, tmp_path):
+    log = tmp_path / "interrupted.log"
+    proc = start(scratchlm_cmd("train", str(prepared_run), "--train.max-steps", "100000", *FAST), log)
+    wait_until(lambda: last_step(prepared_run) >= 5, proc, log)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
-    assert "Traceback" not in err
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"still running 60 s after Ctrl-C:\n{log.read_text()}")
+    assert proc.returncode == 0, log.read_text()
+    assert "Traceback" not in log.read_text()
     saved = step_dirs(Run.at(prepared_run))
     assert saved and int(saved[-1].name.split("_")[1]) == max(losses(prepared_run))
 
