@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import signal
 import subprocess
@@ -24,6 +25,7 @@ from scratchlm.train import cpu_has_bf16, train
 from .conftest import tiny_config
 
 FAST = ["--train.log-interval", "1", "--train.eval-batches", "2"]
+GOLDEN = Path(__file__).parent / "assets" / "golden_loss.json"
 
 
 def scratchlm_cmd(*args, nproc: int = 1) -> list[str]:
@@ -130,6 +132,55 @@ def test_ctrl_c_finishes_the_step_saves_and_exits_0(prepared_run, tmp_path):
     assert "Traceback" not in log.read_text()
     saved = step_dirs(Run.at(prepared_run))
     assert saved and int(saved[-1].name.split("_")[1]) == max(losses(prepared_run))
+
+
+# Each flavour with one of the optimizers: between them every module and both optimizer paths run.
+GOLDEN_CASES = {"gpt2-adamw": ("gpt2", "adamw"), "llama-muon": ("llama", "muon")}
+
+
+def golden_losses(corpus: Path, run: Path, flavour: str, optimizer: str) -> dict[str, list[float]]:
+    """20 steps of a tiny model on one CPU thread in float32: the train loss of every step, the val loss."""
+    from scratchlm.prepare import prepare
+
+    cfg = tiny_config(corpus)
+    cfg.tokenizer.kind = "char"  # counted, so no tokenizer library's threads or version moves the ids
+    cfg.model.flavour = flavour
+    cfg.train = dataclasses.replace(
+        cfg.train,
+        optimizer=optimizer,
+        lr=3e-3,
+        max_steps=20,
+        warmup_steps=5,
+        eval_interval=20,
+        log_interval=1,
+    )
+    # Threads pinned: another count may sum in another order (1 and 2 gave the same digits here).
+    cfg.train = dataclasses.replace(cfg.train, device="cpu", dtype="float32", threads=1, deterministic=True)
+    prepare(run, cfg)
+    train(run, cfg)
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    return {
+        "train_loss": [float(r["train_loss"]) for r in rows if r["train_loss"]],
+        "val_loss": [float(r["val_loss"]) for r in rows if r["val_loss"]],
+    }
+
+
+def test_losses_equal_the_golden_file(tiny_corpus, tmp_path):
+    """An unintended change to the model, optimizer, schedule, data order or init fails here.
+
+    For an intended one, rewrite the file with SCRATCHLM_UPDATE_GOLDEN=1 pytest tests/test_train.py -k golden
+    and say in the commit why the numbers moved."""
+    import json
+
+    got = {name: golden_losses(tiny_corpus, tmp_path / name, *case) for name, case in GOLDEN_CASES.items()}
+    if os.environ.get("SCRATCHLM_UPDATE_GOLDEN"):
+        GOLDEN.write_text(json.dumps(got, indent=1) + "\n")
+        pytest.skip(f"rewrote {GOLDEN}")
+    want = json.loads(GOLDEN.read_text())
+    assert got.keys() == want.keys()
+    for name in want:
+        for key in want[name]:
+            assert got[name][key] == pytest.approx(want[name][key], abs=1e-4), (name, key)
 
 
 def test_nan_loss_stops_with_the_last_good_checkpoint(prepared_run, monkeypatch):
