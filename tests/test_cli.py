@@ -162,16 +162,3 @@ def test_llama_with_a_gelu_choice_is_a_user_error(trained_run, capsys):
     assert (
         "--model.activation gelu_tanh applies to the gpt2 flavour only" in err and len(err.splitlines()) == 1
     )
-
-
-def test_a_run_prepared_before_the_activation_option_keeps_tanh_gelu(trained_run, monkeypatch):
-    import scratchlm.train as train_mod
-
-    seen = []
-    monkeypatch.setattr(train_mod, "train", lambda run, cfg, resume: seen.append(cfg))
-    saved = yaml.safe_load((trained_run / "config.yaml").read_text())
-    del saved["model"]["activation"]
-    (trained_run / "config.yaml").write_text(yaml.safe_dump(saved))
-    assert main(["train", str(trained_run)]) == 0
-    assert main(["train", str(trained_run), "--model.activation", "gelu"]) == 0
-    assert [cfg.model.activation for cfg in seen] == ["gelu_tanh", "gelu"]

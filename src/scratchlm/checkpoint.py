@@ -88,9 +88,6 @@ def weights_of(state_dict: dict[str, torch.Tensor], tied: bool) -> dict[str, tor
 
 def load_weights(model: GPT, path: Path) -> None:
     state = load_file(str(path))
-    if any(k.endswith("mlp.c_gate.weight") for k in state):
-        # Saved before SwiGLU's up and gate projections became one Linear (mlp.c_fc, rows [up; gate]).
-        raise UserError(f"{path}: llama weights from an older scratchlm (separate mlp.c_gate); retrain")
     missing, unexpected = model.load_state_dict(state, strict=False)
     allowed_missing = {"lm_head.weight"} if model.config.tie_embeddings else set()
     if set(missing) - allowed_missing or unexpected:

@@ -292,10 +292,6 @@ class RunConfig:
             known = {f.name for f in dataclasses.fields(section_cls)}
             # Keys from other versions are ignored so old run directories still load.
             kwargs[name] = section_cls(**{k: v for k, v in values.items() if k in known})
-        model = d.get("model") or {}
-        if model and "activation" not in model and kwargs["model"].flavour == "gpt2":
-            # Saved before model.activation existed, when the gpt2 MLP always used the tanh approximation.
-            kwargs["model"].activation = "gelu_tanh"
         return cls(**kwargs)
 
 
@@ -337,14 +333,3 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 def preset_defaults(name: str) -> dict[str, Any]:
     """The preset as flat dotted keys, e.g. {"model.n_layer": 4}."""
     return {f"{section}.{k}": v for section, values in PRESETS[name].items() for k, v in values.items()}
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
