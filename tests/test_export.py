@@ -477,10 +477,9 @@ def test_bad_input_is_one_line_exit_2(prepared, tmp_path, capsys):
         capsys, ["export", str(run), "--format", "hf", "--out", str(tmp_path / "x"), "--dtype", "q8_0"]
     )
     out = tmp_path / "exists"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
+    assert main(["export", str(run), "--format", "hf", "--out", str(out)]) == 0
     assert "--force" in _error(capsys, ["export", str(run), "--format", "hf", "--out", str(out)])
-    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").write_text("mine")
     assert main(["export", str(run), "--format", "hf", "--out", str(out), "--force"]) == 0
     assert (out / "config.json").is_file() and not (out / "keep.txt").exists()
 
@@ -501,9 +500,9 @@ def test_bad_input_is_one_line_exit_2(prepared, tmp_path, capsys):
     assert "not empty" in _error(capsys, ["import", str(out), str(run)])
 
     gguf_file = tmp_path / "m.gguf"
-    gguf_file.write_bytes(b"mine")
+    gguf_file.write_bytes(b"GGUF mine")
     assert "--force" in _error(capsys, ["export", str(run), "--format", "gguf", "--out", str(gguf_file)])
-    assert gguf_file.read_bytes() == b"mine"
+    assert gguf_file.read_bytes() == b"GGUF mine"
 
     # A GPT-2 folder whose byte-level tokenizer lacks scratchlm's special tokens (as a hub GPT-2 would).
     from tokenizers import Tokenizer as HFTokenizer
@@ -518,6 +517,49 @@ def test_bad_input_is_one_line_exit_2(prepared, tmp_path, capsys):
     err = _error(capsys, ["import", str(foreign), str(tmp_path / "imported")])
     assert "cannot use its bytelevel tokenizer" in err and "<|bos|>" in err, err
     assert not (tmp_path / "imported").exists()
+
+
+def test_export_replaces_only_what_export_wrote(prepared, tmp_path, capsys):
+    """--out with --force once deleted the run itself, or every run beside it: it must name the path and
+    refuse, leaving everything in place."""
+    runs = tmp_path / "runs"
+    run = make_run(prepared, runs / "run")
+    other = make_run(prepared, runs / "other")
+    (runs / "notes.txt").write_text("mine")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+
+    def refused(out: Path, fmt: str = "hf", *flags: str) -> str:
+        err = _error(capsys, ["export", str(run), "--format", fmt, "--out", str(out), "--force", *flags])
+        assert f"--out {out}:" in err
+        return err
+
+    assert "is the run directory" in refused(run)
+    assert "is the run directory" in refused(other)
+    assert f"is inside the run directory {run.resolve()}" in refused(run / "hf")
+    assert f"is inside the run directory {run.resolve()}" in refused(run / "model.gguf", "gguf")
+    assert "holds the run" in refused(runs)
+    assert "holds the run" in refused(tmp_path)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "a.txt").write_text("mine")
+    assert "not written by `scratchlm export`" in refused(mine)
+    assert "is a file" in refused(runs / "notes.txt")
+    assert "not a GGUF file" in refused(runs / "notes.txt", "gguf")
+    after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert after == sorted([*before, Path("mine"), Path("mine/a.txt")])
+    assert (runs / "notes.txt").read_text() == "mine" and (mine / "a.txt").read_text() == "mine"
+
+    # What export wrote it may replace; an empty folder holds nothing to lose.
+    out, empty, gguf_out = tmp_path / "out-hf", tmp_path / "empty", tmp_path / "m.gguf"
+    empty.mkdir()
+    for path, fmt in ((out, "hf"), (empty, "hf"), (gguf_out, "gguf")):
+        assert main(["export", str(run), "--format", fmt, "--out", str(path)]) == 0
+        assert main(["export", str(run), "--format", fmt, "--out", str(path), "--force"]) == 0
+    assert (out / ".scratchlm-export").is_file() and (empty / "config.json").is_file()
+    shutil.copytree(other, out / "stray-run")
+    capsys.readouterr()
+    assert "a scratchlm run was put inside" in refused(out)
+    assert (out / "stray-run" / "checkpoints").is_dir()
 
 
 def test_bytelevel_bpe_vocab_is_written_as_gpt2(tmp_path):
