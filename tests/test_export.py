@@ -4,6 +4,7 @@ and the one-line errors of bad input."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -560,6 +561,64 @@ def test_export_replaces_only_what_export_wrote(prepared, tmp_path, capsys):
     capsys.readouterr()
     assert "a scratchlm run was put inside" in refused(out)
     assert (out / "stray-run" / "checkpoints").is_dir()
+
+
+def test_import_of_a_broken_folder_is_one_line_exit_2(prepared, tmp_path, capsys):
+    run = make_run(prepared, tmp_path / "run")
+    good = export(run, "hf", tmp_path / "good")
+    config = json.loads((good / "config.json").read_text())
+
+    def broken(name: str, change) -> Path:
+        folder = tmp_path / name
+        shutil.copytree(good, folder)
+        change(folder)
+        return folder
+
+    def imported(folder: Path) -> str:
+        err = _error(capsys, ["import", str(folder), str(tmp_path / f"{folder.name}-run")])
+        assert not (tmp_path / f"{folder.name}-run").exists()
+        return err
+
+    def write_config(**changes):
+        return lambda f: (f / "config.json").write_text(json.dumps({**config, **changes}))
+
+    def no_vocab_size(f: Path) -> None:
+        (f / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "vocab_size"}))
+
+    def truncated(f: Path) -> None:
+        os.truncate(f / "model.safetensors", 1000)
+
+    def sharded(shard: str):
+        def change(f: Path) -> None:
+            (f / "model.safetensors").rename(f / "model-00001-of-00001.safetensors")  # as HF names shards
+            index = {"weight_map": {"transformer.wte.weight": shard}}
+            (f / "model.safetensors.index.json").write_text(json.dumps(index))
+
+        return change
+
+    err = imported(broken("bad-json", lambda f: (f / "config.json").write_text("{not json")))
+    assert "config.json: not valid JSON" in err
+    assert "config.json: no 'vocab_size'" in imported(broken("no-vocab", no_vocab_size))
+    assert "model_type='t5'" in imported(broken("t5", write_config(model_type="t5")))
+    assert "unusable value" in imported(broken("bad-type", write_config(n_embd="wide")))
+    assert "weights do not fit config.json (size mismatch" in imported(
+        broken("shape", write_config(n_embd=32))
+    )
+    assert "model.safetensors: not a readable .safetensors" in imported(broken("truncated", truncated))
+    for i, shard in enumerate(["../../etc/passwd", "/etc/passwd", "sub/../../x.safetensors"]):
+        err = imported(broken(f"escape{i}", sharded(shard)))
+        assert f"model.safetensors.index.json: shard {shard!r} is not a file inside" in err
+    ok = broken("sharded", sharded("model-00001-of-00001.safetensors"))  # a name inside: imports
+    assert main(["import", str(ok), str(tmp_path / "sharded-run")]) == 0
+
+    def not_an_index(f: Path) -> None:
+        sharded("model-00001-of-00001.safetensors")(f)
+        (f / "model.safetensors.index.json").write_text("[]")
+
+    err = imported(broken("bad-index", not_an_index))
+    assert "model.safetensors.index.json: not a safetensors index" in err
+    err = imported(broken("gone", sharded("model-00002-of-00002.safetensors")))
+    assert "model-00002-of-00002.safetensors: missing" in err
 
 
 def test_bytelevel_bpe_vocab_is_written_as_gpt2(tmp_path):
