@@ -154,7 +154,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (hf) or .gguf file")
     p.add_argument("--checkpoint", default="best", help="best, last, or a path to a .safetensors file")
     p.add_argument("--dtype", default="f32", help="hf: f32, f16 or bf16; gguf: f32, f16 or q8_0")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--force", action="store_true", help="replace --out if an earlier export wrote it")
     subcommands.add_subcommand("export", p, help="to Hugging Face transformers or GGUF (llama.cpp)")
 
     p = _subparser("import", "Turn a Hugging Face GPT-2 or Llama folder into a scratchlm run.")

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from .checkpoint import (
     check_resumable,
+    intact_step_dirs,
     load_train_state,
     load_weights,
     rng_state,
@@ -229,7 +230,7 @@ def _train(run_dir: str | Path, cfg: RunConfig, resume: bool | None) -> dict:
     token_bytes = tokenizer.token_bytes()
 
     step, best_val, elapsed_before = 0, float("inf"), 0.0
-    previous = step_dirs(run) if resume is not False else []
+    previous = intact_step_dirs(run) if resume is not False else []  # damaged ones: warned, skipped
     if resume and not previous:
         raise UserError(f"{run.root}: --resume given but there is no checkpoint to resume from")
     if previous:
