@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import re
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -143,18 +144,33 @@ class _RecipeFile(ActionConfigFile):
             raise argparse.ArgumentError(None, f"--config {values}: {problem}") from None
 
 
+@contextmanager
+def _optionals_as_positionals(on: bool):
+    set_parsing_settings(parse_optionals_as_positionals=on)
+    try:
+        yield
+    finally:
+        set_parsing_settings(parse_optionals_as_positionals=False)
+
+
 class _PromptParser(ArgumentParser):
     """`sample RUN --max-new-tokens 20 "Prince"`: argparse gives an optional positional PROMPT its empty
     default as soon as an option follows RUN (Python < 3.13), so PROMPT is the option --prompt, which
     jsonargparse's parse_optionals_as_positionals also takes by position. The setting is global, so it is
-    on only while this parser runs: elsewhere a stray word would silently become some option's value."""
+    on only while this parser parses: elsewhere a stray word would silently become some option's value.
+    Help leaves it off; it would list every option as a further positional."""
 
     def parse_args(self, *args, **kwargs):
-        set_parsing_settings(parse_optionals_as_positionals=True)
-        try:
+        with _optionals_as_positionals(True):
             return super().parse_args(*args, **kwargs)
-        finally:
-            set_parsing_settings(parse_optionals_as_positionals=False)
+
+    def format_usage(self) -> str:
+        with _optionals_as_positionals(False):
+            return super().format_usage()
+
+    def format_help(self) -> str:
+        with _optionals_as_positionals(False):
+            return super().format_help()
 
 
 def _one_line(message: str, in_file: bool = False) -> str:
@@ -378,7 +394,8 @@ def _parse(argv: list[str]) -> tuple[str, Namespace, RunConfig | EvalConfig | Sa
             sub = ns[cmd] if cmd != "tokenizer" else ns[cmd][ns[cmd].action]
     except argparse.ArgumentError as e:
         message = _one_line(str(e))
-        hint = "" if message.startswith("--config") else f" (see scratchlm {_command_of(argv)}--help)"
+        # A bad value names its option already; other mistakes (an unknown option) point to the help.
+        hint = "" if message.startswith("--") else f" (see scratchlm {_command_of(argv)}--help)"
         raise UserError(message + hint) from None
     for run in [sub.get("run")] + list(sub.get("runs") or []):
         if run and Path(run).is_file():
@@ -435,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
             from .sample import read_prompts, sample
 
             if (args.prompt is None) == (args.prompts_file is None):
-                raise UserError("give one PROMPT (in quotes if it has spaces) or --prompts-file FILE")
+                raise UserError("give a PROMPT or --prompts_file FILE (one of them; quote a PROMPT with spaces)")
             prompts = args.prompt if args.prompts_file is None else read_prompts(args.prompts_file)
             sample(args.run, prompts, cfg, checkpoint=args.checkpoint)
         elif cmd == "export":
