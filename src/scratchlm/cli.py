@@ -20,32 +20,14 @@ from jsonargparse import (
     ArgumentParser,
     DefaultHelpFormatter,
     Namespace,
-    set_loader,
     set_parsing_settings,
 )
 
 from .common import UserError
-from .config import (
-    PRESETS,
-    DataConfig,
-    EvalConfig,
-    ModelConfig,
-    RunConfig,
-    SampleConfig,
-    SettingError,
-    TokenizerConfig,
-    TrainConfig,
-)
+from .config import PRESETS, SECTION_CLASSES, EvalConfig, RunConfig, SampleConfig, SettingError
 
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
-SECTION_CLASSES = {
-    "data": DataConfig,
-    "tokenizer": TokenizerConfig,
-    "model": ModelConfig,
-    "train": TrainConfig,
-    "sample": SampleConfig,
-}
 
 # The sections each command that takes a --config recipe reads; one recipe may hold them all.
 RECIPE_SECTIONS = {
@@ -101,47 +83,43 @@ EXAMPLES = {
 }
 
 
-def _recipe_loader(sections: tuple[str, ...]):
-    """The YAML loader of a command that reads a recipe: a key that no section of RunConfig has is an
-    error, and only the command's own sections reach jsonargparse (train ignores a recipe's data: part).
-
-    jsonargparse uses the parser's loader for option values too; none of those is a mapping.
-    """
-
-    def load(text: str):
-        try:
-            value = yaml.safe_load(text)
-        except yaml.MarkedYAMLError as e:
-            raise ValueError(f"not valid YAML: {e.problem} (line {e.problem_mark.line + 1})") from None
-        if not isinstance(value, dict):
-            return value
-        for section, options in value.items():
-            if section not in SECTION_CLASSES:
-                raise ValueError(f"unknown section '{section}' (known: {', '.join(SECTION_CLASSES)})")
-            if options is not None and not isinstance(options, dict):
-                raise ValueError(f"section '{section}' must hold option: value lines")
-            fields = {f.name for f in dataclasses.fields(SECTION_CLASSES[section])}
-            for key in options or {}:
-                if key not in fields:
-                    raise ValueError(f"unknown key '{section}.{key}'")
-        return {k: v or {} for k, v in value.items() if k in sections}
-
-    return load
+def _own_sections(path: str, sections: tuple[str, ...]) -> dict:
+    """The sections of recipe `path` that a command reads. One recipe may hold every section of RunConfig
+    (train ignores its data: part), but a section or key that RunConfig lacks is a typo, in any section."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            recipe = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise ValueError(e.strerror) from None
+    except yaml.MarkedYAMLError as e:
+        raise ValueError(f"not valid YAML: {e.problem} (line {e.problem_mark.line + 1})") from None
+    if not isinstance(recipe, dict):
+        raise ValueError("expected sections such as 'model:' and 'train:' at the top level")
+    for section, options in recipe.items():
+        if section not in SECTION_CLASSES:
+            raise ValueError(f"unknown section '{section}' (known: {', '.join(SECTION_CLASSES)})")
+        if options is not None and not isinstance(options, dict):
+            raise ValueError(f"section '{section}' must hold option: value lines")
+        fields = {f.name for f in dataclasses.fields(SECTION_CLASSES[section])}
+        for key in options or {}:
+            if key not in fields:
+                raise ValueError(f"unknown key '{section}.{key}'")
+    return {k: v or {} for k, v in recipe.items() if k in sections}
 
 
-for _command, _sections in RECIPE_SECTIONS.items():
-    set_loader(f"recipe:{_command}", _recipe_loader(_sections), exceptions=(ValueError, yaml.YAMLError))
+def _recipe_file(sections: tuple[str, ...]) -> type[ActionConfigFile]:
+    class RecipeFile(ActionConfigFile):
+        """--config FILE.yaml: jsonargparse's config file option, applied where it stands on the command
+        line, given the command's own sections of the recipe; its errors name the file."""
 
+        def __call__(self, parser, cfg, values, option_string=None):
+            try:
+                own = _own_sections(values, sections)
+                super().__call__(parser, cfg, yaml.safe_dump(own), option_string)
+            except (argparse.ArgumentError, TypeError, ValueError) as e:
+                raise argparse.ArgumentError(None, f"--config {values}: {_one_line(str(e), True)}") from None
 
-class _RecipeFile(ActionConfigFile):
-    """--config FILE.yaml, jsonargparse's config-file option; its errors name the file."""
-
-    def __call__(self, parser, cfg, values, option_string=None):
-        try:
-            super().__call__(parser, cfg, values, option_string)
-        except (argparse.ArgumentError, TypeError, ValueError) as e:
-            problem = "no such file" if "File does not exist" in str(e) else _one_line(str(e), in_file=True)
-            raise argparse.ArgumentError(None, f"--config {values}: {problem}") from None
+    return RecipeFile
 
 
 @contextmanager
@@ -155,7 +133,8 @@ def _optionals_as_positionals(on: bool):
 
 class _PromptParser(ArgumentParser):
     """`sample RUN --max-new-tokens 20 "Prince"`: argparse gives an optional positional PROMPT its empty
-    default as soon as an option follows RUN (Python < 3.13), so PROMPT is the option --prompt, which
+    default as soon as an option follows RUN (jsonargparse has no intermixed parsing), so PROMPT is the
+    option --prompt, which
     jsonargparse's parse_optionals_as_positionals also takes by position. The setting is global, so it is
     on only while this parser parses: elsewhere a stray word would silently become some option's value.
     Help leaves it off; it would list every option as a further positional."""
@@ -226,7 +205,7 @@ def _recipe_options(p: ArgumentParser, command: str, base: RunConfig | None) -> 
     sections = RECIPE_SECTIONS[command]
     p.add_argument(
         "--config",
-        action=_RecipeFile,
+        action=_recipe_file(sections),
         metavar="FILE.yaml",
         help=f"recipe: YAML with {' and '.join(sections)} (and other) sections; flags after it override it",
     )
@@ -261,7 +240,6 @@ def build_parser(base: RunConfig | None = None) -> ArgumentParser:
     )
     _recipe_options(p, "prepare", base)
     subcommands.add_subcommand("prepare", p, help="corpus → tokenizer → token shards")
-    p.parser_mode = "recipe:prepare"  # after add_subcommand, which copies the parent's mode
 
     p = _subparser("train", "Train (or continue training) the run's model.")
     p.add_argument("run", help="a run directory made by `scratchlm prepare`")
@@ -282,7 +260,6 @@ def build_parser(base: RunConfig | None = None) -> ArgumentParser:
     )
     _recipe_options(p, "train", base)
     subcommands.add_subcommand("train", p, help="pretrain the model")
-    p.parser_mode = "recipe:train"
 
     p = _subparser(
         "eval",
@@ -337,7 +314,6 @@ def build_parser(base: RunConfig | None = None) -> ArgumentParser:
     q.add_argument("--overwrite", action="store_true", help="replace the run's existing tokenizer")
     _recipe_options(q, "tokenizer train", base)
     tok_commands.add_subcommand("train", q, help="train the tokenizer only")
-    q.parser_mode = "recipe:tokenizer train"
     q = _subparser("tokenizer encode", "Print the ids of TEXT.")
     q.add_argument("run", help="a run directory with a tokenizer")
     q.add_argument("text", help="text to encode")
@@ -404,15 +380,15 @@ def _parse(argv: list[str]) -> tuple[str, Namespace, RunConfig | EvalConfig | Sa
         sections = {}
         for s in RECIPE_SECTIONS[command]:
             try:
-                sections[s] = SECTION_CLASSES[s](**sub[s].as_dict())
+                sections[s] = _build(SECTION_CLASSES[s], sub[s])
             except SettingError as e:
                 raise e.named(_option(f"{s}.{e.name}")) from None
         return command, sub, dataclasses.replace(base, **sections)
     try:
         if cmd == "eval":
-            return cmd, sub, EvalConfig(**{f.name: sub[f.name] for f in dataclasses.fields(EvalConfig)})
+            return cmd, sub, _build(EvalConfig, sub)
         if cmd == "sample":
-            return cmd, sub, SampleConfig(**{f.name: sub[f.name] for f in dataclasses.fields(SampleConfig)})
+            return cmd, sub, _build(SampleConfig, sub)
     except SettingError as e:
         raise e.named(_option(e.name)) from None
     if cmd == "demo" and sub.steps < 1:
@@ -420,6 +396,11 @@ def _parse(argv: list[str]) -> tuple[str, Namespace, RunConfig | EvalConfig | Sa
     if cmd == "demo" and not sub.minutes > 0:
         raise UserError(f"--minutes {sub.minutes:g}: must be a number > 0")
     return command, sub, None
+
+
+def _build(cls, ns: Namespace):
+    """The dataclass from its parsed options, without jsonargparse's own keys (__path__ of --model FILE)."""
+    return cls(**{f.name: ns[f.name] for f in dataclasses.fields(cls)})
 
 
 def _command_of(argv: list[str]) -> str:
@@ -452,7 +433,9 @@ def main(argv: list[str] | None = None) -> int:
             from .sample import read_prompts, sample
 
             if (args.prompt is None) == (args.prompts_file is None):
-                raise UserError("give a PROMPT or --prompts_file FILE (one of them; quote a PROMPT with spaces)")
+                raise UserError(
+                    "give a PROMPT or --prompts_file FILE (one of them; quote a PROMPT with spaces)"
+                )
             prompts = args.prompt if args.prompts_file is None else read_prompts(args.prompts_file)
             sample(args.run, prompts, cfg, checkpoint=args.checkpoint)
         elif cmd == "export":

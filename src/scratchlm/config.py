@@ -337,7 +337,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         kwargs = {}
-        for name, section_cls in _SECTION_CLASSES.items():
+        for name, section_cls in SECTION_CLASSES.items():
             values = d.get(name) or {}
             known = {f.name for f in dataclasses.fields(section_cls)}
             # Keys from other versions are ignored so old run directories still load.
@@ -352,7 +352,7 @@ class RunConfig:
         return cls(**kwargs)
 
 
-_SECTION_CLASSES = {
+SECTION_CLASSES = {
     "data": DataConfig,
     "tokenizer": TokenizerConfig,
     "model": ModelConfig,
