@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from .common import UserError, atomic_write_text
-from .config import RunConfig
+from .config import RunConfig, SettingError
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,11 @@ class Run:
                 f"{self.root}: not a scratchlm run (no config.yaml); run `scratchlm prepare {self.root}`"
             )
         with open(self.config_path, encoding="utf-8") as f:
-            return RunConfig.from_dict(yaml.safe_load(f) or {})
+            saved = yaml.safe_load(f) or {}
+        try:
+            return RunConfig.from_dict(saved)
+        except SettingError as e:
+            raise UserError(f"{self.config_path}: {e}") from None
 
     def save_config(self, cfg: RunConfig) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
