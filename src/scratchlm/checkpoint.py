@@ -153,7 +153,9 @@ def save_checkpoint(
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    for old in step_dirs(run)[:-keep_last] if keep_last > 0 else []:
+    # Only checkpoints older than this one are pruned: a higher step number is not this run's past.
+    older = [p for p in step_dirs(run) if int(_STEP_DIR.match(p.name).group(1)) < step]
+    for old in older[: max(0, len(older) - keep_last + 1)] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
 

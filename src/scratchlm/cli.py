@@ -105,6 +105,11 @@ def build_parser() -> ArgumentParser:
     p.add_argument(
         "--config", metavar="FILE.yaml", help="recipe: YAML with data/tokenizer (and other) sections"
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="prepare a run that has been trained: its checkpoints and metrics go to RUN/previous/<time>/",
+    )
     p.add_class_arguments(DataConfig, "data")
     p.add_class_arguments(TokenizerConfig, "tokenizer")
     subcommands.add_subcommand("prepare", p, help="corpus → tokenizer → token shards")
@@ -125,7 +130,9 @@ def build_parser() -> ArgumentParser:
         help="continue from the newest checkpoint (the default when one exists); error if none",
     )
     resume.add_argument(
-        "--fresh", action="store_true", help="ignore existing checkpoints and start from step 0"
+        "--fresh",
+        action="store_true",
+        help="start from step 0; the old checkpoints and metrics go to RUN/previous/<time>/",
     )
     p.add_class_arguments(ModelConfig, "model")
     p.add_class_arguments(TrainConfig, "train")
@@ -323,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
 
             if args.input:
                 cfg.data.inputs = list(args.input)
-            prepare(args.run, cfg)
+            prepare(args.run, cfg, overwrite=args.overwrite)
         elif cmd == "train":
             from .train import train
 
