@@ -86,14 +86,14 @@ def _prepare(run: Run, cfg: RunConfig, overwrite: bool) -> dict:
             f"data, or `scratchlm prepare {run.root} --overwrite` to set them aside and start the run over"
         )
 
-    retrain = changes or not tokenizer_exists(run.tokenizer_dir)  # the metadata file, written last by save
+    retrain = bool(changes) or not tokenizer_exists(run.tokenizer_dir)  # its metadata file is written last
     if retrain:
         tokenizer = train_on_corpus(corpus, cfg)
     else:
         tokenizer = Tokenizer.load(run.tokenizer_dir)
         rank0_print(f"using the run's tokenizer ({tokenizer.kind}, {tokenizer.vocab_size} tokens)")
     # After the tokenizer trained, so a corpus that fails to read leaves the run as it was.
-    if overwrite and (aside := run.set_aside(tokenizer=bool(retrain))):
+    if overwrite and (aside := run.set_aside(tokenizer=retrain)):
         rank0_print(f"set the run's earlier results aside in {aside}")
     if retrain:
         tokenizer.save(run.tokenizer_dir)
