@@ -311,11 +311,14 @@ def test_resume_refuses_a_changed_tokenizer(prepared_run, tiny_corpus):
     cfg = tiny_config(tiny_corpus)
     cfg.train.max_steps = 3
     train(prepared_run, cfg)
-    # Prepared again with another tokenizer of the same size: the shards agree with it, the checkpoint not.
+    # Prepared again by hand with another tokenizer of the same size (prepare itself refuses a trained run):
+    # the shards agree with it, the checkpoint not.
     shutil.rmtree(prepared_run / "tokenizer")
     shutil.rmtree(prepared_run / "data")
+    (prepared_run / "checkpoints").rename(prepared_run.parent / "kept")
     cfg.tokenizer.kind = "bpe"
     prepare(prepared_run, cfg)
+    (prepared_run.parent / "kept").rename(prepared_run / "checkpoints")
     cfg.train.max_steps = 5
     with pytest.raises(UserError, match=r"step_000003: the run's tokenizer changed since this checkpoint"):
         train(prepared_run, cfg)

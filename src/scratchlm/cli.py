@@ -238,6 +238,11 @@ def build_parser(base: RunConfig | None = None) -> ArgumentParser:
         help="text/.gz/.jsonl/.parquet file, directory, glob, save_to_disk folder or hf:NAME; repeatable "
         "(default: the bundled book)",
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="prepare a run that has been trained: its checkpoints and metrics go to RUN/previous/<time>/",
+    )
     _recipe_options(p, "prepare", base)
     subcommands.add_subcommand("prepare", p, help="corpus → tokenizer → token shards")
 
@@ -256,7 +261,9 @@ def build_parser(base: RunConfig | None = None) -> ArgumentParser:
         help="continue from the newest checkpoint (the default when one exists); error if none",
     )
     resume.add_argument(
-        "--fresh", action="store_true", help="ignore existing checkpoints and start from step 0"
+        "--fresh",
+        action="store_true",
+        help="start from step 0; the old checkpoints and metrics go to RUN/previous/<time>/",
     )
     _recipe_options(p, "train", base)
     subcommands.add_subcommand("train", p, help="pretrain the model")
@@ -420,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
 
             if args.input:
                 cfg.data.inputs = list(args.input)
-            prepare(args.run, cfg)
+            prepare(args.run, cfg, overwrite=args.overwrite)
         elif cmd == "train":
             from .train import train
 

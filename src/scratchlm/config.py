@@ -334,6 +334,13 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def validate(self) -> None:
+        """Every section's own checks: commands call this before they write anything into the run."""
+        for name in SECTION_CLASSES:
+            check = getattr(getattr(self, name), "validate", None)
+            if check:
+                check()
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         kwargs = {}

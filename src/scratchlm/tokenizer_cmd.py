@@ -20,15 +20,20 @@ from .tokenizer import Tokenizer, exists
 def train_command(run_dir: str | Path, cfg: RunConfig, overwrite: bool = False) -> Tokenizer:
     """Train the run's tokenizer on cfg.data.inputs and record the settings in RUN/config.yaml."""
     run = Run.at(run_dir)
-    if exists(run.tokenizer_dir) and not overwrite:
-        raise UserError(
-            f"{run.tokenizer_dir} already holds a tokenizer; pass --overwrite to replace it "
-            "(then run `scratchlm prepare` again: shards and checkpoints belong to the old one)"
-        )
-    tok = train_on_corpus(Corpus(cfg.data), cfg)  # the same text as `prepare` trains on
-    tok.save(run.tokenizer_dir)
-    cfg.model.vocab_size = tok.vocab_size
-    run.save_config(cfg)
+    cfg.validate()
+    with run.writer_lock("tokenizer train"):
+        if exists(run.tokenizer_dir) and not overwrite:
+            raise UserError(
+                f"{run.tokenizer_dir} already holds a tokenizer; pass --overwrite to replace it "
+                "(then run `scratchlm prepare` again: shards and checkpoints belong to the old one)"
+            )
+        tok = train_on_corpus(Corpus(cfg.data), cfg)  # the same text as `prepare` trains on
+        # The old checkpoints only make sense with the old tokenizer: both are set aside together.
+        if run.has_checkpoints() and (aside := run.set_aside(tokenizer=True)):
+            rank0_print(f"set the run's earlier results and tokenizer aside in {aside}")
+        tok.save(run.tokenizer_dir)
+        cfg.model.vocab_size = tok.vocab_size
+        run.save_config(cfg)
     rank0_print(
         f"saved {run.tokenizer_dir} ({tok.kind}, {tok.vocab_size} tokens, "
         f"{tok.meta['corpus_chars']:,} characters read)"
