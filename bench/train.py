@@ -256,7 +256,7 @@ def main() -> None:
     if gpu:
         import torch
 
-        from scratchlm.train import peak_bf16_flops
+        from scratchlm.common import peak_bf16_flops
 
         with torch.device("meta"):
             flops = make_model("scratchlm", a).flops_per_token()

@@ -16,11 +16,11 @@ import torch
 from safetensors.torch import load_file
 
 from scratchlm.checkpoint import step_dirs
-from scratchlm.common import UserError
+from scratchlm.common import UserError, cpu_has_bf16
 from scratchlm.config import RunConfig, TrainConfig
 from scratchlm.optim import lr_at
 from scratchlm.run import Run
-from scratchlm.train import cpu_has_bf16, train
+from scratchlm.train import train
 
 from .conftest import tiny_config
 

@@ -39,6 +39,35 @@ def pick_device(name: str = "auto", option: str = "--train.device"):
     return torch.device("cpu")
 
 
+# Dense bf16 peak of common GPUs, for MFU (model FLOPs utilization) in the progress bar and the bench.
+PEAK_BF16_FLOPS = {
+    "H100": 989e12,
+    "H200": 989e12,
+    "A100": 312e12,
+    "L4": 121e12,
+    "A10": 125e12,
+    "4090": 165e12,
+}
+
+
+def peak_bf16_flops(gpu_name: str) -> float | None:
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in gpu_name), None)
+
+
+def peak_flops(device) -> float | None:
+    import torch
+
+    return peak_bf16_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX); without them bf16 is ~10x slower."""
+    import torch
+
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)  # private: absent means unknown
+    return probe() if probe else True
+
+
 def seed_everything(seed: int) -> None:
     import numpy as np
     import torch

@@ -269,6 +269,9 @@ class TrainConfig(Checked):
     """CPU threads for torch (0: torch's default)."""
     tensorboard: bool = False
     """Also log to RUN/tensorboard (needs the tensorboard package)."""
+    init_from: str = ""
+    """A run whose best weights a new run starts from (same tokenizer and model); '' starts from random
+    weights. `scratchlm sft RUN --from BASE` sets it. A resume always continues the run's own checkpoint."""
 
 
 @dataclass
@@ -322,6 +325,45 @@ class EvalConfig(Checked):
 
 
 @dataclass
+class SFTConfig(Checked):
+    """Instruction tuning (`scratchlm sft`): the conversations to train on and how to read them."""
+
+    base: str = ""
+    """The pretrained run to start from: its tokenizer is copied and its best weights are the start."""
+    inputs: list[str] = field(default_factory=list)
+    """JSONL files of conversations (default: the bundled Self-Instruct seed tasks)."""
+    val_inputs: list[str] = field(default_factory=list)
+    """JSONL files to validate on (default: val_fraction of the inputs, held out)."""
+    val_fraction: float = bounded(0.1, ge=0, lt=1)
+    """Share of the conversations held out for validation when no val_inputs are given."""
+    shape: Literal["auto", "messages", "alpaca", "self_instruct", "prompt_completion", "fields"] = "auto"
+    """The JSONL layout: auto detects it per file from its first record."""
+    prompt_field: str | None = None
+    """With shape fields (or auto): the record field that holds the user's turn, e.g. question."""
+    response_field: str | None = None
+    """With shape fields (or auto): the record field that holds the reply, e.g. answer."""
+    system_prompt: str | None = None
+    """A system prompt put before every conversation that has none."""
+    epochs: float = bounded(3.0, ge=0)
+    """Passes over the training conversations; sets train.max_steps (0: use train.max_steps)."""
+    check_prompts: int = bounded(8, ge=0)
+    """Validation prompts answered greedily at each evaluation, to measure how many replies end."""
+    check_tokens: int = bounded(64, ge=1)
+    """Token limit of those replies: a reply that has not emitted <|end|> by then did not end."""
+
+
+# What `scratchlm sft` trains with unless --config or flags say otherwise: fine-tuning a trained model wants a
+# lower peak LR than pretraining from scratch, a short warmup, and evaluation often (few steps in all).
+SFT_TRAIN_DEFAULTS: dict[str, Any] = {
+    "lr": 3e-4,
+    "warmup_steps": 10,
+    "min_lr_ratio": 0.0,
+    "eval_interval": 50,
+    "eval_batches": 50,
+}
+
+
+@dataclass
 class RunConfig:
     """Everything one run is made with; saved as RUN/config.yaml."""
 
@@ -330,6 +372,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -361,6 +404,7 @@ SECTION_CLASSES = {
     "model": ModelConfig,
     "train": TrainConfig,
     "sample": SampleConfig,
+    "sft": SFTConfig,
 }
 
 # Presets set the model shape and the batch/schedule that suits it; anything can be overridden.

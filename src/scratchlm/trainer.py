@@ -1,0 +1,546 @@
+"""The training loop that pretraining (`train.py`) and instruction tuning (`sft.py`) share: flat and visible.
+
+A stage hands `fit` its data source (a `TrainData`: global batches whose targets are -1 where no loss is
+taken, and a validation score); everything else is here. Evaluation, checkpointing, plotting and logging
+happen inside the loop, the last step included. Under torchrun each process trains on its slice of one
+global batch (DDP, or FSDP2 with --train.fsdp); only rank 0 writes. The data order depends on the seed
+alone, not on the number of processes, so a checkpoint resumes exactly on any world size.
+
+The loss of a step is the mean over the supervised tokens of the whole step (all micro-batches, all
+ranks), so a micro-batch with more answer tokens weighs more; in pretraining every micro-batch has the
+same count and this is the plain mean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from .checkpoint import (
+    check_resumable,
+    intact_step_dirs,
+    load_train_state,
+    load_weights,
+    read_metadata,
+    resolve_weights,
+    rng_state,
+    save_best,
+    save_checkpoint,
+    set_rng_state,
+    step_dirs,
+    weights_of,
+)
+from .common import (
+    Dist,
+    UserError,
+    cpu_has_bf16,
+    init_distributed,
+    is_interactive,
+    peak_flops,
+    rank0_print,
+    seed_everything,
+)
+from .config import RunConfig, TrainConfig
+from .metrics import MetricsLog, plot_loss
+from .model import GPT
+from .optim import lr_at, make_optimizers
+from .run import Run
+from .tokenizer import Tokenizer
+
+
+class Batches(Protocol):
+    """A resumable source of global (B, T) batches: data.loader.RandomWindows or data.sft.PackedBatches."""
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+@dataclass
+class TrainData:
+    """What a stage trains on. `validate(model)` returns {"loss", "bits_per_byte"}, the same on every rank;
+    `extra_metrics(model)` (rank 0, after each evaluation) returns more metrics.csv columns."""
+
+    batches: Batches
+    validate: Callable[[GPT], dict]
+    pad_id: int | None = None  # inputs equal to it are padding: not counted as trained tokens
+    extra_metrics: Callable[[GPT], dict] | None = None
+
+
+TB_TAGS = {"train_loss": "loss/train", "val_loss": "loss/val"}
+
+
+@dataclass
+class Session:
+    """Everything the loop needs, set up once by `fit`."""
+
+    run: Run
+    cfg: RunConfig
+    command: str  # the stage's command, for messages: "train" or "sft"
+    tokenizer: Tokenizer
+    dist: Dist
+    device: torch.device
+    model: GPT
+    autocast: contextlib.AbstractContextManager
+    grad_accum: int
+    forward: torch.nn.Module | None = None  # the model wrapped for DDP/FSDP and compiled
+    optimizers: list = field(default_factory=list)
+    step: int = 0
+    tokens: int = 0  # trained (non-padding) tokens so far, over all ranks
+    best_val: float = float("inf")
+    elapsed_before: float = 0.0  # seconds spent by earlier sessions of this run
+    resumed: bool = False
+    metrics: MetricsLog | None = None
+    tb: object = None
+
+    @property
+    def global_batch(self) -> int:
+        return self.cfg.train.batch_size * self.dist.world_size
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.global_batch * self.grad_accum * self.cfg.model.block_size
+
+
+class StopFlag:
+    """Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves, and exits cleanly."""
+
+    def __init__(self):
+        self.stop = False
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.stop:  # a second Ctrl-C means now
+            raise KeyboardInterrupt
+        self.stop = True
+        rank0_print("\nstopping after this step (Ctrl-C again to abort without saving)…")
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def resolve_batch(tc: TrainConfig, block_size: int, world_size: int) -> int:
+    """Gradient-accumulation steps that give the requested tokens per optimizer step."""
+    if not tc.batch_tokens:
+        return tc.grad_accum
+    per_micro_step = tc.batch_size * block_size * world_size
+    if tc.batch_tokens % per_micro_step:
+        raise UserError(
+            f"--train.batch_tokens {tc.batch_tokens} is not a multiple of batch_size x block_size x "
+            f"processes = {per_micro_step}; pick a multiple such as {per_micro_step * 8}"
+        )
+    return tc.batch_tokens // per_micro_step
+
+
+def fit(
+    run_dir: str | Path,
+    cfg: RunConfig,
+    make_data: Callable[[Session], TrainData],
+    resume: bool | None = None,
+    command: str = "train",
+) -> dict:
+    """Train the run's model on the data `make_data(session)` gives.
+
+    resume: None continues from the newest checkpoint if there is one; True requires one; False starts over
+    (from `--train.init_from`'s weights when set). The process-wide torch settings that training changes
+    (threads, deterministic kernels, TF32) are put back afterwards, so a notebook keeps its own.
+    """
+    saved = (
+        torch.get_num_threads(),
+        torch.are_deterministic_algorithms_enabled(),
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+    )
+    try:
+        with contextlib.ExitStack() as held:  # the run's writer lock, released however training ends
+            s = _setup(Run.at(run_dir), cfg, command, held)
+            data = make_data(s)
+            if not _restore(s, data, resume):
+                return {"step": s.step, "best_val_loss": s.best_val}
+            return _loop(s, data)
+    finally:
+        torch.set_num_threads(saved[0])
+        torch.use_deterministic_algorithms(saved[1])
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[2:]
+
+
+def _setup(run: Run, cfg: RunConfig, command: str, held: contextlib.ExitStack) -> Session:
+    """Checks, the lock, process settings and a freshly initialised model; nothing is written yet."""
+    tokenizer = Tokenizer.load(run.tokenizer_dir)
+    cfg.model.vocab_size = tokenizer.vocab_size
+    cfg.validate()
+    tc = cfg.train
+    dist_info, device = init_distributed(tc.device)
+    _hold_run(run, dist_info, held, command)
+    if tc.tensorboard and dist_info.is_main:
+        _summary_writer()  # a missing package fails here, before any training
+    grad_accum = resolve_batch(tc, cfg.model.block_size, dist_info.world_size)
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    if tc.deterministic:
+        torch.use_deterministic_algorithms(True)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls on Ampere+: ~3x fp32 speed, fp32 range
+        torch.backends.cudnn.allow_tf32 = True
+    use_bf16 = tc.dtype == "bfloat16" or (tc.dtype == "auto" and device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+    if use_bf16 and device.type == "cpu" and not cpu_has_bf16():
+        rank0_print(
+            "scratchlm: note: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX): --train.dtype "
+            "bfloat16 trains ~10x slower here than float32 (measured on an AVX2 machine)",
+            file=sys.stderr,
+        )
+    seed_everything(tc.seed)
+    model = GPT(cfg.model).to(device)  # fp32 master weights; autocast runs the matmuls in bf16
+    return Session(run, cfg, command, tokenizer, dist_info, device, model, autocast, grad_accum)
+
+
+def _restore(s: Session, data: TrainData, resume: bool | None) -> bool:
+    """Resume from the newest intact checkpoint, or start from init_from's weights; False: nothing to do."""
+    tc = s.cfg.train
+    if tc.max_tokens:
+        tc.max_steps = math.ceil(tc.max_tokens / s.tokens_per_step)
+    previous = intact_step_dirs(s.run) if resume is not False else []  # damaged ones: warned, skipped
+    if resume and not previous:
+        raise UserError(f"{s.run.root}: --resume given but there is no checkpoint to resume from")
+    state = None
+    if previous:
+        check_resumable(previous[-1], s.cfg.model, s.tokenizer.hash)
+        state = load_train_state(previous[-1])
+        load_weights(s.model, previous[-1] / "model.safetensors")
+    elif tc.init_from:
+        _load_init_weights(s)
+    s.forward = wrap_model(s.model, tc, s.dist, s.device)
+    s.optimizers = make_optimizers(s.model, tc)
+    s.resumed = bool(previous)
+    if state is None:
+        return True
+    if "optimizer" in state:  # absent from weights-only checkpoints (`scratchlm import`): start fresh
+        load_optimizer_state(s.model, s.optimizers, state["optimizer"], tc, s.dist)
+        data.batches.load_state_dict(state["loader"])
+        set_rng_state(state["rng"])
+    s.step, s.best_val, s.elapsed_before = state["step"], state["best_val"], state["elapsed_s"]
+    s.tokens = state.get("tokens", s.step * s.tokens_per_step)
+    rank0_print(f"resuming from {previous[-1]} (step {s.step})")
+    if s.step >= tc.max_steps:
+        rank0_print(f"already trained for {s.step} steps (--train.max_steps {tc.max_steps}); nothing to do")
+        return False
+    if 0 < tc.max_minutes <= s.elapsed_before / 60:
+        rank0_print(
+            f"already trained for {s.elapsed_before / 60:.1f} minutes (--train.max_minutes "
+            f"{tc.max_minutes:g}); nothing to do: raise --train.max_minutes to train on"
+        )
+        return False
+    return True
+
+
+def _load_init_weights(s: Session) -> None:
+    """A new run that starts from another run's best weights (SFT from its base)."""
+    source = s.cfg.train.init_from
+    path = resolve_weights(Run.at(source), "best")
+    if read_metadata(path).get("tokenizer_hash") != s.tokenizer.hash:
+        raise UserError(
+            f"--train.init_from {source}: its tokenizer differs from this run's, so its weights would read "
+            "other token ids; start from a run with the same tokenizer"
+        )
+    load_weights(s.model, path)
+    rank0_print(f"starting from the weights of {path}")
+
+
+def _loop(s: Session, data: TrainData) -> dict:
+    tc, run = s.cfg.train, s.run
+    flops_per_token = s.model.flops_per_token()
+    rank0_print(
+        f"model: {s.cfg.model.flavour}, {s.model.num_params():,} parameters "
+        f"({s.model.num_params(non_embedding=True):,} without embeddings), "
+        f"{flops_per_token / 1e6:.1f} MFLOPs per token; {s.tokens_per_step:,} tokens per step "
+        f"({s.dist.world_size} x {tc.batch_size} x {s.grad_accum} x {s.cfg.model.block_size}) on {s.device}"
+    )
+    peak = peak_flops(s.device)
+    s.forward.train()
+    t_start, t_log, tokens_at_log, skipped, val_loss = time.time(), time.time(), s.tokens, 0, None
+    bar = tqdm(
+        total=tc.max_steps,
+        initial=s.step,
+        disable=not (is_interactive() and s.dist.is_main),
+        unit="step",
+        dynamic_ncols=True,
+    )
+    with StopFlag() as stop:
+        while s.step < tc.max_steps:
+            lr = lr_at(s.step, tc)
+            for opt in s.optimizers:
+                for group in opt.param_groups:
+                    group["lr"] = lr
+            train_loss, trained = _train_step(s, data)
+            if not math.isfinite(train_loss):
+                if tc.on_nan == "stop":
+                    last = step_dirs(run)
+                    raise UserError(
+                        f"loss became {train_loss} at step {s.step + 1}; last good checkpoint: "
+                        f"{last[-1] if last else 'none'}; lower --train.lr and resume, "
+                        f"or set --train.on_nan skip"
+                    )
+                skipped += 1
+                rank0_print(f"step {s.step + 1}: loss is {train_loss}, batch skipped ({skipped} so far)")
+                for opt in s.optimizers:
+                    opt.zero_grad(set_to_none=True)
+                s.step += 1
+                bar.update(1)
+                continue
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(s.model.parameters(), tc.grad_clip)
+            for opt in s.optimizers:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            if s.metrics is None and s.dist.is_main:
+                _start(s)
+            s.step += 1
+            s.tokens += trained
+            elapsed = s.elapsed_before + time.time() - t_start
+            out_of_time = tc.max_minutes > 0 and elapsed >= tc.max_minutes * 60
+            stopping = any_rank(stop.stop or out_of_time, s.dist, s.device)
+            last_step = s.step == tc.max_steps or stopping
+
+            if s.step % tc.log_interval == 0 or s.step == 1 or last_step:
+                tok_s = (s.tokens - tokens_at_log) / max(1e-9, time.time() - t_log)
+                t_log, tokens_at_log = time.time(), s.tokens
+                postfix = {"loss": f"{train_loss:.3f}", "lr": f"{lr:.2e}", "tok/s": f"{tok_s:,.0f}"}
+                if peak:
+                    postfix["mfu"] = f"{100 * flops_per_token * tok_s / (peak * s.dist.world_size):.1f}%"
+                _log(s, train_loss=train_loss, lr=lr, tokens_per_s=tok_s, elapsed_s=elapsed)
+                bar.set_postfix(postfix, refresh=False)
+            bar.update(1)
+
+            if s.step % tc.eval_interval == 0 or last_step:
+                val_loss, line = _evaluate_and_save(s, data, elapsed)
+                line = f"step {s.step:>6}/{tc.max_steps}  train {train_loss:.4f}  {line}  lr {lr:.2e}  "
+                line += f"{elapsed / 60:.1f} min"
+                bar.write(line) if bar.disable is False else rank0_print(line)
+                t_log, tokens_at_log = time.time(), s.tokens  # keep evaluation time out of tokens/s
+            if stopping:
+                rank0_print(f"stopped at step {s.step}; `scratchlm {s.command} {run.root}` resumes")
+                break
+    bar.close()
+    if s.tb:
+        s.tb.close()
+    return {"step": s.step, "val_loss": val_loss, "best_val_loss": s.best_val, "skipped_steps": skipped}
+
+
+def _train_step(s: Session, data: TrainData) -> tuple[float, int]:
+    """Forward and backward over the step's micro-batches: (mean loss per supervised token, tokens trained).
+
+    Each micro-batch's mean loss is weighted by its share of the step's supervised tokens over all ranks;
+    DDP and FSDP average gradients over ranks, hence the factor world_size.
+    """
+    lo, hi = s.dist.rank * s.cfg.train.batch_size, (s.dist.rank + 1) * s.cfg.train.batch_size
+    micro = [tuple(t[lo:hi] for t in data.batches.next_batch()) for _ in range(s.grad_accum)]
+    counts = [int((y >= 0).sum()) for _, y in micro]
+    padding = sum(int((x == data.pad_id).sum()) for x, _ in micro) if data.pad_id is not None else 0
+    real = sum(x.numel() for x, _ in micro) - padding
+    supervised, trained = all_sum([sum(counts), real], s.dist, s.device)
+    if supervised == 0:  # every row of a batch holds at least one target: a data-source bug
+        raise RuntimeError("a training step without a single supervised token")
+    weighted = []  # read after the last micro-step: one host sync per step, not per micro-step
+    for i, ((x, y), n) in enumerate(zip(micro, counts, strict=True)):
+        x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
+        with _no_grad_sync(s.forward, s.model, s.cfg.train, last=i == s.grad_accum - 1):
+            with s.autocast:
+                logits, loss = s.forward(x, y)
+            if n:
+                (loss * (n * s.dist.world_size / supervised)).backward()
+                weighted.append(loss.detach() * n)
+            else:  # padding alone: its mean is NaN; a zero backward keeps the ranks' all-reduces in step
+                (logits.float().sum() * 0.0).backward()
+    loss_sum = all_sum([sum(t.item() for t in weighted)], s.dist, s.device)[0]
+    return loss_sum / supervised, int(trained)
+
+
+def _evaluate_and_save(s: Session, data: TrainData, elapsed: float) -> tuple[float, str]:
+    """Validation, then (rank 0) metrics, best weights, a checkpoint and the loss plot."""
+    tc = s.cfg.train
+    with s.autocast:
+        val = data.validate(s.model)
+    weights = full_weights(s.model, tc, s.dist)
+    opt_state = optimizer_state(s.model, s.optimizers, tc, s.dist)
+    extra = data.extra_metrics(s.model) if data.extra_metrics and s.dist.is_main else {}
+    if s.dist.is_main:
+        _log(s, val_loss=val["loss"], lr=lr_at(s.step - 1, tc), elapsed_s=elapsed, **extra)
+        if val["loss"] < s.best_val:
+            save_best(s.run, s.step, weights, s.cfg, s.tokenizer.hash, val["loss"])
+        state = {
+            "step": s.step,
+            "tokens": s.tokens,
+            "optimizer": opt_state,
+            "loader": data.batches.state_dict(),
+            "rng": rng_state(),
+            "best_val": min(s.best_val, val["loss"]),
+            "elapsed_s": elapsed,
+            "world_size": s.dist.world_size,
+        }
+        save_checkpoint(s.run, s.step, weights, s.cfg, s.tokenizer.hash, state, tc.keep_last)
+        plot_loss(s.run.metrics_path, s.run.loss_plot_path, title=str(s.run.root))
+    s.best_val = min(s.best_val, val["loss"])
+    line = f"val {val['loss']:.4f}  val bits/byte {val['bits_per_byte']:.3f}"
+    return val["loss"], line + "".join(f"  {k.replace('_', ' ')} {v:.3f}" for k, v in extra.items())
+
+
+def _log(s: Session, **row) -> None:
+    """One metrics.csv row (and TensorBoard scalars) on rank 0."""
+    if not s.dist.is_main:
+        return
+    s.metrics.log(step=s.step, tokens=s.tokens, **row)
+    if s.tb:
+        for key, value in row.items():
+            if key != "elapsed_s":
+                s.tb.add_scalar(TB_TAGS.get(key, key), value, s.step)
+
+
+def _start(s: Session) -> None:
+    """The first step went through: only now does the run's directory change, so a start that fails (bad
+    settings, out of memory) leaves config.yaml, metrics.csv and the old checkpoints as they were.
+
+    A run that starts over sets the earlier results aside instead of overwriting them: otherwise
+    best.safetensors and metrics.csv would mix two runs, and the old run's higher step numbers would be what
+    keep-last pruning keeps and the next `train` resumes.
+    """
+    if not s.resumed and (aside := s.run.set_aside()):
+        rank0_print(f"starting over: the previous checkpoints and metrics are in {aside}")
+    s.run.save_config(s.cfg)
+    s.tb = _summary_writer()(str(s.run.root / "tensorboard")) if s.cfg.train.tensorboard else None
+    s.metrics = MetricsLog(s.run.metrics_path, resume_step=s.step if s.resumed else None)
+
+
+# ---------------------------------------------------------------- distributed helpers
+
+
+def wrap_model(model: GPT, tc: TrainConfig, dist_info: Dist, device: torch.device) -> torch.nn.Module:
+    """DDP or FSDP2 under torchrun, then torch.compile when asked (default on CUDA)."""
+    wrapped: torch.nn.Module = model
+    if tc.fsdp and dist_info.enabled:
+        from torch.distributed.fsdp import fully_shard
+
+        # The model returns its logits as a slice of the padded head's output (a view). FSDP2 warns that an
+        # in-place op on that view would skip its backward hook; the trainer uses only the loss, so the
+        # warning would only alarm.
+        warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
+        for block in model.transformer.h:
+            fully_shard(block)
+        fully_shard(model)
+    elif dist_info.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    use_compile = tc.compile if tc.compile is not None else device.type == "cuda"
+    return torch.compile(wrapped) if use_compile else wrapped
+
+
+def full_weights(model: GPT, tc: TrainConfig, dist_info: Dist) -> dict[str, torch.Tensor]:
+    """The unsharded weights (every rank must call this under FSDP; rank 0 uses the result)."""
+    if tc.fsdp and dist_info.enabled:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return weights_of(sd, model.config.tie_embeddings)
+    return weights_of(model.state_dict(), model.config.tie_embeddings)
+
+
+def optimizer_state(model: GPT, optimizers, tc: TrainConfig, dist_info: Dist) -> dict:
+    """Optimizer state keyed by parameter name, so it loads on any world size and with or without FSDP."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    full = tc.fsdp and dist_info.enabled
+    return get_optimizer_state_dict(
+        model, optimizers, options=StateDictOptions(full_state_dict=full, cpu_offload=full)
+    )
+
+
+def load_optimizer_state(model: GPT, optimizers, state: dict, tc: TrainConfig, dist_info: Dist) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    full = tc.fsdp and dist_info.enabled
+    set_optimizer_state_dict(
+        model, optimizers, state, options=StateDictOptions(full_state_dict=full, broadcast_from_rank0=False)
+    )
+
+
+def all_sum(values: list[float], dist_info: Dist, device: torch.device) -> list[float]:
+    """Sum over ranks (float64, one all-reduce for the whole list)."""
+    if not dist_info.enabled:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def any_rank(flag: bool, dist_info: Dist, device: torch.device) -> bool:
+    if not dist_info.enabled:
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _hold_run(run: Run, dist_info: Dist, held: contextlib.ExitStack, command: str) -> None:
+    """One writer per run: rank 0 takes the run's lock, and every rank learns whether it got it, so a refused
+    torchrun job ends on all ranks with the same one-line error instead of waiting in its first collective."""
+    error = None
+    if dist_info.is_main:
+        try:
+            held.enter_context(run.writer_lock(command))
+        except UserError as e:
+            error = str(e)
+    if dist_info.enabled:
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error:
+        raise UserError(error)
+
+
+def _no_grad_sync(forward, model: GPT, tc: TrainConfig, last: bool):
+    """Skip the gradient all-reduce on all but the last micro-batch of a step."""
+    if last:
+        return contextlib.nullcontext()
+    if hasattr(forward, "no_sync"):  # DDP
+        return forward.no_sync()
+    if tc.fsdp and hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(False)
+        return _ResyncOnExit(model)
+    return contextlib.nullcontext()
+
+
+class _ResyncOnExit(contextlib.AbstractContextManager):
+    def __init__(self, model):
+        self.model = model
+
+    def __exit__(self, *exc):
+        self.model.set_requires_gradient_sync(True)
+
+
+def _summary_writer():
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError(
+            "--train.tensorboard needs the tensorboard package: pip install tensorboard"
+        ) from None
+    return SummaryWriter
