@@ -426,7 +426,7 @@ def test_prepare_with_a_char_tokenizer_gives_a_small_vocabulary(tmp_path):
 
 
 def test_encode_batch_shows_a_progress_bar_on_large_inputs_only(loaded, corpus, monkeypatch, capsys):
-    import scratchlm.tokenizer as tokenizer_module
+    import scratchlm.tokenizer.base as tokenizer_module
 
     monkeypatch.setattr(tokenizer_module, "is_interactive", lambda: True)
     monkeypatch.setattr(tokenizer_module, "_BAR_CHARS", 10_000)

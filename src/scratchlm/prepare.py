@@ -11,7 +11,7 @@ from .config import RunConfig, TokenizerConfig
 from .data.corpus import Corpus
 from .data.shards import write_shards
 from .run import Run
-from .tokenizer import Tokenizer, train_tokenizer
+from .tokenizer import Tokenizer, train_on_corpus
 from .tokenizer import exists as tokenizer_exists
 
 REPORT_LINES = {
@@ -27,19 +27,6 @@ REPORT_LINES = {
     "dropped_excluded": "documents dropped: an --data.exclude match",
     "dropped_duplicate": "documents dropped: exact duplicates",
 }
-
-
-def train_on_corpus(corpus: Corpus, cfg: RunConfig) -> Tokenizer:
-    """Train cfg.tokenizer on the first --data.tokenizer_sample_mb of the corpus's cleaned documents."""
-    sample = corpus.sample(int(cfg.data.tokenizer_sample_mb * 1e6))
-    rank0_print(
-        f"training a {cfg.tokenizer.kind} tokenizer of {cfg.tokenizer.vocab_size} tokens "
-        f"on {sum(len(d) for d in sample):,} characters…"
-    )
-    tok = train_tokenizer(sample, cfg.tokenizer)
-    # Recorded so that a later `prepare` can tell a changed setting from the one this tokenizer was made with.
-    tok.meta["trained_with"] = dataclasses.asdict(cfg.tokenizer)
-    return tok
 
 
 def tokenizer_changes(run: Run, wanted: TokenizerConfig) -> list[str]:

@@ -215,7 +215,7 @@ def _add_char_vocab(w, path: Path) -> None:
     proven by the llama.cpp parity test. It reads a space as "▁", so the space token is written so."""
     import gguf
 
-    from ..tokenizer_hf import BYTE_TOKENS
+    from ..tokenizer import BYTE_TOKENS
 
     tj = json.loads(path.read_text(encoding="utf-8"))
     vocab: dict[str, int] = dict(tj["model"]["vocab"])

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..common import UserError
-from ..config import ModelConfig, RunConfig, TokenizerConfig
+from ..config import ModelConfig, RunConfig, SettingError, TokenizerConfig
 
 Tensor = torch.Tensor
 
@@ -422,6 +422,8 @@ def read_hf_config(hf_dir: Path) -> ModelConfig:
         cfg = model_config_from_hf(d)
     except KeyError as e:
         raise UserError(f"{path}: no {e.args[0]!r}, which a {d.get('model_type')} model needs") from None
+    except SettingError as e:  # the model settings' own range check: say which file held the value
+        raise UserError(f"{path}: a setting has an unusable value ({e})") from None
     except (TypeError, ValueError, ZeroDivisionError) as e:
         raise UserError(f"{path}: a setting has an unusable value ({e})") from None
     for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "mlp_hidden"):

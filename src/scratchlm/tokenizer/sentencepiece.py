@@ -14,9 +14,9 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from .common import UserError
-from .config import TokenizerConfig
-from .tokenizer import SP_FILE, SPECIALS, Tokenizer, cpu_threads
+from ..common import UserError
+from ..config import TokenizerConfig
+from .base import SP_FILE, SPECIALS, Tokenizer, cpu_threads
 
 UNK = "<unk>"
 WS = "\u2581"  # SentencePiece's visible space
@@ -28,6 +28,9 @@ _SCORE_GRID = 32
 
 
 class SentencePieceTokenizer(Tokenizer):
+    kinds = ("unigram", "bpe")
+    native_file = SP_FILE
+
     def __init__(self, model_bytes: bytes, kind: str, meta: dict | None = None):
         import sentencepiece as spm
 
@@ -77,9 +80,6 @@ class SentencePieceTokenizer(Tokenizer):
 
     def fallback_mask(self) -> np.ndarray:
         return np.array([self.sp.is_byte(i) for i in range(self.vocab_size)], dtype=bool)
-
-    def _native_files(self) -> dict[str, bytes]:
-        return {SP_FILE: self.native}
 
     def _hf_config(self) -> dict:
         return {**super()._hf_config(), "unk_token": UNK}
