@@ -43,7 +43,6 @@ def _summary(total_nats: float, total_tokens: int, total_bytes: int | None) -> d
     return out
 
 
-@torch.no_grad()
 def evaluate_loss(
     model,
     shards: TokenShards,
@@ -57,12 +56,18 @@ def evaluate_loss(
 
     The quick estimate used during training; `score_tokens` is the full sliding-window evaluation.
     """
+    windows = sequential_windows(shards, batch_size, model.config.block_size, max_batches)
+    return batches_loss(model, ((x, _unscored(y, skip_id)) for x, y in windows), device, token_bytes)
+
+
+@torch.no_grad()
+def batches_loss(model, batches, device, token_bytes: np.ndarray | None = None) -> dict:
+    """Loss per scored token (targets >= 0) over (x, y) batches; bits per byte when token_bytes is given."""
     was_training = model.training
     model.eval()
     total_nats, total_tokens, total_bytes = 0.0, 0, 0
-    block = model.config.block_size
-    for x, y in sequential_windows(shards, batch_size, block, max_batches):
-        x, y = x.to(device), _unscored(y, skip_id).to(device)
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
         logits, _ = model(x)
         nats = torch.nn.functional.cross_entropy(
             logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), ignore_index=-1, reduction="sum"
