@@ -238,3 +238,13 @@ def test_the_cli_applies_sft_defaults_and_the_bundled_set(trained_run_template, 
     stats = json.loads((run / "sft_data.json").read_text())
     assert stats["train"]["conversations"] + stats["val"]["conversations"] == 175
     assert [d.name for d in step_dirs(Run.at(run))] == ["step_000003"]
+
+
+def test_eval_of_an_sft_run_scores_its_held_out_replies(tuned, capsys):
+    assert main(["eval", str(tuned)]) == 0
+    out = capsys.readouterr().out
+    assert "on sft val" in out and "replies of 4 held-out conversations" in out
+    result = json.loads((tuned / "eval.json").read_text())
+    assert result["end_rate"] == 1.0 and result["loss"] < 1.0
+    report = (tuned / "report.md").read_text()
+    assert "replies that end with" in report and "User: What is the capital of France?" in report

@@ -15,24 +15,13 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-
-from .chat_template import render, stop_ids
 from .checkpoint import read_metadata, resolve_weights
 from .common import UserError, atomic_write_text, rank0_print
-from .config import RunConfig, SampleConfig
-from .data.sft import (
-    Conversation,
-    PackedBatches,
-    bundled_sft,
-    describe,
-    encode_conversations,
-    read_conversations,
-    sequential_batches,
-)
+from .config import RunConfig
+from .data.sft import PackedBatches, describe, encode_conversations, sequential_batches, split_conversations
 from .evaluate import batches_loss
 from .run import Run
-from .sample import generate_ids
+from .sample import share_that_end
 from .tokenizer import Tokenizer
 from .trainer import Session, TrainData, fit
 
@@ -83,33 +72,10 @@ def _copy_tokenizer(base: Run, run: Run) -> None:
     os.replace(tmp, run.tokenizer_dir)
 
 
-def read_split(s: Session) -> tuple[list[Conversation], list[Conversation]]:
-    """The training and validation conversations: val_inputs, or a seeded val_fraction of the inputs."""
-    sc = s.cfg.sft
-    options = dict(
-        shape=sc.shape,
-        prompt_field=sc.prompt_field,
-        response_field=sc.response_field,
-        system_prompt=sc.system_prompt,
-    )
-    train = read_conversations([_local(p, s) for p in sc.inputs] or [bundled_sft()], **options)
-    if sc.val_inputs:
-        return train, read_conversations([_local(p, s) for p in sc.val_inputs], **options)
-    n_val = round(len(train) * sc.val_fraction)
-    if sc.val_fraction > 0 and len(train) >= 2:
-        n_val = min(max(1, n_val), len(train) - 1)
-    if n_val == 0:
-        rank0_print("no validation conversations (--sft.val_fraction 0): validating on the training ones")
-        return train, train
-    order = np.random.default_rng(s.cfg.train.seed).permutation(len(train))
-    held = set(order[:n_val].tolist())
-    return [c for i, c in enumerate(train) if i not in held], [train[i] for i in sorted(held)]
-
-
 def sft_data(s: Session) -> TrainData:
     """Packed conversations for training; loss per reply token and the share of replies that end, for val."""
     tc, sc, tok, block = s.cfg.train, s.cfg.sft, s.tokenizer, s.cfg.model.block_size
-    train_convs, val_convs = read_split(s)
+    train_convs, val_convs = split_conversations(s.cfg, s.run.root)
     examples = encode_conversations(train_convs, tok, block)
     val_examples = encode_conversations(val_convs, tok, block)
     if not len(examples):
@@ -142,43 +108,9 @@ def sft_data(s: Session) -> TrainData:
     prompts = [c.messages[:-1] for c in val_convs[: sc.check_prompts]]
 
     def replies_that_end(model) -> dict:
-        return {"end_rate": end_rate(model, tok, prompts, sc.check_tokens)} if prompts else {}
+        return {"end_rate": share_that_end(model, tok, prompts, sc.check_tokens)} if prompts else {}
 
     def on_start() -> None:
         atomic_write_text(s.run.root / STATS_FILE, json.dumps(stats, indent=2) + "\n")
 
     return TrainData(batches, validate, pad_id=tok.pad_id, extra_metrics=replies_that_end, on_start=on_start)
-
-
-def end_rate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int) -> float:
-    """Share of greedy replies that end with <|end|> (or <|eos|>) within max_new_tokens."""
-    stops, greedy = set(stop_ids(tokenizer)), SampleConfig(temperature=0.0, max_new_tokens=max_new_tokens)
-    was_training = model.training
-    model.eval()
-    ended = 0
-    for messages in prompts:
-        ids = render(messages, tokenizer, add_generation_prompt=True).ids[-model.config.block_size :]
-        ended += sum(1 for _ in generate_ids(model, ids, greedy, stops)) < max_new_tokens
-    model.train(was_training)
-    return ended / len(prompts)
-
-
-def _local(spec: str, s: Session) -> str:
-    """A file path as given; hf:OWNER/NAME is read from the hub once into RUN/sft_inputs/ as JSONL."""
-    if not spec.startswith("hf:"):
-        return spec
-    name = spec[3:]
-    dest = s.run.root / "sft_inputs" / (name.replace("/", "__") + ".jsonl")
-    if not dest.is_file():
-        try:
-            import datasets
-        except ImportError:
-            raise UserError(f"--input {spec} needs the datasets package: pip install datasets") from None
-        try:
-            rows = datasets.load_dataset(name, s.cfg.data.hf_config or None, split=s.cfg.data.hf_split)
-            lines = "".join(json.dumps(dict(r), ensure_ascii=False, default=str) + "\n" for r in rows)
-        except Exception as e:  # no network, no such dataset, no such split: one line naming the input
-            first = str(e).splitlines()[0] if str(e) else ""
-            raise UserError(f"--input {spec}: cannot load it from the Hugging Face hub ({first})") from None
-        atomic_write_text(dest, lines)
-    return str(dest)
