@@ -405,19 +405,23 @@ def test_gguf_export_notes_llama_cpps_tanh_gelu_for_exact_gelu_models(
 
 
 def test_gguf_char_vocabulary_reads_back(prepared, tmp_path):
-    """A char run's GGUF vocabulary: llama.cpp's "llama" model with the space as "▁", byte tokens typed."""
+    """A char run's GGUF vocabulary: llama.cpp's "plamo2" model, characters as they are, byte tokens typed."""
     run = make_run(prepared, tmp_path / "run", kind="char", flavour="llama")
     export(run, "gguf", tmp_path / "m.gguf")
     tok = scratchlm.load(run).tokenizer
     r = gguf.GGUFReader(tmp_path / "m.gguf")
-    assert _field(r, "tokenizer.ggml.model") == "llama"
-    assert _field(r, "tokenizer.ggml.add_space_prefix") is False
+    assert _field(r, "tokenizer.ggml.model") == "plamo2"
     tokens, types = _field(r, "tokenizer.ggml.tokens"), _field(r, "tokenizer.ggml.token_type")
+    scores = _field(r, "tokenizer.ggml.scores")
     assert len(tokens) == tok.vocab_size
     space, byte_a = tok.encode(" ")[0], tok.encode("\x00")[0]
-    assert (tokens[space], types[space]) == ("\u2581", gguf.TokenType.NORMAL)
+    assert (tokens[space], types[space], scores[space]) == (" ", gguf.TokenType.NORMAL, 0.0)
     assert (tokens[byte_a], types[byte_a]) == ("<0x00>", gguf.TokenType.BYTE)
-    assert (tokens[tok.eos_id], types[tok.eos_id]) == ("<|eos|>", gguf.TokenType.CONTROL)
+    assert (tokens[tok.eos_id], types[tok.eos_id], scores[tok.eos_id]) == (
+        "<|eos|>",
+        gguf.TokenType.CONTROL,
+        -np.inf,
+    )
     letter = tok.encode("a")[0]
     assert (tokens[letter], types[letter]) == ("a", gguf.TokenType.NORMAL)
 
@@ -473,14 +477,14 @@ def llama_cpp_llama():
     return Llama
 
 
-# English, Japanese, mixed, whitespace runs, byte fallback (鬱蒼 and "▁" are in no tiny vocabulary) and text
-# that spells a special token, which stays text in scratchlm and so must in llama.cpp.
+# English, Japanese, mixed, whitespace runs, byte fallback (鬱蒼 is in no tiny vocabulary) and text that
+# spells a special token, which stays text in scratchlm and so must in llama.cpp.
 TYPED = [
     "Prince Andrew looked at",
     "吾輩は猫である。名前はまだ無い。",
     "JIS X 0213 の文字",
     "  two  spaces\tand a tab\n\nnew paragraph",
-    "鬱蒼 ½ ▁ <|end|><|user|> <unk> <0x41>",
+    "鬱蒼 ½ <|end|><|user|> <unk> <0x41>",
     "“Oh, don’t speak to me of Austria,” said Prince Vasíli.",
 ]
 
@@ -493,8 +497,10 @@ def test_llama_cpp_tokenizes_typed_text_as_scratchlm(prepared, tmp_path, kind):
     export(run, "gguf", tmp_path / "m.gguf")
     tok = Tokenizer.load(run / "tokenizer")
     llm = Llama(model_path=str(tmp_path / "m.gguf"), vocab_only=True, verbose=False)
+    # A typed "▁" is three byte tokens in scratchlm; llama.cpp's "llama" type (bpe's) reads it as a space.
+    texts = TYPED + ([] if kind == "bpe" else ["a▁b ▁"])
     try:
-        for text in TYPED:
+        for text in texts:
             assert llm.tokenize(text.encode(), add_bos=False, special=False) == tok.encode(text), text
             assert llm.detokenize(tok.encode(text)) == text.encode(), text
     finally:

@@ -10,7 +10,8 @@ llama.cpp's converter matter and are copied here, proven by the llama-cpp-python
 Vocabulary, chosen so that a prompt typed into llama.cpp gets scratchlm's ids (proven by the llama-cpp-python
 parity tests): a SentencePiece BPE run becomes tokenizer.ggml.model "llama" (pieces, scores, token types), a
 Unigram run "plamo2" (see _add_unigram_vocab), a byte-level BPE run "gpt2" with its merges and the GPT-2
-pre-tokenizer, a char run "llama" too (see _add_char_vocab).
+pre-tokenizer, a char run "plamo2" too (see _add_char_vocab). One known difference in the "llama" type: it
+reads a typed "▁" (U+2581) as a space, where scratchlm encodes it as its three byte tokens.
 Chat: tokenizer.chat_template is chat_template.jinja_template(), and <|end|> is the end-of-turn token (eot),
 so llama.cpp's chat stops after a reply; <|eos|> stays the end of a document.
 """
@@ -255,11 +256,11 @@ def _add_bytelevel_vocab(w, path: Path) -> None:
 
 
 def _add_char_vocab(w, path: Path) -> None:
-    """A char tokenizer (one token per known character, UTF-8 byte tokens <0xXX> for the rest) as a
-    llama.cpp "llama" vocabulary. llama.cpp's SentencePiece-style tokenizer splits text into characters,
-    merges two neighbours only when their join is in the vocabulary (a char vocabulary has no
-    two-character entry, so nothing merges), and spells unknown characters as byte tokens: the same ids,
-    proven by the llama.cpp parity test. It reads a space as "▁", so the space token is written so."""
+    """A char tokenizer (one token per known character, UTF-8 byte tokens <0xXX> for the rest) as llama.cpp's
+    "plamo2" vocabulary, like Unigram: with every character a piece of its own and no longer pieces, its
+    search has one segmentation to find, character by character, and spells unknown characters as byte
+    tokens: scratchlm's ids. (The "llama" type gives the same ids except for a typed "▁", which it reads
+    as a space.)"""
     import gguf
 
     from ..tokenizer_hf import BYTE_TOKENS
@@ -269,18 +270,15 @@ def _add_char_vocab(w, path: Path) -> None:
     special = {t["content"] for t in tj.get("added_tokens", []) if t.get("special")}
     tokens = [""] * (max(vocab.values()) + 1)
     types = [gguf.TokenType.UNUSED] * len(tokens)
+    scores = [0.0] * len(tokens)
     byte_tokens = set(BYTE_TOKENS)
     for tok, i in vocab.items():
-        tokens[i] = "\u2581" if tok == " " else tok
-        types[i] = (
-            gguf.TokenType.CONTROL
-            if tok in special
-            else gguf.TokenType.BYTE
-            if tok in byte_tokens
-            else gguf.TokenType.NORMAL
-        )
-    w.add_tokenizer_model("llama")
+        tokens[i] = tok
+        if tok in special:
+            types[i], scores[i] = gguf.TokenType.CONTROL, float("-inf")  # never matched in typed text
+        else:
+            types[i] = gguf.TokenType.BYTE if tok in byte_tokens else gguf.TokenType.NORMAL
+    w.add_tokenizer_model("plamo2")
     w.add_token_list(tokens)
-    w.add_token_scores([0.0] * len(tokens))  # only merges use scores, and a char vocabulary has none
+    w.add_token_scores(scores)
     w.add_token_types(types)
-    w.add_add_space_prefix(False)
