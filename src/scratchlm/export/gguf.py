@@ -150,10 +150,8 @@ def _add_vocab(w, tok_dir: Path, tokenizer) -> None:
     # makes `llama-cli -p TEXT` see what `scratchlm sample RUN TEXT` feeds the model.
     w.add_bos_token_id(start_id(tokenizer))
     w.add_eos_token_id(tokenizer.eos_id)
-    # llama.cpp stops generating at every end-of-generation token: eos and eot both (stop_ids' order).
-    end, eos = chat_template.stop_ids(tokenizer)
-    assert eos == tokenizer.eos_id
-    w.add_eot_token_id(end)
+    # <|end|>: llama.cpp stops generating at eot as at eos, so a chat reply ends where scratchlm's does.
+    w.add_eot_token_id(chat_template.stop_ids(tokenizer)[0])
     w.add_pad_token_id(tokenizer.pad_id)
     w.add_add_bos_token(True)
     w.add_add_eos_token(False)
@@ -189,14 +187,14 @@ def _add_unigram_vocab(w, proto) -> None:
     """A SentencePiece Unigram vocabulary as llama.cpp's "plamo2" tokenizer: the same Viterbi search over
     the piece scores, with byte fallback for characters the vocabulary lacks.
 
-    Why not llama.cpp's other Unigram-capable types (measured on a 4,096-piece War and Peace tokenizer,
-    typed text vs scratchlm's ids): "llama" merges greedily (13 tokens for a 4-token prompt); "t5" (UGM)
-    is Viterbi but has no byte fallback, so every character outside the vocabulary becomes <unk>: 2% of
-    English lines, 99.7% of Japanese lines (31% with a tokenizer trained on Japanese too). "plamo2" differs
-    only where two segmentations score exactly the same: SentencePiece keeps the longest last piece,
-    PLaMo-2 the longest first one ("    " is "▁|▁▁▁" in one, "▁▁▁|▁" in the other): 1.5% of English and
-    0.5% of Japanese lines, each an equally likely segmentation of the same text. No choice of scores
-    can change that: both segmentations hold the same pieces.
+    Why not llama.cpp's other types (typed lines whose ids differ from scratchlm's, measured with 4,096-piece
+    tokenizers of War and Peace, alone or with Soseki's "I Am a Cat"): "llama" merges greedily (13 tokens
+    for a 4-token prompt); "t5" (UGM) searches as SentencePiece does but has no byte fallback, so every
+    character outside the vocabulary becomes <unk>: 2% of English lines, 99.7% of Japanese lines (31% with
+    Soseki in the tokenizer). "plamo2" differs only where two segmentations score exactly the same, as
+    permutations of the same pieces do: SentencePiece keeps the longest last piece, PLaMo-2 the longest first
+    ("    " is "▁|▁▁▁" in one, "▁▁▁|▁" in the other), 1.5% of English and 0.5% of Japanese lines, each an
+    equally likely segmentation of the same text. No choice of scores can separate two permutations.
 
     PLaMo-2 reads pieces as plain text (a space, not "▁"), byte tokens as <0xXX> of type BYTE, and gives
     every other token its score: control and unknown tokens get -inf, which it skips, so typed text such
