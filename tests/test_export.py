@@ -552,13 +552,12 @@ def test_llama_cpp_chat_completion_renders_scratchlm_template_and_stops_at_end(p
     llm = Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=128, n_threads=1, verbose=False)
     try:
         out = llm.create_chat_completion(messages=messages, max_tokens=12, temperature=0, repeat_penalty=1.0)
-        fed = llm.input_ids[: llm.n_tokens].tolist()
+        fed = llm.input_ids.tolist()  # the prompt and the reply, as evaluated (<|end|> is only sampled)
     finally:
         llm.close()
     choice = out["choices"][0]
     assert choice["finish_reason"] == "stop", out
-    assert out["usage"]["prompt_tokens"] == len(prompt) and fed[: len(prompt)] == prompt
-    assert fed[len(prompt) :] == reply[: k - 1]  # the last reply token is sampled, never evaluated
+    assert out["usage"]["prompt_tokens"] == len(prompt) and fed == prompt + reply[:k]
     assert choice["message"]["content"] == tok.decode(reply[:k])
 
 
