@@ -405,23 +405,19 @@ def test_gguf_export_notes_llama_cpps_tanh_gelu_for_exact_gelu_models(
 
 
 def test_gguf_char_vocabulary_reads_back(prepared, tmp_path):
-    """A char run's GGUF vocabulary: llama.cpp's "plamo2" model, characters as they are, byte tokens typed."""
+    """A char run's GGUF vocabulary: llama.cpp's "llama" model with the space as "▁", byte tokens typed."""
     run = make_run(prepared, tmp_path / "run", kind="char", flavour="llama")
     export(run, "gguf", tmp_path / "m.gguf")
     tok = scratchlm.load(run).tokenizer
     r = gguf.GGUFReader(tmp_path / "m.gguf")
-    assert _field(r, "tokenizer.ggml.model") == "plamo2"
+    assert _field(r, "tokenizer.ggml.model") == "llama"
+    assert _field(r, "tokenizer.ggml.add_space_prefix") is False
     tokens, types = _field(r, "tokenizer.ggml.tokens"), _field(r, "tokenizer.ggml.token_type")
-    scores = _field(r, "tokenizer.ggml.scores")
     assert len(tokens) == tok.vocab_size
     space, byte_a = tok.encode(" ")[0], tok.encode("\x00")[0]
-    assert (tokens[space], types[space], scores[space]) == (" ", gguf.TokenType.NORMAL, 0.0)
+    assert (tokens[space], types[space]) == ("\u2581", gguf.TokenType.NORMAL)
     assert (tokens[byte_a], types[byte_a]) == ("<0x00>", gguf.TokenType.BYTE)
-    assert (tokens[tok.eos_id], types[tok.eos_id], scores[tok.eos_id]) == (
-        "<|eos|>",
-        gguf.TokenType.CONTROL,
-        -np.inf,
-    )
+    assert (tokens[tok.eos_id], types[tok.eos_id]) == ("<|eos|>", gguf.TokenType.CONTROL)
     letter = tok.encode("a")[0]
     assert (tokens[letter], types[letter]) == ("a", gguf.TokenType.NORMAL)
 
@@ -450,8 +446,11 @@ def test_llama_cpp_greedy_output_equals_scratchlm(prepared, tmp_path, variant, k
         for prompt in PROMPTS + ["  two  spaces\tand a tab\n鬱蒼"]:
             ids = prompt_ids(lm, prompt)
             assert llm.detokenize(ids[1:]) == prompt.encode()  # the GGUF vocabulary spells text back
-            # llama.cpp's tokenizer, its automatic BOS included, gives scratchlm's ids.
-            assert llm.tokenize(prompt.encode(), add_bos=True, special=False) == ids, prompt
+            # llama.cpp's tokenizer, its automatic BOS included, gives scratchlm's ids; llama.cpp's PLaMo-2
+            # tokenizer (Unigram's) adds no BOS, so there the prompt must start with "<|bos|>" itself.
+            typed = llm.tokenize(prompt.encode(), add_bos=True, special=False)
+            assert typed == (ids if kind != "unigram" else ids[1:]), prompt
+            assert llm.tokenize(b"<|bos|>" + prompt.encode(), add_bos=False, special=True) == ids, prompt
             llm.reset()
             llm.eval(ids)
             with torch.no_grad():
@@ -497,8 +496,9 @@ def test_llama_cpp_tokenizes_typed_text_as_scratchlm(prepared, tmp_path, kind):
     export(run, "gguf", tmp_path / "m.gguf")
     tok = Tokenizer.load(run / "tokenizer")
     llm = Llama(model_path=str(tmp_path / "m.gguf"), vocab_only=True, verbose=False)
-    # A typed "▁" is three byte tokens in scratchlm; llama.cpp's "llama" type (bpe's) reads it as a space.
-    texts = TYPED + ([] if kind == "bpe" else ["a▁b ▁"])
+    # A typed "▁" is three byte tokens in scratchlm; llama.cpp's "llama" type (bpe's, char's) reads it as a
+    # space.
+    texts = TYPED + (["a▁b ▁"] if kind in ("unigram", "bytelevel") else [])
     try:
         for text in texts:
             assert llm.tokenize(text.encode(), add_bos=False, special=False) == tok.encode(text), text
@@ -536,10 +536,10 @@ def test_llama_cpp_chat_completion_renders_scratchlm_template_and_stops_at_end(p
     base = scratchlm.load(make_run(prepared, tmp_path / "base", **FLAVOURS["llama"]))
     tok = base.tokenizer
     prompt = render(messages, tok, add_generation_prompt=True).ids
-    reply = greedy(base, prompt, 12)
-    # The model ends its reply after k tokens once <|end|> takes the head row of the token it picked
+    reply = greedy(base, prompt, 16)
+    # The model ends its reply after k >= 3 tokens once <|end|> takes the head row of the token it picked
     # there (an untied head: the inputs, so the first k tokens, stay the same).
-    k = next(i for i in range(1, len(reply)) if reply[i] not in reply[:i])
+    k = next(i for i in range(3, len(reply)) if reply[i] not in reply[:i])
     end = tok.special_ids["<|end|>"]
 
     def swap(model):
@@ -547,18 +547,19 @@ def test_llama_cpp_chat_completion_renders_scratchlm_template_and_stops_at_end(p
         w[[reply[k], end]] = w[[end, reply[k]]]
 
     run = make_run(prepared, tmp_path / "run", edit=swap, **FLAVOURS["llama"])
-    assert greedy(scratchlm.load(run), prompt, 12) == reply[:k]
+    assert greedy(scratchlm.load(run), prompt, 16) == reply[:k]
     export(run, "gguf", tmp_path / "m.gguf")
     llm = Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=128, n_threads=1, verbose=False)
     try:
-        out = llm.create_chat_completion(messages=messages, max_tokens=12, temperature=0, repeat_penalty=1.0)
-        fed = llm.input_ids.tolist()  # the prompt and the reply, as evaluated (<|end|> is only sampled)
+        out = llm.create_chat_completion(messages=messages, max_tokens=16, temperature=0, repeat_penalty=1.0)
+        fed = llm.input_ids[: llm.n_tokens].tolist()  # prompt and reply as evaluated; <|end|> only sampled
     finally:
         llm.close()
     choice = out["choices"][0]
     assert choice["finish_reason"] == "stop", out
     assert out["usage"]["prompt_tokens"] == len(prompt) and fed == prompt + reply[:k]
-    assert choice["message"]["content"] == tok.decode(reply[:k])
+    # Random weights emit stray UTF-8 bytes: SentencePiece decodes them as U+FFFD, llama-cpp-python drops them
+    assert choice["message"]["content"] == tok.decode(reply[:k]).replace("\ufffd", "")
 
 
 # ---------------------------------------------------------------- bad input

@@ -10,7 +10,7 @@ llama.cpp's converter matter and are copied here, proven by the llama-cpp-python
 Vocabulary, chosen so that a prompt typed into llama.cpp gets scratchlm's ids (proven by the llama-cpp-python
 parity tests): a SentencePiece BPE run becomes tokenizer.ggml.model "llama" (pieces, scores, token types), a
 Unigram run "plamo2" (see _add_unigram_vocab), a byte-level BPE run "gpt2" with its merges and the GPT-2
-pre-tokenizer, a char run "plamo2" too (see _add_char_vocab). One known difference in the "llama" type: it
+pre-tokenizer, a char run "llama" too (see _add_char_vocab). One known difference of the "llama" type: it
 reads a typed "▁" (U+2581) as a space, where scratchlm encodes it as its three byte tokens.
 Chat: tokenizer.chat_template is chat_template.jinja_template(), and <|end|> is the end-of-turn token (eot),
 so llama.cpp's chat stops after a reply; <|eos|> stays the end of a document.
@@ -146,8 +146,9 @@ def _add_vocab(w, tok_dir: Path, tokenizer) -> None:
             "(full-width letters, ligatures...) tokenize differently in llama.cpp",
             file=sys.stderr,
         )
-    # llama.cpp puts the BOS token before every prompt: declaring scratchlm's start token (<|eos|>) as BOS
-    # makes `llama-cli -p TEXT` see what `scratchlm sample RUN TEXT` feeds the model.
+    # llama.cpp puts the BOS token before every prompt (not with the "plamo2" vocabulary: see
+    # _add_unigram_vocab): declaring scratchlm's start token as BOS makes `llama-cli -p TEXT` see what
+    # `scratchlm sample RUN TEXT` feeds the model.
     w.add_bos_token_id(start_id(tokenizer))
     w.add_eos_token_id(tokenizer.eos_id)
     # <|end|>: llama.cpp stops generating at eot as at eos, so a chat reply ends where scratchlm's does.
@@ -199,6 +200,10 @@ def _add_unigram_vocab(w, proto) -> None:
     PLaMo-2 reads pieces as plain text (a space, not "▁"), byte tokens as <0xXX> of type BYTE, and gives
     every other token its score: control and unknown tokens get -inf, which it skips, so typed text such
     as "<|end|>" stays text, as in scratchlm.
+
+    One cost: llama.cpp's PLaMo-2 tokenizer never adds the BOS token (llama_tokenize's add_special does
+    nothing there). Chat templates write <|bos|> themselves; a plain completion prompt must start with
+    the <|bos|> token too (the text "<|bos|>" where special tokens are parsed) to match `scratchlm sample`.
     """
     from sentencepiece import sentencepiece_model_pb2 as pb
 
@@ -254,11 +259,11 @@ def _add_bytelevel_vocab(w, path: Path) -> None:
 
 
 def _add_char_vocab(w, path: Path) -> None:
-    """A char tokenizer (one token per known character, UTF-8 byte tokens <0xXX> for the rest) as llama.cpp's
-    "plamo2" vocabulary, like Unigram: with every character a piece of its own and no longer pieces, its
-    search has one segmentation to find, character by character, and spells unknown characters as byte
-    tokens: scratchlm's ids. (The "llama" type gives the same ids except for a typed "▁", which it reads
-    as a space.)"""
+    """A char tokenizer (one token per known character, UTF-8 byte tokens <0xXX> for the rest) as a
+    llama.cpp "llama" vocabulary. llama.cpp's SentencePiece-style tokenizer splits text into characters,
+    merges two neighbours only when their join is in the vocabulary (a char vocabulary has no
+    two-character entry, so nothing merges), and spells unknown characters as byte tokens: the same ids,
+    proven by the llama.cpp parity test. It reads a space as "▁", so the space token is written so."""
     import gguf
 
     from ..tokenizer_hf import BYTE_TOKENS
@@ -268,15 +273,18 @@ def _add_char_vocab(w, path: Path) -> None:
     special = {t["content"] for t in tj.get("added_tokens", []) if t.get("special")}
     tokens = [""] * (max(vocab.values()) + 1)
     types = [gguf.TokenType.UNUSED] * len(tokens)
-    scores = [0.0] * len(tokens)
     byte_tokens = set(BYTE_TOKENS)
     for tok, i in vocab.items():
-        tokens[i] = tok
-        if tok in special:
-            types[i], scores[i] = gguf.TokenType.CONTROL, float("-inf")  # never matched in typed text
-        else:
-            types[i] = gguf.TokenType.BYTE if tok in byte_tokens else gguf.TokenType.NORMAL
-    w.add_tokenizer_model("plamo2")
+        tokens[i] = "\u2581" if tok == " " else tok
+        types[i] = (
+            gguf.TokenType.CONTROL
+            if tok in special
+            else gguf.TokenType.BYTE
+            if tok in byte_tokens
+            else gguf.TokenType.NORMAL
+        )
+    w.add_tokenizer_model("llama")
     w.add_token_list(tokens)
-    w.add_token_scores(scores)
+    w.add_token_scores([0.0] * len(tokens))  # only merges use scores, and a char vocabulary has none
     w.add_token_types(types)
+    w.add_add_space_prefix(False)
