@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import select
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -164,14 +167,182 @@ def test_llama_with_a_gelu_choice_is_a_user_error(trained_run, capsys):
     )
 
 
-def test_a_run_prepared_before_the_activation_option_keeps_tanh_gelu(trained_run, monkeypatch):
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "RUN", "--train.lr", "-1"], "--train.lr -1: must be a number > 0"),
+        (["train", "RUN", "--train.batch-size", "0"], "--train.batch-size 0: must be an integer >= 1"),
+        (["train", "RUN", "--train.grad-accum", "0"], "--train.grad-accum 0: must be an integer >= 1"),
+        (["train", "RUN", "--model.dropout", "1.5"], "--model.dropout 1.5: must be a number >= 0 and < 1"),
+        (["train", "RUN", "--train.eval_interval", "0"], "--train.eval-interval 0: must be an integer >= 1"),
+        (["train", "RUN", "--train.warmup-steps", "-1"], "--train.warmup-steps -1: must be an integer >= 0"),
+        (["train", "RUN", "--train.keep-last", "0"], "--train.keep-last 0: must be an integer >= 1"),
+        (
+            ["prepare", "RUN", "--tokenizer.vocab-size", "0"],
+            "--tokenizer.vocab-size 0: must be an integer >= 1",
+        ),
+        (["sample", "RUN", "x", "--top-p", "0"], "--top-p 0: must be a number > 0 and <= 1"),
+        (["sample", "RUN", "x", "--top-p", "2"], "--top-p 2: must be a number > 0 and <= 1"),
+        (["sample", "RUN", "x", "--repetition-penalty", "0"], "--repetition-penalty 0: must be a number > 0"),
+        (["sample", "RUN", "x", "--temperature", "-1"], "--temperature -1: must be a number >= 0"),
+        (["sample", "RUN", "x", "--top-k", "-5"], "--top-k -5: must be an integer >= 0"),
+        (["sample", "RUN", "x", "--min-p", "1.5"], "--min-p 1.5: must be a number >= 0 and <= 1"),
+        (["sample", "RUN", "x", "--max-new-tokens", "-5"], "--max-new-tokens -5: must be an integer >= 1"),
+        (["eval", "RUN", "--stride", "0"], "--stride 0: must be an integer >= 1"),
+        (["train", "RUN", "--train.max-steps", "lots"], "--train.max-steps lots: must be an integer"),
+        (["train", "RUN", "--model.flavour", "gtp2"], "--model.flavour gtp2: must be one of 'gpt2', 'llama'"),
+        (
+            ["train", "RUN", "--train.compile", "maybe"],
+            "--train.compile maybe: must be true or false or null",
+        ),
+        (["train", "RUN", "--bogus"], "unrecognized arguments: --bogus (see scratchlm train --help)"),
+        (["demo", "RUN", "--steps", "0"], "--steps 0: must be an integer >= 1"),
+    ],
+)
+def test_bad_option_values_are_one_line_exit_2(tmp_path, capsys, argv, message):
+    # Checked when parsed: RUN does not even need to exist.
+    argv = [str(tmp_path / "run") if a == "RUN" else a for a in argv]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"scratchlm: error: {message}\n" and captured.out == ""
+
+
+def test_a_parse_error_is_one_line_not_the_usage(tmp_path):
+    out = run_cli("train", str(tmp_path), "--train.batch-size", "0")
+    message = "scratchlm: error: --train.batch-size 0: must be an integer >= 1\n"
+    assert out.returncode == 2 and out.stderr == message
+    out = run_cli("sample")
+    assert out.returncode == 2 and len(out.stderr.splitlines()) == 1 and "run" in out.stderr
+
+
+def test_options_may_come_between_run_and_prompt(trained_run, capsys):
+    assert main(["sample", str(trained_run), "--max-new-tokens", "20", "--seed", "3", "Prince"]) == 0
+    between = capsys.readouterr().out
+    assert main(["sample", str(trained_run), "Prince", "--max-new-tokens", "20", "--seed", "3"]) == 0
+    after = capsys.readouterr().out
+    assert between == after and between.startswith("Prince") and len(between) > len("Prince\n")
+
+
+def test_two_prompts_are_one_line_exit_2(trained_run, capsys):
+    assert main(["sample", str(trained_run), "Prince", "Andrew"]) == 2
+    assert "quote a PROMPT with spaces" in capsys.readouterr().err
+
+
+def test_unknown_key_in_a_recipe_names_the_file_and_the_key(tmp_path, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model:\n  n_layr: 3\n")
+    for command in ("train", "prepare"):  # a typo in any section is caught, whichever command reads it
+        assert main([command, str(tmp_path / "run"), "--config", str(recipe)]) == 2
+        err = capsys.readouterr().err
+        assert err == f"scratchlm: error: --config {recipe}: unknown key 'model.n_layr'\n"
+
+
+def test_a_recipe_value_out_of_range_is_one_line(tmp_path, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("train:\n  batch_size: 0\n")
+    assert main(["train", str(tmp_path / "run"), "--config", str(recipe)]) == 2
+    assert capsys.readouterr().err == "scratchlm: error: --train.batch-size 0: must be an integer >= 1\n"
+
+
+def test_flags_before_a_recipe_give_way_to_it_flags_after_win(tmp_path, monkeypatch):
     import scratchlm.train as train_mod
 
     seen = []
     monkeypatch.setattr(train_mod, "train", lambda run, cfg, resume: seen.append(cfg))
-    saved = yaml.safe_load((trained_run / "config.yaml").read_text())
-    del saved["model"]["activation"]
-    (trained_run / "config.yaml").write_text(yaml.safe_dump(saved))
-    assert main(["train", str(trained_run)]) == 0
-    assert main(["train", str(trained_run), "--model.activation", "gelu"]) == 0
-    assert [cfg.model.activation for cfg in seen] == ["gelu_tanh", "gelu"]
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model:\n  n_layer: 3\n")
+    run = str(tmp_path / "run")
+    assert main(["train", run, "--model.n-layer", "5", "--config", str(recipe)]) == 0
+    assert main(["train", run, "--config", str(recipe), "--model.n-layer", "5"]) == 0
+    assert [cfg.model.n_layer for cfg in seen] == [3, 5]
+
+
+def test_a_bad_value_in_a_runs_saved_config_names_the_file(trained_run, capsys):
+    path = trained_run / "config.yaml"
+    saved = yaml.safe_load(path.read_text())
+    saved["train"]["lr"] = -1
+    path.write_text(yaml.safe_dump(saved))
+    assert main(["train", str(trained_run)]) == 2
+    assert capsys.readouterr().err == f"scratchlm: error: {path}: train.lr -1: must be a number > 0\n"
+
+
+@pytest.mark.parametrize("flag", ["--print_config", "--print-config"])
+def test_print_config_shows_the_merged_settings(trained_run, tmp_path, monkeypatch, capsys, flag):
+    import scratchlm.train as train_mod
+
+    monkeypatch.setattr(train_mod, "train", lambda *a, **k: pytest.fail("--print_config must not train"))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model:\n  n_layer: 3\n")
+    argv = ["train", str(trained_run), "--preset", "small", "--config", str(recipe), "--train.max-steps", "7"]
+    assert main([*argv, flag]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["model"]["n_embd"] == 384  # the preset
+    assert shown["model"]["n_layer"] == 3 and shown["train"]["max_steps"] == 7  # the recipe, the flag
+    assert shown["data"] == yaml.safe_load((trained_run / "config.yaml").read_text())["data"]
+
+
+def test_prepare_into_a_file_is_one_line(tmp_path, capsys):
+    path = tmp_path / "notes.txt"
+    path.write_text("not a run")
+    assert main(["prepare", str(path)]) == 2
+    assert capsys.readouterr().err == f"scratchlm: error: {path}: is a file, not a run directory\n"
+
+
+def test_a_failed_write_comes_after_the_result_in_one_line(trained_run, monkeypatch, capsys):
+    # What a read-only run does, as root too: creating the temporary file beside the result fails.
+    import scratchlm.common as common
+
+    def refuse(*args, dir=None, **kwargs):
+        raise PermissionError(13, "Permission denied", dir)
+
+    monkeypatch.setattr(common.tempfile, "mkstemp", refuse)
+    assert main(["eval", str(trained_run), "--prompts", "[]"]) == 2
+    captured = capsys.readouterr()
+    assert "perplexity" in captured.out
+    assert captured.err == f"scratchlm: error: {trained_run / 'eval.json'}: Permission denied\n"
+    assert main(["sample", str(trained_run), "Prince", "--max-new-tokens", "5"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out.startswith("Prince")
+    assert captured.err == f"scratchlm: error: {trained_run / 'samples.txt'}: Permission denied\n"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories anyway")
+def test_a_read_only_run_still_shows_eval_and_sample(trained_run):
+    for path in [trained_run, *trained_run.rglob("*")]:
+        path.chmod(path.stat().st_mode & ~0o222)
+    try:
+        out = run_cli("eval", str(trained_run), "--prompts", "[]")
+        assert out.returncode == 2 and "perplexity" in out.stdout
+        assert out.stderr == f"scratchlm: error: {trained_run / 'eval.json'}: Permission denied\n"
+        out = run_cli("sample", str(trained_run), "Prince", "--max-new-tokens", "5")
+        assert out.returncode == 2 and out.stdout.startswith("Prince")
+        assert out.stderr == f"scratchlm: error: {trained_run / 'samples.txt'}: Permission denied\n"
+    finally:
+        for path in [trained_run, *trained_run.rglob("*")]:
+            path.chmod(path.stat().st_mode | 0o200)
+
+
+def test_ctrl_c_in_sample_exits_130_without_a_traceback(trained_run):
+    argv = ["sample", str(trained_run), "The", "--max-new-tokens", "1000000"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scratchlm", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 120)  # generating: the prompt has been printed
+        assert ready, "sample printed nothing in 120 s"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and err.decode().strip() == "scratchlm: interrupted"
+
+
+def test_a_second_ctrl_c_in_train_exits_130_without_a_traceback(trained_run, monkeypatch, capsys):
+    import scratchlm.train as train_mod
+
+    def interrupted(*args, **kwargs):  # what train's StopFlag raises on the second Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "train", interrupted)
+    assert main(["train", str(trained_run)]) == 130
+    assert capsys.readouterr().err.strip() == "scratchlm: interrupted"

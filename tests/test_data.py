@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -432,3 +433,19 @@ def test_cli_prepare_with_filters_and_bad_jsonl(tmp_path, tokenizer_dir):
     assert out.returncode == 2 and out.stderr.strip() == f"scratchlm: error: {bad}:2: not valid JSON " + (
         "(Expecting value); write one JSON object a line"
     )
+
+
+@pytest.mark.parametrize("name", ["../secret.bin", "/etc/hostname", "sub/../../secret.bin", ".."])
+def test_shard_names_in_the_manifest_stay_in_the_data_folder(tmp_path, name):
+    """A manifest edited by hand or copied from elsewhere must not make training read files outside."""
+    data = tmp_path / "run" / "data"
+    data.mkdir(parents=True)
+    (tmp_path / "run" / "secret.bin").write_bytes(b"\0" * 8)  # the right size: only the name gives it away
+    split = [{"file": name, "tokens": 4}]
+    manifest = {"tokenizer_hash": "h", "dtype": "uint16", "splits": {"train": split, "val": split}}
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match=rf"data/manifest.json: shard '{re.escape(name)}' is not a file in "):
+        open_split(data, "train")
+    (data / "manifest.json").write_text("{")
+    with pytest.raises(UserError, match="manifest.json: not valid JSON"):
+        open_split(data, "train")

@@ -4,6 +4,7 @@ and the one-line errors of bad input."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -585,10 +586,9 @@ def test_bad_input_is_one_line_exit_2(prepared, tmp_path, capsys):
         capsys, ["export", str(run), "--format", "hf", "--out", str(tmp_path / "x"), "--dtype", "q8_0"]
     )
     out = tmp_path / "exists"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
+    assert main(["export", str(run), "--format", "hf", "--out", str(out)]) == 0
     assert "--force" in _error(capsys, ["export", str(run), "--format", "hf", "--out", str(out)])
-    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").write_text("mine")
     assert main(["export", str(run), "--format", "hf", "--out", str(out), "--force"]) == 0
     assert (out / "config.json").is_file() and not (out / "keep.txt").exists()
 
@@ -609,9 +609,9 @@ def test_bad_input_is_one_line_exit_2(prepared, tmp_path, capsys):
     assert "not empty" in _error(capsys, ["import", str(out), str(run)])
 
     gguf_file = tmp_path / "m.gguf"
-    gguf_file.write_bytes(b"mine")
+    gguf_file.write_bytes(b"GGUF mine")
     assert "--force" in _error(capsys, ["export", str(run), "--format", "gguf", "--out", str(gguf_file)])
-    assert gguf_file.read_bytes() == b"mine"
+    assert gguf_file.read_bytes() == b"GGUF mine"
 
     # A GPT-2 folder whose byte-level tokenizer lacks scratchlm's special tokens (as a hub GPT-2 would).
     from tokenizers import Tokenizer as HFTokenizer
@@ -626,6 +626,107 @@ def test_bad_input_is_one_line_exit_2(prepared, tmp_path, capsys):
     err = _error(capsys, ["import", str(foreign), str(tmp_path / "imported")])
     assert "cannot use its bytelevel tokenizer" in err and "<|bos|>" in err, err
     assert not (tmp_path / "imported").exists()
+
+
+def test_export_replaces_only_what_export_wrote(prepared, tmp_path, capsys):
+    """--out with --force once deleted the run itself, or every run beside it: it must name the path and
+    refuse, leaving everything in place."""
+    runs = tmp_path / "runs"
+    run = make_run(prepared, runs / "run")
+    other = make_run(prepared, runs / "other")
+    (runs / "notes.txt").write_text("mine")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+
+    def refused(out: Path, fmt: str = "hf", *flags: str) -> str:
+        err = _error(capsys, ["export", str(run), "--format", fmt, "--out", str(out), "--force", *flags])
+        assert f"--out {out}:" in err
+        return err
+
+    assert "is the run directory" in refused(run)
+    assert "is the run directory" in refused(other)
+    assert f"is inside the run directory {run.resolve()}" in refused(run / "hf")
+    assert f"is inside the run directory {run.resolve()}" in refused(run / "model.gguf", "gguf")
+    assert "holds the run" in refused(runs)
+    assert "holds the run" in refused(tmp_path)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "a.txt").write_text("mine")
+    assert "not written by `scratchlm export`" in refused(mine)
+    assert "is a file" in refused(runs / "notes.txt")
+    assert "not a GGUF file" in refused(runs / "notes.txt", "gguf")
+    after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert after == sorted([*before, Path("mine"), Path("mine/a.txt")])
+    assert (runs / "notes.txt").read_text() == "mine" and (mine / "a.txt").read_text() == "mine"
+
+    # What export wrote it may replace; an empty folder holds nothing to lose.
+    out, empty, gguf_out = tmp_path / "out-hf", tmp_path / "empty", tmp_path / "m.gguf"
+    empty.mkdir()
+    for path, fmt in ((out, "hf"), (empty, "hf"), (gguf_out, "gguf")):
+        assert main(["export", str(run), "--format", fmt, "--out", str(path)]) == 0
+        assert main(["export", str(run), "--format", fmt, "--out", str(path), "--force"]) == 0
+    assert (out / ".scratchlm-export").is_file() and (empty / "config.json").is_file()
+    shutil.copytree(other, out / "stray-run")
+    capsys.readouterr()
+    assert "a scratchlm run was put inside" in refused(out)
+    assert (out / "stray-run" / "checkpoints").is_dir()
+
+
+def test_import_of_a_broken_folder_is_one_line_exit_2(prepared, tmp_path, capsys):
+    run = make_run(prepared, tmp_path / "run")
+    good = export(run, "hf", tmp_path / "good")
+    config = json.loads((good / "config.json").read_text())
+
+    def broken(name: str, change) -> Path:
+        folder = tmp_path / name
+        shutil.copytree(good, folder)
+        change(folder)
+        return folder
+
+    def imported(folder: Path) -> str:
+        err = _error(capsys, ["import", str(folder), str(tmp_path / f"{folder.name}-run")])
+        assert not (tmp_path / f"{folder.name}-run").exists()
+        return err
+
+    def write_config(**changes):
+        return lambda f: (f / "config.json").write_text(json.dumps({**config, **changes}))
+
+    def no_vocab_size(f: Path) -> None:
+        (f / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "vocab_size"}))
+
+    def truncated(f: Path) -> None:
+        os.truncate(f / "model.safetensors", 1000)
+
+    def sharded(shard: str):
+        def change(f: Path) -> None:
+            (f / "model.safetensors").rename(f / "model-00001-of-00001.safetensors")  # as HF names shards
+            index = {"weight_map": {"transformer.wte.weight": shard}}
+            (f / "model.safetensors.index.json").write_text(json.dumps(index))
+
+        return change
+
+    err = imported(broken("bad-json", lambda f: (f / "config.json").write_text("{not json")))
+    assert "config.json: not valid JSON" in err
+    assert "config.json: no 'vocab_size'" in imported(broken("no-vocab", no_vocab_size))
+    assert "model_type='t5'" in imported(broken("t5", write_config(model_type="t5")))
+    assert "unusable value" in imported(broken("bad-type", write_config(n_embd="wide")))
+    assert "weights do not fit config.json (size mismatch" in imported(
+        broken("shape", write_config(n_embd=32))
+    )
+    assert "model.safetensors: not a readable .safetensors" in imported(broken("truncated", truncated))
+    for i, shard in enumerate(["../../etc/passwd", "/etc/passwd", "sub/../../x.safetensors"]):
+        err = imported(broken(f"escape{i}", sharded(shard)))
+        assert f"model.safetensors.index.json: shard {shard!r} is not a file inside" in err
+    ok = broken("sharded", sharded("model-00001-of-00001.safetensors"))  # a name inside: imports
+    assert main(["import", str(ok), str(tmp_path / "sharded-run")]) == 0
+
+    def not_an_index(f: Path) -> None:
+        sharded("model-00001-of-00001.safetensors")(f)
+        (f / "model.safetensors.index.json").write_text("[]")
+
+    err = imported(broken("bad-index", not_an_index))
+    assert "model.safetensors.index.json: not a safetensors index" in err
+    err = imported(broken("gone", sharded("model-00002-of-00002.safetensors")))
+    assert "model-00002-of-00002.safetensors: missing" in err
 
 
 def test_bytelevel_bpe_vocab_is_written_as_gpt2(tmp_path):

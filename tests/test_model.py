@@ -136,37 +136,6 @@ def test_llama_refuses_a_gelu_choice():
         GPT(ModelConfig(flavour="llama", n_head=4, n_embd=32, activation="gelu_tanh"))
 
 
-def test_configs_saved_before_the_activation_option_keep_the_tanh_gelu():
-    from scratchlm.config import RunConfig
-
-    old_gpt2 = RunConfig.from_dict({"model": {"flavour": "gpt2", "n_layer": 2}})
-    assert old_gpt2.model.activation == "gelu_tanh"  # what every gpt2 model computed back then
-    assert RunConfig.from_dict({"model": {"flavour": "llama"}}).model.activation == "gelu"
-    assert RunConfig.from_dict({}).model.activation == "gelu"  # a new run: the default
-    for activation in ("gelu", "gelu_tanh"):
-        cfg = RunConfig()
-        cfg.model.activation = activation
-        assert RunConfig.from_dict(cfg.to_dict()).model.activation == activation
-
-
-def test_llama_weights_saved_before_the_fused_swiglu_projection_are_refused(tmp_path):
-    from safetensors.torch import save_file
-
-    from scratchlm.checkpoint import load_weights
-    from scratchlm.common import UserError
-
-    model = GPT(dataclasses.replace(FLAVOURS["llama"]))
-    old = {k: v.clone() for k, v in model.state_dict().items()}
-    for i in range(model.config.n_layer):  # the old layout: up in mlp.c_fc, gate in its own mlp.c_gate
-        up, gate = old[f"transformer.h.{i}.mlp.c_fc.weight"].chunk(2)
-        old[f"transformer.h.{i}.mlp.c_fc.weight"], old[f"transformer.h.{i}.mlp.c_gate.weight"] = up, gate
-    save_file(old, str(tmp_path / "model.safetensors"))
-    with pytest.raises(
-        UserError, match=r"model.safetensors: llama weights from an older scratchlm .*retrain"
-    ):
-        load_weights(model, tmp_path / "model.safetensors")
-
-
 @pytest.mark.parametrize("flavour", list(FLAVOURS))
 def test_dropout_is_active_in_training_only_and_free_at_zero(flavour):
     x = torch.randint(0, 101, (2, 12))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import unicodedata
@@ -96,14 +97,50 @@ def test_nasty_strings_round_trip(tok):
 TRICKY = [" ", "  ", "\n", "\r\n", "\t", "\u2581", "a", "猫", "😀", "<|eos|>", "\u0301", "\x00", "1"]
 
 
+# Corpora that each lack something the text may hold: a SentencePiece vocabulary trained without a
+# single space once decoded "JIS X 0213" as "JIS▁X▁0213".
+NARROW = {
+    "no spaces": lambda: _english()[:20_000].replace(" ", ""),
+    "no digits": lambda: re.sub("[0-9]", "", _english()[:20_000]),
+    "no ASCII": lambda: JA_FALLBACK.replace("\n", ""),
+}
+NARROW_VOCAB = 346  # room for each corpus's ~80 characters, yet small enough for 4.5k Japanese ones
+
+
+@pytest.fixture(scope="session")
+def narrow() -> dict[tuple[str, str], Tokenizer]:
+    """Each kind trained on each narrow corpus; maps (kind, corpus name) → tokenizer."""
+    texts = {name: make() for name, make in NARROW.items()}
+    return {
+        (kind, name): train_tokenizer([text], TokenizerConfig(kind=kind, vocab_size=NARROW_VOCAB))
+        for kind in KINDS
+        for name, text in texts.items()
+    }
+
+
+@pytest.mark.parametrize("trained_on", ["English + Japanese", *NARROW])
 @pytest.mark.parametrize("kind", KINDS)
 @settings(max_examples=100, deadline=None)
 @given(text=st.text(max_size=80) | st.lists(st.sampled_from(TRICKY), max_size=30).map("".join))
-def test_any_text_round_trips(loaded, kind, text):
-    tok = loaded[kind]
+def test_any_text_round_trips(loaded, narrow, kind, trained_on, text):
+    tok = loaded[kind] if trained_on not in NARROW else narrow[kind, trained_on]
     ids = tok.encode(text)
     assert tok.decode(ids) == text
     assert int(tok.token_bytes()[ids].sum()) == len(text.encode("utf-8"))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_tokenizer_trained_without_spaces_keeps_them(narrow, kind, tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = narrow[kind, "no ASCII"]
+    for text in ["JIS X 0213", "  two  spaces ", "a \u2581 b", *NASTY]:
+        assert tok.decode(tok.encode(text)) == text, text
+    if kind in ("unigram", "bpe"):  # a space is its own piece, not three byte tokens
+        assert [tok.piece(i) for i in tok.encode(" ")] == ["\u2581"]
+    tok.save(tmp_path)  # the Hugging Face twin gives the same ids, so exports agree
+    hf = AutoTokenizer.from_pretrained(tmp_path)
+    assert hf.encode("JIS X 0213, 吾輩", add_special_tokens=False) == tok.encode("JIS X 0213, 吾輩")
 
 
 def test_special_ids_are_fixed_and_special_text_stays_text(tok):
@@ -181,7 +218,7 @@ def test_sentencepiece_byte_fallback_is_exercised(saved):
 
 
 def test_encode_batch_equals_encode_on_long_documents(tok, corpus):
-    long_doc = (corpus[0] + "\n" + corpus[1]) * 2
+    long_doc = (corpus[0] + "\n" + corpus[1]) * 3  # 3+ pieces with or without ../shared/data
     assert len(list(split_for_batch(long_doc))) > 2  # it really is cut
     texts = [long_doc, "", "short", corpus[1][:500]]
     assert tok.encode_batch(texts) == [tok.encode(t) for t in texts]
@@ -389,7 +426,7 @@ def test_prepare_with_a_char_tokenizer_gives_a_small_vocabulary(tmp_path):
 
 
 def test_encode_batch_shows_a_progress_bar_on_large_inputs_only(loaded, corpus, monkeypatch, capsys):
-    import scratchlm.tokenizer as tokenizer_module
+    import scratchlm.tokenizer.base as tokenizer_module
 
     monkeypatch.setattr(tokenizer_module, "is_interactive", lambda: True)
     monkeypatch.setattr(tokenizer_module, "_BAR_CHARS", 10_000)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import signal
 import subprocess
@@ -24,6 +25,7 @@ from scratchlm.train import cpu_has_bf16, train
 from .conftest import tiny_config
 
 FAST = ["--train.log-interval", "1", "--train.eval-batches", "2"]
+GOLDEN = Path(__file__).parent / "assets" / "golden_loss.json"
 
 
 def scratchlm_cmd(*args, nproc: int = 1) -> list[str]:
@@ -58,6 +60,29 @@ def prepared_run(tiny_corpus, tmp_path) -> Path:
     return run
 
 
+def start(cmd: list[str], log: Path) -> subprocess.Popen:
+    """Run `cmd` in the background, its stdout and stderr going to `log` (a pipe nobody reads could fill)."""
+    with open(log, "w") as f:
+        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_until(done, proc: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:
+    """Poll `done()` while the child runs; fail with its output if it exits first or `timeout` s pass."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if proc.poll() is not None:
+            pytest.fail(f"the child exited with {proc.returncode} too early:\n{log.read_text()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"still waiting after {timeout:.0f} s:\n{log.read_text()}")
+        time.sleep(0.01)
+
+
+def last_step(run: Path) -> int:
+    return max(losses(run), default=0) if (run / "metrics.csv").exists() else 0
+
+
 def copy_run(src: Path, dst: Path) -> Path:
     import shutil
 
@@ -71,13 +96,11 @@ def test_sigkill_then_resume_is_bit_identical(prepared_run, tmp_path):
     args = ["--train.max-steps", str(steps), "--train.eval-interval", str(every), *FAST]
     subprocess.run(scratchlm_cmd("train", str(other), *args), check=True, capture_output=True)
 
-    proc = subprocess.Popen(
-        scratchlm_cmd("train", str(prepared_run), *args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    log = tmp_path / "killed.log"
+    proc = start(scratchlm_cmd("train", str(prepared_run), *args), log)
     first_checkpoint = prepared_run / "checkpoints" / f"step_{every:06d}"
     # Kill a few steps after the first checkpoint, well before the next one.
-    while proc.poll() is None and not (first_checkpoint.exists() and max(losses(prepared_run)) >= every + 3):
-        time.sleep(0.01)
+    wait_until(lambda: first_checkpoint.exists() and last_step(prepared_run) >= every + 3, proc, log)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert not (prepared_run / "checkpoints" / f"step_{steps:06d}").exists()
@@ -94,21 +117,70 @@ def test_sigkill_then_resume_is_bit_identical(prepared_run, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_ctrl_c_finishes_the_step_saves_and_exits_0(prepared_run):
-    proc = subprocess.Popen(
-        scratchlm_cmd("train", str(prepared_run), "--train.max-steps", "100000", *FAST),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    while not (prepared_run / "metrics.csv").exists() or len(losses(prepared_run)) < 5:
-        time.sleep(0.05)
+def test_ctrl_c_finishes_the_step_saves_and_exits_0(prepared_run, tmp_path):
+    log = tmp_path / "interrupted.log"
+    proc = start(scratchlm_cmd("train", str(prepared_run), "--train.max-steps", "100000", *FAST), log)
+    wait_until(lambda: last_step(prepared_run) >= 5, proc, log)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
-    assert "Traceback" not in err
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"still running 60 s after Ctrl-C:\n{log.read_text()}")
+    assert proc.returncode == 0, log.read_text()
+    assert "Traceback" not in log.read_text()
     saved = step_dirs(Run.at(prepared_run))
     assert saved and int(saved[-1].name.split("_")[1]) == max(losses(prepared_run))
+
+
+# Each flavour with one of the optimizers: between them every module and both optimizer paths run.
+GOLDEN_CASES = {"gpt2-adamw": ("gpt2", "adamw"), "llama-muon": ("llama", "muon")}
+
+
+def golden_losses(corpus: Path, run: Path, flavour: str, optimizer: str) -> dict[str, list[float]]:
+    """20 steps of a tiny model on one CPU thread in float32: the train loss of every step, the val loss."""
+    from scratchlm.prepare import prepare
+
+    cfg = tiny_config(corpus)
+    cfg.tokenizer.kind = "char"  # counted, so no tokenizer library's threads or version moves the ids
+    cfg.model.flavour = flavour
+    cfg.train = dataclasses.replace(
+        cfg.train,
+        optimizer=optimizer,
+        lr=3e-3,
+        max_steps=20,
+        warmup_steps=5,
+        eval_interval=20,
+        log_interval=1,
+    )
+    # Threads pinned: another count may sum in another order (1 and 2 gave the same digits here).
+    cfg.train = dataclasses.replace(cfg.train, device="cpu", dtype="float32", threads=1, deterministic=True)
+    prepare(run, cfg)
+    train(run, cfg)
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    return {
+        "train_loss": [float(r["train_loss"]) for r in rows if r["train_loss"]],
+        "val_loss": [float(r["val_loss"]) for r in rows if r["val_loss"]],
+    }
+
+
+def test_losses_equal_the_golden_file(tiny_corpus, tmp_path):
+    """An unintended change to the model, optimizer, schedule, data order or init fails here.
+
+    For an intended one, rewrite the file with SCRATCHLM_UPDATE_GOLDEN=1 pytest tests/test_train.py -k golden
+    and say in the commit why the numbers moved."""
+    import json
+
+    got = {name: golden_losses(tiny_corpus, tmp_path / name, *case) for name, case in GOLDEN_CASES.items()}
+    if os.environ.get("SCRATCHLM_UPDATE_GOLDEN"):
+        GOLDEN.write_text(json.dumps(got, indent=1) + "\n")
+        pytest.skip(f"rewrote {GOLDEN}")
+    want = json.loads(GOLDEN.read_text())
+    assert got.keys() == want.keys()
+    for name in want:
+        for key in want[name]:
+            assert got[name][key] == pytest.approx(want[name][key], abs=1e-4), (name, key)
 
 
 def test_nan_loss_stops_with_the_last_good_checkpoint(prepared_run, monkeypatch):
@@ -239,11 +311,14 @@ def test_resume_refuses_a_changed_tokenizer(prepared_run, tiny_corpus):
     cfg = tiny_config(tiny_corpus)
     cfg.train.max_steps = 3
     train(prepared_run, cfg)
-    # Prepared again with another tokenizer of the same size: the shards agree with it, the checkpoint not.
+    # Prepared again by hand with another tokenizer of the same size (prepare itself refuses a trained run):
+    # the shards agree with it, the checkpoint not.
     shutil.rmtree(prepared_run / "tokenizer")
     shutil.rmtree(prepared_run / "data")
+    (prepared_run / "checkpoints").rename(prepared_run.parent / "kept")
     cfg.tokenizer.kind = "bpe"
     prepare(prepared_run, cfg)
+    (prepared_run.parent / "kept").rename(prepared_run / "checkpoints")
     cfg.train.max_steps = 5
     with pytest.raises(UserError, match=r"step_000003: the run's tokenizer changed since this checkpoint"):
         train(prepared_run, cfg)

@@ -1,29 +1,40 @@
 """The `scratchlm` command: one subcommand per stage. It parses, then calls one function.
 
 Settings come from the dataclasses in config.py through jsonargparse, merged in this order:
-built-in defaults < the run's saved config.yaml < --preset < --config FILE.yaml < --section.option flags.
+built-in defaults < the run's saved config.yaml < --preset < --config FILE.yaml < --section.option flags
+(a --config file is applied where it stands, so flags before it give way to it, as jsonargparse does).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import re
 import sys
+from contextlib import contextmanager
+from pathlib import Path
 
-from jsonargparse import ArgumentParser, DefaultHelpFormatter, set_parsing_settings
-
-from .common import UserError
-from .config import (
-    PRESETS,
-    DataConfig,
-    EvalConfig,
-    ModelConfig,
-    RunConfig,
-    SampleConfig,
-    TokenizerConfig,
-    TrainConfig,
+import yaml
+from jsonargparse import (
+    ActionConfigFile,
+    ArgumentParser,
+    DefaultHelpFormatter,
+    Namespace,
+    set_parsing_settings,
 )
 
+from .common import UserError
+from .config import PRESETS, SECTION_CLASSES, EvalConfig, RunConfig, SampleConfig, SettingError
+
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
+
+
+# The sections each command that takes a --config recipe reads; one recipe may hold them all.
+RECIPE_SECTIONS = {
+    "prepare": ("data", "tokenizer"),
+    "train": ("model", "train"),
+    "tokenizer train": ("data", "tokenizer"),
+}
 
 
 class _Formatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -71,24 +82,149 @@ EXAMPLES = {
   scratchlm demo --steps 100      # a shorter training""",
 }
 
-SECTIONS = {"data": DataConfig, "tokenizer": TokenizerConfig, "model": ModelConfig, "train": TrainConfig}
+
+def _own_sections(path: str, sections: tuple[str, ...]) -> dict:
+    """The sections of recipe `path` that a command reads. One recipe may hold every section of RunConfig
+    (train ignores its data: part), but a section or key that RunConfig lacks is a typo, in any section."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            recipe = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise ValueError(e.strerror) from None
+    except yaml.MarkedYAMLError as e:
+        raise ValueError(f"not valid YAML: {e.problem} (line {e.problem_mark.line + 1})") from None
+    if not isinstance(recipe, dict):
+        raise ValueError("expected sections such as 'model:' and 'train:' at the top level")
+    for section, options in recipe.items():
+        if section not in SECTION_CLASSES:
+            raise ValueError(f"unknown section '{section}' (known: {', '.join(SECTION_CLASSES)})")
+        if options is not None and not isinstance(options, dict):
+            raise ValueError(f"section '{section}' must hold option: value lines")
+        fields = {f.name for f in dataclasses.fields(SECTION_CLASSES[section])}
+        for key in options or {}:
+            if key not in fields:
+                raise ValueError(f"unknown key '{section}.{key}'")
+    return {k: v or {} for k, v in recipe.items() if k in sections}
 
 
-def _subparser(name: str, description: str) -> ArgumentParser:
-    return ArgumentParser(
+def _recipe_file(sections: tuple[str, ...]) -> type[ActionConfigFile]:
+    class RecipeFile(ActionConfigFile):
+        """--config FILE.yaml: jsonargparse's config file option, applied where it stands on the command
+        line, given the command's own sections of the recipe; its errors name the file."""
+
+        def __call__(self, parser, cfg, values, option_string=None):
+            try:
+                own = _own_sections(values, sections)
+                super().__call__(parser, cfg, yaml.safe_dump(own), option_string)
+            except (argparse.ArgumentError, TypeError, ValueError) as e:
+                raise argparse.ArgumentError(None, f"--config {values}: {_one_line(str(e), True)}") from None
+
+    return RecipeFile
+
+
+@contextmanager
+def _optionals_as_positionals(on: bool):
+    set_parsing_settings(parse_optionals_as_positionals=on)
+    try:
+        yield
+    finally:
+        set_parsing_settings(parse_optionals_as_positionals=False)
+
+
+class _PromptParser(ArgumentParser):
+    """`sample RUN --max-new-tokens 20 "Prince"`: argparse gives an optional positional PROMPT its empty
+    default as soon as an option follows RUN (jsonargparse has no intermixed parsing), so PROMPT is the
+    option --prompt, which
+    jsonargparse's parse_optionals_as_positionals also takes by position. The setting is global, so it is
+    on only while this parser parses: elsewhere a stray word would silently become some option's value.
+    Help leaves it off; it would list every option as a further positional."""
+
+    def parse_args(self, *args, **kwargs):
+        with _optionals_as_positionals(True):
+            return super().parse_args(*args, **kwargs)
+
+    def format_usage(self) -> str:
+        with _optionals_as_positionals(False):
+            return super().format_usage()
+
+    def format_help(self) -> str:
+        with _optionals_as_positionals(False):
+            return super().format_help()
+
+
+def _one_line(message: str, in_file: bool = False) -> str:
+    """A jsonargparse message on one line; 'Parser key "k": Expected a <class 'int'>. Got value: v' (and its
+    Union form) said as the option (or the YAML key, in_file), the value and what it must be."""
+    message = message.replace("Problems parsing config: ", "")
+    m = re.match(r'Parser key "([^"]+)":\s*Expected a (.+?)\. Got value: (.*)', message, re.S)
+    if m:
+        key, expected, value = m.groups()
+        choices = re.match(r"typing\.Literal\[(.*)\]$", expected)
+        want = _KINDS.get(expected) or (f"one of {choices.group(1)}" if choices else expected)
+        return f"{_option(key, in_file)} {value.strip()}: must be {want}"
+    m = re.match(
+        r'Parser key "([^"]+)":.*Union subtypes.*Subtypes: \[(.*?)\].*Given value: (.*)', message, re.S
+    )
+    if m:  # e.g. --train.compile, a bool | None
+        key, subtypes, value = m.groups()
+        want = " or ".join(_KINDS.get(t.strip(), t.strip()) for t in subtypes.split(","))
+        return f"{_option(key, in_file)} {value.strip()}: must be {want}"
+    return " ".join(message.split())
+
+
+def _option(key: str, in_file: bool = False) -> str:
+    """train.max_steps as the user wrote it: --train.max-steps on the command line, as is in a YAML file."""
+    return key if in_file else "--" + key.replace("_", "-")
+
+
+_KINDS = {
+    "<class 'int'>": "an integer",
+    "<class 'float'>": "a number",
+    "<class 'bool'>": "true or false",
+    "<class 'NoneType'>": "null",
+}
+
+
+def _subparser(name: str, description: str, parser_class=ArgumentParser) -> ArgumentParser:
+    return parser_class(
         prog=f"scratchlm {name}",
         description=description,
-        epilog=EXAMPLES[name],
+        epilog=EXAMPLES.get(name),
         formatter_class=_Formatter,
-        exit_on_error=True,
+        # --print_config is ours (see _recipe_options): jsonargparse's prints while parsing, before the
+        # run's saved settings are known, and only the command's own sections.
+        print_config=None,
     )
 
 
-def build_parser() -> ArgumentParser:
+def _recipe_options(p: ArgumentParser, command: str, base: RunConfig | None) -> None:
+    """--config, --print_config and the --section.option flags of a command that reads a recipe.
+
+    `base` (the run's saved config.yaml with the preset applied) becomes the flags' defaults.
+    """
+    sections = RECIPE_SECTIONS[command]
+    p.add_argument(
+        "--config",
+        action=_recipe_file(sections),
+        metavar="FILE.yaml",
+        help=f"recipe: YAML with {' and '.join(sections)} (and other) sections; flags after it override it",
+    )
+    p.add_argument("--print_config", action="store_true", help="print the merged settings as YAML and exit")
+    for section in sections:
+        p.add_class_arguments(SECTION_CLASSES[section], section)
+    if base is not None:
+        p.set_defaults(
+            {f"{s}.{k}": v for s in sections for k, v in dataclasses.asdict(getattr(base, s)).items()}
+        )
+
+
+def build_parser(base: RunConfig | None = None) -> ArgumentParser:
+    """The whole command line; `base` gives the defaults of prepare, train and tokenizer train."""
     parser = ArgumentParser(
         prog="scratchlm",
         formatter_class=_Formatter,
         description="Train your own small GPT from scratch on your own text.",
+        exit_on_error=False,  # errors come to main() as exceptions: one line, not the whole usage
     )
     subcommands = parser.add_subcommands(dest="command")
 
@@ -103,10 +239,11 @@ def build_parser() -> ArgumentParser:
         "(default: the bundled book)",
     )
     p.add_argument(
-        "--config", metavar="FILE.yaml", help="recipe: YAML with data/tokenizer (and other) sections"
+        "--overwrite",
+        action="store_true",
+        help="prepare a run that has been trained: its checkpoints and metrics go to RUN/previous/<time>/",
     )
-    p.add_class_arguments(DataConfig, "data")
-    p.add_class_arguments(TokenizerConfig, "tokenizer")
+    _recipe_options(p, "prepare", base)
     subcommands.add_subcommand("prepare", p, help="corpus → tokenizer → token shards")
 
     p = _subparser("train", "Train (or continue training) the run's model.")
@@ -117,7 +254,6 @@ def build_parser() -> ArgumentParser:
         default=None,
         help="model size and schedule: tiny (~1M params), small (~10M), gpt2 (124M)",
     )
-    p.add_argument("--config", metavar="FILE.yaml", help="recipe: YAML with model/train (and other) sections")
     resume = p.add_mutually_exclusive_group()
     resume.add_argument(
         "--resume",
@@ -125,10 +261,11 @@ def build_parser() -> ArgumentParser:
         help="continue from the newest checkpoint (the default when one exists); error if none",
     )
     resume.add_argument(
-        "--fresh", action="store_true", help="ignore existing checkpoints and start from step 0"
+        "--fresh",
+        action="store_true",
+        help="start from step 0; the old checkpoints and metrics go to RUN/previous/<time>/",
     )
-    p.add_class_arguments(ModelConfig, "model")
-    p.add_class_arguments(TrainConfig, "train")
+    _recipe_options(p, "train", base)
     subcommands.add_subcommand("train", p, help="pretrain the model")
 
     p = _subparser(
@@ -140,9 +277,16 @@ def build_parser() -> ArgumentParser:
     p.add_class_arguments(EvalConfig, None)
     subcommands.add_subcommand("eval", p, help="loss, perplexity, bits per byte")
 
-    p = _subparser("sample", "Continue PROMPT with the run's model, streaming to the terminal.")
+    p = _subparser(
+        "sample", "Continue PROMPT with the run's model, streaming it to the terminal.", _PromptParser
+    )
     p.add_argument("run", help="a trained run directory")
-    p.add_argument("prompt", nargs="?", default=None, help="text to continue ('' starts from <|bos|>)")
+    p.add_argument(
+        "--prompt",
+        default=None,
+        metavar="PROMPT",
+        help="text to continue, also given by position: sample RUN PROMPT ('' starts from <|bos|>)",
+    )
     p.add_argument("--prompts_file", default=None, help='one prompt per line (or .jsonl with "prompt")')
     p.add_argument("--checkpoint", default="best", help="best, last, or a path to a .safetensors file")
     p.add_class_arguments(SampleConfig, None)
@@ -154,7 +298,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (hf) or .gguf file")
     p.add_argument("--checkpoint", default="best", help="best, last, or a path to a .safetensors file")
     p.add_argument("--dtype", default="f32", help="hf: f32, f16 or bf16; gguf: f32, f16 or q8_0")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--force", action="store_true", help="replace --out if an earlier export wrote it")
     subcommands.add_subcommand("export", p, help="to Hugging Face transformers or GGUF (llama.cpp)")
 
     p = _subparser("import", "Turn a Hugging Face GPT-2 or Llama folder into a scratchlm run.")
@@ -171,26 +315,22 @@ def build_parser() -> ArgumentParser:
     p = _subparser("tokenizer", "Train, try and inspect the run's tokenizer (RUN/tokenizer/).")
     subcommands.add_subcommand("tokenizer", p, help="train / encode / decode / stats of the tokenizer")
     tok_commands = p.add_subcommands(dest="action")
-    q = ArgumentParser(prog="scratchlm tokenizer train", description="Train RUN's tokenizer on the inputs.")
+    q = _subparser("tokenizer train", "Train RUN's tokenizer on the inputs.")
     q.add_argument("run", help="run directory (created if missing)")
     q.add_argument("--input", action="append", default=None, metavar="PATH", help="as for `prepare`")
     q.add_argument("--overwrite", action="store_true", help="replace the run's existing tokenizer")
-    q.add_argument("--config", metavar="FILE.yaml", help="recipe: YAML with data/tokenizer sections")
-    q.add_class_arguments(DataConfig, "data")
-    q.add_class_arguments(TokenizerConfig, "tokenizer")
+    _recipe_options(q, "tokenizer train", base)
     tok_commands.add_subcommand("train", q, help="train the tokenizer only")
-    q = ArgumentParser(prog="scratchlm tokenizer encode", description="Print the ids of TEXT.")
+    q = _subparser("tokenizer encode", "Print the ids of TEXT.")
     q.add_argument("run", help="a run directory with a tokenizer")
     q.add_argument("text", help="text to encode")
     q.add_argument("--allow_special", action="store_true", help='turn "<|eos|>" etc. into special ids')
     tok_commands.add_subcommand("encode", q, help="text → ids")
-    q = ArgumentParser(prog="scratchlm tokenizer decode", description="Print the text of IDS.")
+    q = _subparser("tokenizer decode", "Print the text of IDS.")
     q.add_argument("run", help="a run directory with a tokenizer")
     q.add_argument("ids", nargs="+", help="token ids (spaces or commas between them)")
     tok_commands.add_subcommand("decode", q, help="ids → text")
-    q = ArgumentParser(
-        prog="scratchlm tokenizer stats", description="Tokens, bytes and characters per token…"
-    )
+    q = _subparser("tokenizer stats", "Tokens, bytes and characters per token…")
     q.add_argument("run", help="a run directory with a tokenizer")
     q.add_argument("--text", default=None, help="measure this UTF-8 file (default: the run's inputs)")
     tok_commands.add_subcommand("stats", q, help="compression, byte-fallback rate, longest tokens")
@@ -198,7 +338,8 @@ def build_parser() -> ArgumentParser:
 
 
 def normalize_option_names(argv: list[str]) -> list[str]:
-    """Accept --model.n-layer as well as --model.n_layer (the dataclass field names)."""
+    """Accept --model.n-layer as well as --model.n_layer: jsonargparse names options after the dataclass
+    fields and has no dash aliases for them."""
     out = []
     for arg in argv:
         if arg.startswith("--") and len(arg) > 2:
@@ -206,62 +347,6 @@ def normalize_option_names(argv: list[str]) -> list[str]:
             arg = "--" + name.replace("-", "_") + eq + value
         out.append(arg)
     return out
-
-
-COMMAND_SECTIONS = {
-    "prepare": ("data", "tokenizer"),
-    "train": ("model", "train"),
-    "tokenizer train": ("data", "tokenizer"),
-}
-
-
-def recipe_flags(path: str, command: str) -> list[str]:
-    """A recipe YAML as --section.key flags, so jsonargparse type-checks it like the command line.
-
-    A recipe may hold every section (one file for prepare and train); each command takes its own.
-    """
-    import json
-
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            recipe = yaml.safe_load(f) or {}
-    except OSError as e:
-        raise UserError(f"--config {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise UserError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(recipe, dict):
-        raise UserError(f"--config {path}: expected sections such as 'model:' and 'train:' at the top level")
-    flags = []
-    for section, values in recipe.items():
-        if section not in RunConfig.__dataclass_fields__:
-            known = ", ".join(RunConfig.__dataclass_fields__)
-            raise UserError(f"--config {path}: unknown section '{section}' (known: {known})")
-        if section in COMMAND_SECTIONS[command]:
-            for key, value in (values or {}).items():
-                flags += [f"--{section}.{key}", value if isinstance(value, str) else json.dumps(value)]
-    return flags
-
-
-def _expand_recipe(args: list[str]) -> list[str]:
-    """Replace `--config FILE` with the recipe's flags, placed before the user's own flags (which win)."""
-    head = 2 if args[:2] == ["tokenizer", "train"] else 1
-    command = " ".join(args[:head])
-    if command not in COMMAND_SECTIONS:
-        return args
-    rest, path = [], None
-    i = head
-    while i < len(args):
-        if args[i] == "--config" and i + 1 < len(args):
-            path, i = args[i + 1], i + 2
-            continue
-        if args[i].startswith("--config="):
-            path = args[i].split("=", 1)[1]
-        else:
-            rest.append(args[i])
-        i += 1
-    return [*args[:head], *(recipe_flags(path, command) if path else []), *rest]
 
 
 def _base_config(run_dir: str, preset: str | None) -> RunConfig:
@@ -276,54 +361,73 @@ def _base_config(run_dir: str, preset: str | None) -> RunConfig:
     return cfg
 
 
-def _parse(argv: list[str]):
-    parser = build_parser()
-    args = _expand_recipe(normalize_option_names(argv))
-    ns = parser.parse_args(args)
-    cmd = ns.command
-    if cmd in ("prepare", "train"):
-        # Second pass: the run's saved settings and the preset become the defaults that flags override.
-        sub = ns[cmd]
-        base = _base_config(sub.run, getattr(sub, "preset", None))
-        subparser = parser._subcommands_action._name_parser_map[cmd]
-        subparser.set_defaults(
-            {
-                f"{s}.{k}": v
-                for s in SECTIONS
-                for k, v in base.to_dict()[s].items()
-                if f"{s}.{k}" in {a.dest for a in subparser._actions}
-            }
-        )
-        ns = parser.parse_args(args)
-        sub = ns[cmd]
-        d = sub.as_dict()
-        cfg = RunConfig.from_dict({**base.to_dict(), **{s: d[s] for s in SECTIONS if s in d}})
-        return cmd, sub, cfg
-    if cmd == "tokenizer" and ns[cmd].action == "train":
-        # As for prepare: the run's saved settings are the defaults that flags override.
-        base = _base_config(ns[cmd].train.run, None)
-        group = parser._subcommands_action._name_parser_map[cmd]
-        subparser = group._subcommands_action._name_parser_map["train"]
-        known = {a.dest for a in subparser._actions}
-        flat = {f"{s}.{k}": v for s in ("data", "tokenizer") for k, v in base.to_dict()[s].items()}
-        subparser.set_defaults({k: v for k, v in flat.items() if k in known})
-        sub = parser.parse_args(args)[cmd]
-        d = sub.train.as_dict()
-        cfg = RunConfig.from_dict({**base.to_dict(), "data": d["data"], "tokenizer": d["tokenizer"]})
-        return cmd, sub, cfg
-    return cmd, ns[cmd], None
+def _parse(argv: list[str]) -> tuple[str, Namespace, RunConfig | EvalConfig | SampleConfig | None]:
+    """The command, its parsed arguments and its settings, every value checked against its range."""
+    argv = normalize_option_names(argv)
+    try:
+        ns = build_parser().parse_args(argv)
+        cmd = ns.command
+        sub = ns[cmd] if cmd != "tokenizer" else ns[cmd][ns[cmd].action]
+        command = cmd if cmd != "tokenizer" else f"tokenizer {ns[cmd].action}"
+        if command in RECIPE_SECTIONS:
+            # The run's saved settings (and the preset) become the defaults, so this parses twice: RUN is
+            # known only after a first parse, and jsonargparse's defaults cannot depend on a parsed value.
+            base = _base_config(sub.run, sub.get("preset"))
+            ns = build_parser(base).parse_args(argv)
+            sub = ns[cmd] if cmd != "tokenizer" else ns[cmd][ns[cmd].action]
+    except argparse.ArgumentError as e:
+        message = _one_line(str(e))
+        # A bad value names its option already; other mistakes (an unknown option) point to the help.
+        hint = "" if message.startswith("--") else f" (see scratchlm {_command_of(argv)}--help)"
+        raise UserError(message + hint) from None
+    for run in [sub.get("run")] + list(sub.get("runs") or []):
+        if run and Path(run).is_file():
+            raise UserError(f"{run}: is a file, not a run directory")
+    if command in RECIPE_SECTIONS:
+        sections = {}
+        for s in RECIPE_SECTIONS[command]:
+            try:
+                sections[s] = _build(SECTION_CLASSES[s], sub[s])
+            except SettingError as e:
+                raise e.named(_option(f"{s}.{e.name}")) from None
+        return command, sub, dataclasses.replace(base, **sections)
+    try:
+        if cmd == "eval":
+            return cmd, sub, _build(EvalConfig, sub)
+        if cmd == "sample":
+            return cmd, sub, _build(SampleConfig, sub)
+    except SettingError as e:
+        raise e.named(_option(e.name)) from None
+    if cmd == "demo" and sub.steps < 1:
+        raise UserError(f"--steps {sub.steps}: must be an integer >= 1")
+    if cmd == "demo" and not sub.minutes > 0:
+        raise UserError(f"--minutes {sub.minutes:g}: must be a number > 0")
+    return command, sub, None
+
+
+def _build(cls, ns: Namespace):
+    """The dataclass from its parsed options, without jsonargparse's own keys (__path__ of --model FILE)."""
+    return cls(**{f.name: ns[f.name] for f in dataclasses.fields(cls)})
+
+
+def _command_of(argv: list[str]) -> str:
+    """`train ` or `tokenizer train ` from the start of argv, for the --help hint of an error."""
+    words = argv[: 2 if argv[:1] == ["tokenizer"] else 1]
+    return "".join(w + " " for w in words if not w.startswith("-"))
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         cmd, args, cfg = _parse(argv)
-        if cmd == "prepare":
+        if args.get("print_config"):
+            print(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True), end="")
+        elif cmd == "prepare":
             from .prepare import prepare
 
             if args.input:
                 cfg.data.inputs = list(args.input)
-            prepare(args.run, cfg)
+            prepare(args.run, cfg, overwrite=args.overwrite)
         elif cmd == "train":
             from .train import train
 
@@ -331,20 +435,16 @@ def main(argv: list[str] | None = None) -> int:
         elif cmd == "eval":
             from .evaluate import evaluate
 
-            fields = EvalConfig.__dataclass_fields__
-            evaluate(list(args.runs), EvalConfig(**{k: args[k] for k in fields}))
+            evaluate(list(args.runs), cfg)
         elif cmd == "sample":
             from .sample import read_prompts, sample
 
             if (args.prompt is None) == (args.prompts_file is None):
-                raise UserError("give a PROMPT or --prompts_file FILE (one of them)")
-            fields = SampleConfig.__dataclass_fields__
-            sample(
-                args.run,
-                args.prompt if args.prompts_file is None else read_prompts(args.prompts_file),
-                SampleConfig(**{k: args[k] for k in fields}),
-                checkpoint=args.checkpoint,
-            )
+                raise UserError(
+                    "give a PROMPT or --prompts_file FILE (one of them; quote a PROMPT with spaces)"
+                )
+            prompts = args.prompt if args.prompts_file is None else read_prompts(args.prompts_file)
+            sample(args.run, prompts, cfg, checkpoint=args.checkpoint)
         elif cmd == "export":
             from .export import export
 
@@ -359,21 +459,35 @@ def main(argv: list[str] | None = None) -> int:
             from .demo import demo
 
             demo(args.run, steps=args.steps, minutes=args.minutes)
-        elif cmd == "tokenizer":
+        elif cmd == "tokenizer train":
             from . import tokenizer_cmd
 
-            action, sub = args.action, args[args.action]
-            if action == "train":
-                if sub.input:
-                    cfg.data.inputs = list(sub.input)
-                tokenizer_cmd.train_command(sub.run, cfg, overwrite=sub.overwrite)
-            elif action == "encode":
-                tokenizer_cmd.encode_command(sub.run, sub.text, allow_special=sub.allow_special)
-            elif action == "decode":
-                tokenizer_cmd.decode_command(sub.run, sub.ids)
-            else:
-                tokenizer_cmd.stats(sub.run, text=sub.text)
+            if args.input:
+                cfg.data.inputs = list(args.input)
+            tokenizer_cmd.train_command(args.run, cfg, overwrite=args.overwrite)
+        elif cmd == "tokenizer encode":
+            from . import tokenizer_cmd
+
+            tokenizer_cmd.encode_command(args.run, args.text, allow_special=args.allow_special)
+        elif cmd == "tokenizer decode":
+            from . import tokenizer_cmd
+
+            tokenizer_cmd.decode_command(args.run, args.ids)
+        elif cmd == "tokenizer stats":
+            from . import tokenizer_cmd
+
+            tokenizer_cmd.stats(args.run, text=args.text)
     except UserError as e:
         print(f"scratchlm: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        # The file system said no (a read-only run, a full disk, a path that is a file): one line naming the
+        # file; anything already computed has been printed before the write that failed.
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"scratchlm: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        # Ctrl-C in sample, or a second Ctrl-C in train (the first finishes the step and saves).
+        print("\nscratchlm: interrupted", file=sys.stderr)
+        return 130
     return 0

@@ -8,23 +8,73 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .common import UserError
 
+_OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
+
+
+class SettingError(UserError):
+    """A setting outside its allowed values. `name` is the field; callers that know where the value came
+    from (a flag, a file) re-raise it with `named()` so the message points there."""
+
+    def __init__(self, name: str, value: Any, rule: str):
+        self.name, self.value, self.rule = name, value, rule
+        shown = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+        super().__init__(f"{name} {shown}: {rule}")
+
+    def named(self, name: str) -> SettingError:
+        return SettingError(name, self.value, self.rule)
+
+
+def bounded(
+    default: Any,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+) -> Any:
+    """A field with its allowed range, checked whenever the dataclass is built (see `Checked`)."""
+    bounds = tuple((op, v) for op, v in ((">=", ge), (">", gt), ("<=", le), ("<", lt)) if v is not None)
+    return field(default=default, metadata={"bounds": bounds})
+
+
+class Checked:
+    """Checks each `bounded` field on construction: the one check behind flags, --config files, a run's
+    saved config.yaml, checkpoints and the Python API (fields changed later by assignment are trusted)."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            bounds = f.metadata.get("bounds")
+            value = getattr(self, f.name)
+            if not bounds or (value is None and "None" in str(f.type)):
+                continue
+            integer = str(f.type).startswith("int")
+            if integer:
+                ok = isinstance(value, int)
+            else:
+                ok = isinstance(value, (int, float)) and math.isfinite(value)
+            if isinstance(value, bool) or not ok or not all(_OPS[op](value, v) for op, v in bounds):
+                kind = "an integer" if integer else "a number"
+                rule = " and ".join(f"{op} {v}" for op, v in bounds)
+                raise SettingError(f.name, value, f"must be {kind} {rule}")
+
 
 @dataclass
-class DataConfig:
+class DataConfig(Checked):
     """The corpus: where the text comes from and how it is cleaned, selected and split."""
 
     inputs: list[str] = field(default_factory=list)
     """Text, .gz, JSONL, Parquet, folders, globs, HF save_to_disk folders, hf:NAME; empty: bundled book."""
-    val_fraction: float = 0.05
+    val_fraction: float = bounded(0.05, gt=0, lt=1)
     """Share of the documents held out for validation (the end of each one when there are under 10)."""
     strip_gutenberg: bool = True
     """Remove the Project Gutenberg header and licence footer when present."""
-    seed: int = 1337
+    seed: int = bounded(1337, ge=0)
     """Seed of the train/val split."""
     text_field: str = "text"
     """Field holding the text in JSONL, Parquet and Hugging Face records; dotted for nested (a.b)."""
@@ -44,9 +94,9 @@ class DataConfig:
     """Unicode normalization (NFKC also folds full-width letters and compatibility characters)."""
     normalize_whitespace: bool = True
     """CRLF to LF, no trailing spaces, at most one blank line in a row, no blank lines at the ends."""
-    min_chars: int = 1
+    min_chars: int = bounded(1, ge=0)
     """Drop documents shorter than this many characters after cleaning."""
-    max_chars: int = 0
+    max_chars: int = bounded(0, ge=0)
     """Drop documents longer than this many characters after cleaning (0: no limit)."""
     include: list[str] = field(default_factory=list)
     """Keep only documents containing one of these keywords (or regexes with --data.regex)."""
@@ -56,51 +106,51 @@ class DataConfig:
     """Read include/exclude as regular expressions."""
     dedup: bool = True
     """Drop exact duplicate documents (after cleaning)."""
-    tokenizer_sample_mb: float = 32.0
+    tokenizer_sample_mb: float = bounded(32.0, gt=0)
     """The tokenizer is trained on the first this-many MB of cleaned text (memory stays bounded)."""
-    shard_tokens: int = 100_000_000
+    shard_tokens: int = bounded(100_000_000, ge=1)
     """Tokens per shard file."""
 
 
 @dataclass
-class TokenizerConfig:
+class TokenizerConfig(Checked):
     """The tokenizer: its kind, vocabulary size and training options."""
 
     kind: Literal["unigram", "bpe", "bytelevel", "char"] = "unigram"
     """unigram/bpe: SentencePiece with byte fallback; bytelevel: GPT-2 style byte-level BPE; char: one
     token per character (unseen ones fall back to bytes). Every kind round-trips any text exactly."""
-    vocab_size: int = 4096
+    vocab_size: int = bounded(4096, ge=1)
     """Vocabulary size, special tokens included (for char: the most characters kept, plus 256 bytes)."""
-    character_coverage: float = 0.9995
+    character_coverage: float = bounded(0.9995, gt=0, le=1)
     """Share of characters covered by pieces; the rest fall back to bytes (0.9995 suits CJK)."""
     normalization: Literal["identity", "nfkc"] = "identity"
     """identity keeps text exactly; nfkc folds compatibility forms (full-width → half-width), so
     decode(encode(text)) gives the NFKC form of the text."""
-    max_sentence_length: int = 4192
+    max_sentence_length: int = bounded(4192, ge=1)
     """SentencePiece: longest training line in bytes; longer lines are cut into pieces that fit."""
-    input_sentence_size: int = 2_000_000
+    input_sentence_size: int = bounded(2_000_000, ge=0)
     """SentencePiece: lines sampled from the corpus for training, bounding RAM on a large corpus."""
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Checked):
     """The network: flavour, size and architecture options (saved with every checkpoint)."""
 
     flavour: Literal["gpt2", "llama"] = "gpt2"
     """gpt2: learned positions, LayerNorm, GELU. llama: RoPE, RMSNorm, SwiGLU, grouped-query attention."""
-    vocab_size: int = 4096
+    vocab_size: int = bounded(4096, ge=1)
     """Tokenizer vocabulary size; set from the run's tokenizer by `train`."""
-    block_size: int = 128
+    block_size: int = bounded(128, ge=1)
     """Context length in tokens."""
-    n_layer: int = 4
+    n_layer: int = bounded(4, ge=1)
     """Transformer blocks."""
-    n_head: int = 4
+    n_head: int = bounded(4, ge=1)
     """Attention (query) heads."""
-    n_kv_head: int = 0
+    n_kv_head: int = bounded(0, ge=0)
     """Key/value heads for grouped-query attention (llama); 0 means n_head."""
-    n_embd: int = 128
+    n_embd: int = bounded(128, ge=1)
     """Width of the residual stream."""
-    mlp_hidden: int = 0
+    mlp_hidden: int = bounded(0, ge=0)
     """MLP hidden width; 0 means 4 x n_embd (gpt2) or 8/3 x n_embd rounded up to 64 (llama)."""
     # Exact GELU by default, as nn.GELU and nanoGPT: ATen's tanh-GELU kernel is ~3x slower on this 2-core CPU
     # (1.47 vs 0.53 ms per (768 x 512) call, 2 threads): bench/train.py vs GPT2LMHeadModel went from 1.09x to
@@ -108,19 +158,19 @@ class ModelConfig:
     activation: Literal["gelu", "gelu_tanh"] = "gelu"
     """MLP activation of the gpt2 flavour: gelu (exact, erf; transformers' "gelu") or gelu_tanh (GPT-2's
     tanh approximation, transformers' "gelu_new", llama.cpp's GELU). llama uses SwiGLU and needs gelu."""
-    dropout: float = 0.0
+    dropout: float = bounded(0.0, ge=0, lt=1)
     """Dropout on attention, residual and embeddings (0 for short runs)."""
     bias: bool = True
     """Biases in linear layers and LayerNorms (GPT-2 has them; llama has none)."""
     tie_embeddings: bool = True
     """Share the token embedding with the output head."""
-    rope_theta: float = 10000.0
+    rope_theta: float = bounded(10000.0, gt=0)
     """RoPE base (llama)."""
     qk_norm: bool = False
     """RMSNorm on queries and keys per head (llama)."""
-    norm_eps: float = 1e-5
+    norm_eps: float = bounded(1e-5, gt=0)
     """Epsilon of LayerNorm / RMSNorm."""
-    vocab_multiple: int = 64
+    vocab_multiple: int = bounded(64, ge=1)
     """Pad the embedding and head to a multiple of this for fast matmuls; padding is never sampled."""
 
     @property
@@ -158,52 +208,52 @@ class ModelConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Checked):
     """The training loop: length, batch, optimizer, schedule, evaluation, checkpoints, device."""
 
-    max_steps: int = 2000
+    max_steps: int = bounded(2000, ge=1)
     """Optimizer steps to run."""
-    max_tokens: int = 0
+    max_tokens: int = bounded(0, ge=0)
     """Stop after this many training tokens instead (sets max_steps; 0: use max_steps)."""
-    max_minutes: float = 0.0
+    max_minutes: float = bounded(0.0, ge=0)
     """Stop after this many minutes of training, saving a checkpoint (0: no limit)."""
-    batch_size: int = 16
+    batch_size: int = bounded(16, ge=1)
     """Sequences per micro-batch on each process."""
-    grad_accum: int = 1
+    grad_accum: int = bounded(1, ge=1)
     """Micro-batches per optimizer step (ignored when batch_tokens is set)."""
-    batch_tokens: int = 0
+    batch_tokens: int = bounded(0, ge=0)
     """Tokens per optimizer step over all processes; sets grad_accum (0: use grad_accum)."""
     optimizer: Literal["adamw", "muon"] = "adamw"
     """adamw, or muon for the hidden matrices with AdamW for embeddings, head, norms and biases."""
-    lr: float = 3e-3
+    lr: float = bounded(3e-3, gt=0)
     """Peak learning rate."""
     schedule: Literal["cosine", "wsd", "constant"] = "cosine"
     """After warmup: cosine decay, warmup-stable-decay, or constant."""
-    min_lr_ratio: float = 0.1
+    min_lr_ratio: float = bounded(0.1, ge=0, le=1)
     """Final learning rate as a share of the peak (cosine and wsd)."""
-    warmup_steps: int = 100
+    warmup_steps: int = bounded(100, ge=0)
     """Linear warmup steps."""
-    decay_fraction: float = 0.2
+    decay_fraction: float = bounded(0.2, ge=0, le=1)
     """Share of max_steps spent decaying at the end of a wsd schedule."""
-    weight_decay: float = 0.1
+    weight_decay: float = bounded(0.1, ge=0)
     """Weight decay on matrices (not on biases, norms or embeddings)."""
-    beta1: float = 0.9
+    beta1: float = bounded(0.9, ge=0, lt=1)
     """AdamW beta1."""
-    beta2: float = 0.95
+    beta2: float = bounded(0.95, ge=0, lt=1)
     """AdamW beta2."""
-    grad_clip: float = 1.0
+    grad_clip: float = bounded(1.0, ge=0)
     """Clip the gradient norm to this (0 disables)."""
     on_nan: Literal["stop", "skip"] = "stop"
     """A NaN/inf loss stops training (pointing to the last good checkpoint) or skips that batch."""
-    eval_interval: int = 250
+    eval_interval: int = bounded(250, ge=1)
     """Steps between validation evaluations (and checkpoints)."""
-    eval_batches: int = 20
+    eval_batches: int = bounded(20, ge=1)
     """Validation batches per evaluation."""
-    log_interval: int = 10
+    log_interval: int = bounded(10, ge=1)
     """Steps between progress updates."""
-    keep_last: int = 2
+    keep_last: int = bounded(2, ge=1)
     """Step checkpoints to keep (best.safetensors is kept apart)."""
-    seed: int = 1337
+    seed: int = bounded(1337, ge=0)
     """Seed of initialization and batch order."""
     device: str = "auto"
     """cpu, cuda, mps or auto."""
@@ -215,37 +265,37 @@ class TrainConfig:
     """Use only deterministic kernels (bit-identical reruns; slower on GPU)."""
     fsdp: bool = False
     """Shard parameters, gradients and optimizer state across processes (FSDP2) under torchrun."""
-    threads: int = 0
+    threads: int = bounded(0, ge=0)
     """CPU threads for torch (0: torch's default)."""
     tensorboard: bool = False
     """Also log to RUN/tensorboard (needs the tensorboard package)."""
 
 
 @dataclass
-class SampleConfig:
+class SampleConfig(Checked):
     """Text generation: length, sampling, stop strings."""
 
-    max_new_tokens: int = 200
+    max_new_tokens: int = bounded(200, ge=1)
     """Tokens to generate."""
-    temperature: float = 0.8
+    temperature: float = bounded(0.8, ge=0)
     """Softmax temperature; 0 means greedy."""
-    top_k: int = 50
+    top_k: int = bounded(50, ge=0)
     """Keep the k most likely tokens (0 keeps all)."""
-    top_p: float = 1.0
+    top_p: float = bounded(1.0, gt=0, le=1)
     """Nucleus sampling: keep the most likely tokens whose probabilities sum to this (1 keeps all)."""
-    min_p: float = 0.0
+    min_p: float = bounded(0.0, ge=0, le=1)
     """Drop tokens less likely than min_p x the top token's probability (0 keeps all)."""
-    repetition_penalty: float = 1.0
+    repetition_penalty: float = bounded(1.0, gt=0)
     """Above 1, makes tokens already in the prompt or output less likely (CTRL / transformers rule)."""
     stop: list[str] = field(default_factory=list)
     """Stop strings: generation ends before the first one, which is not printed. A JSON list
     (--stop '["\\n\\n", "THE END"]') or --stop+ STRING once per string."""
-    seed: int = 1337
+    seed: int = bounded(1337, ge=0)
     """Seed; the same seed gives the same text."""
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Checked):
     """Evaluation: what text to score and how."""
 
     text: str | None = None
@@ -256,18 +306,18 @@ class EvalConfig:
     """Field of each JSONL record that holds the text."""
     checkpoint: str = "best"
     """best, last, or a path to a .safetensors file."""
-    stride: int = 0
+    stride: int | None = bounded(None, ge=1)
     """Sliding-window step in tokens; each token is scored once with up to block_size - stride tokens
-    of context. 0 means block_size // 2."""
-    batch_size: int = 16
+    of context (default: block_size // 2)."""
+    batch_size: int = bounded(16, ge=1)
     """Windows per forward pass."""
     device: str = "auto"
     """cpu, cuda, mps or auto."""
     prompts: list[str] = field(default_factory=lambda: ["", "The", "Once upon a time", "He said"])
     """Fixed prompts sampled into RUN/samples.txt and report.md ('' starts from <|bos|>)."""
-    sample_tokens: int = 64
+    sample_tokens: int = bounded(64, ge=1)
     """New tokens per eval sample."""
-    seed: int = 1234
+    seed: int = bounded(1234, ge=0)
     """Seed of every eval sample, so reports of different runs and steps are comparable."""
 
 
@@ -284,22 +334,28 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def validate(self) -> None:
+        """Every section's own checks: commands call this before they write anything into the run."""
+        for name in SECTION_CLASSES:
+            check = getattr(getattr(self, name), "validate", None)
+            if check:
+                check()
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         kwargs = {}
-        for name, section_cls in _SECTION_CLASSES.items():
+        for name, section_cls in SECTION_CLASSES.items():
             values = d.get(name) or {}
             known = {f.name for f in dataclasses.fields(section_cls)}
             # Keys from other versions are ignored so old run directories still load.
-            kwargs[name] = section_cls(**{k: v for k, v in values.items() if k in known})
-        model = d.get("model") or {}
-        if model and "activation" not in model and kwargs["model"].flavour == "gpt2":
-            # Saved before model.activation existed, when the gpt2 MLP always used the tanh approximation.
-            kwargs["model"].activation = "gelu_tanh"
+            try:
+                kwargs[name] = section_cls(**{k: v for k, v in values.items() if k in known})
+            except SettingError as e:
+                raise e.named(f"{name}.{e.name}") from None
         return cls(**kwargs)
 
 
-_SECTION_CLASSES = {
+SECTION_CLASSES = {
     "data": DataConfig,
     "tokenizer": TokenizerConfig,
     "model": ModelConfig,
@@ -337,14 +393,3 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 def preset_defaults(name: str) -> dict[str, Any]:
     """The preset as flat dotted keys, e.g. {"model.n_layer": 4}."""
     return {f"{section}.{k}": v for section, values in PRESETS[name].items() for k, v in values.items()}
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out

@@ -19,7 +19,7 @@ def demo(run_dir: str | Path = "runs/demo", steps: int = 360, minutes: float = 4
     run = Run.at(run_dir)
     print(f"== 1/4 prepare: the bundled book → tokenizer + token shards in {run.root}")
     cfg = RunConfig()
-    prepare(run.root, cfg)
+    prepare(run.root, cfg, overwrite=True)  # a demo run again starts over; the earlier one is set aside
     print(f"\n== 2/4 train: the tiny preset, {steps} steps (at most {minutes:g} minutes)")
     for key, value in preset_defaults("tiny").items():
         section, name = key.split(".")

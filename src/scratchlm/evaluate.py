@@ -213,6 +213,14 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out=None) -
         **_train_facts(run),
         "samples": [{"prompt": p, "text": t, "seed": cfg.seed} for p, t in samples],
     }
+    # Shown before anything is written, so a read-only run still gives its numbers.
+    print(
+        f"{run.root} on {source}: loss {result['loss']:.4f}  perplexity {result['perplexity']:.2f}  "
+        f"bits/byte {result['bits_per_byte']:.4f}  ({result['tokens']:,} tokens, {result['bytes']:,} bytes "
+        f"scored, stride {stride}, step {lm.step})",
+        file=out,
+        flush=True,
+    )
     atomic_write_text(run.eval_path, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     atomic_write_text(run.root / "report.md", render_report(result, lm.config.to_dict(), run))
     append_samples(
@@ -221,13 +229,6 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out=None) -
             f"--- eval, step {lm.step}, seed {cfg.seed}, max_new_tokens {cfg.sample_tokens}\n{p}{t}\n"
             for p, t in samples
         ],
-    )
-    print(
-        f"{run.root} on {source}: loss {result['loss']:.4f}  perplexity {result['perplexity']:.2f}  "
-        f"bits/byte {result['bits_per_byte']:.4f}  ({result['tokens']:,} tokens, {result['bytes']:,} bytes "
-        f"scored, stride {stride}, step {lm.step})",
-        file=out,
-        flush=True,
     )
     return result
 

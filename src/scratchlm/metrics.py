@@ -1,4 +1,4 @@
-"""metrics.csv (append-only, one row per logged step) and loss.png drawn from it."""
+"""metrics.csv (one row per logged step, appended) and loss.png drawn from it."""
 
 from __future__ import annotations
 
@@ -11,12 +11,18 @@ FIELDS = ["step", "tokens", "train_loss", "val_loss", "lr", "tokens_per_s", "ela
 
 
 class MetricsLog:
+    """Open only once the run has taken its first step: a start that fails leaves metrics.csv as it was.
+
+    resume_step None starts a new file (the trainer has set any old one aside first).
+    """
+
     def __init__(self, path: Path, resume_step: int | None):
         self.path = path
         rows = read_metrics(path) if resume_step is not None else []
         # A killed run may have logged steps past its last checkpoint: those rows are replayed, so drop them.
         rows = [r for r in rows if resume_step is not None and int(r["step"]) <= resume_step]
-        with open(path, "w", newline="", encoding="utf-8") as f:
+        # Rewritten beside and renamed over: a crash here leaves the old file whole, never a truncated one.
+        with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, FIELDS)
             writer.writeheader()
             writer.writerows(rows)

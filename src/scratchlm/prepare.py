@@ -6,12 +6,12 @@ import dataclasses
 from collections import Counter
 from pathlib import Path
 
-from .common import rank0_print
-from .config import RunConfig
+from .common import UserError, rank0_print
+from .config import RunConfig, TokenizerConfig
 from .data.corpus import Corpus
 from .data.shards import write_shards
 from .run import Run
-from .tokenizer import Tokenizer, train_tokenizer
+from .tokenizer import Tokenizer, train_on_corpus
 from .tokenizer import exists as tokenizer_exists
 
 REPORT_LINES = {
@@ -29,27 +29,60 @@ REPORT_LINES = {
 }
 
 
-def train_on_corpus(corpus: Corpus, cfg: RunConfig) -> Tokenizer:
-    """Train cfg.tokenizer on the first --data.tokenizer_sample_mb of the corpus's cleaned documents."""
-    sample = corpus.sample(int(cfg.data.tokenizer_sample_mb * 1e6))
-    rank0_print(
-        f"training a {cfg.tokenizer.kind} tokenizer of {cfg.tokenizer.vocab_size} tokens "
-        f"on {sum(len(d) for d in sample):,} characters…"
-    )
-    return train_tokenizer(sample, cfg.tokenizer)
+def tokenizer_changes(run: Run, wanted: TokenizerConfig) -> list[str]:
+    """The tokenizer settings asked for that differ from those the run's tokenizer was trained with."""
+    if not tokenizer_exists(run.tokenizer_dir):
+        return []
+    trained = Tokenizer.load(run.tokenizer_dir).meta.get("trained_with")
+    if trained is None and run.has_config():  # trained before tokenizers recorded it: config.yaml says
+        trained = dataclasses.asdict(run.load_config().tokenizer)
+    asked = dataclasses.asdict(wanted)
+    return [
+        f"--tokenizer.{k} {asked[k]} (the run's tokenizer: {v})"
+        for k, v in (trained or {}).items()
+        if k in asked and asked[k] != v
+    ]
 
 
-def prepare(run_dir: str | Path, cfg: RunConfig | None = None) -> dict:
-    """Read the inputs, train a tokenizer (unless the run has one) and write the token shards."""
+def prepare(run_dir: str | Path, cfg: RunConfig | None = None, overwrite: bool = False) -> dict:
+    """Read the inputs, train a tokenizer (unless the run has one) and write the token shards.
+
+    A run that has been trained keeps its data: overwrite=True sets its checkpoints and metrics aside in
+    RUN/previous/ first (and its tokenizer, when the tokenizer settings changed and a new one is trained).
+    """
     run = Run.at(run_dir)
     cfg = cfg or (run.load_config() if run.has_config() else RunConfig())
-    corpus = Corpus(cfg.data)
+    cfg.validate()
+    with run.writer_lock("prepare"):
+        return _prepare(run, cfg, overwrite)
 
-    if tokenizer_exists(run.tokenizer_dir):  # the metadata file, written last by Tokenizer.save
+
+def _prepare(run: Run, cfg: RunConfig, overwrite: bool) -> dict:
+    corpus = Corpus(cfg.data)
+    changes = tokenizer_changes(run, cfg.tokenizer)
+    if changes and not overwrite:
+        raise UserError(
+            f"{run.root}: {'; '.join(changes)}: the run keeps the tokenizer its data and checkpoints use; "
+            f"prepare a new run directory, or `scratchlm prepare {run.root} --overwrite` to set the old "
+            "results aside and train a new tokenizer"
+        )
+    # An imported run has a checkpoint but no data yet: preparing its first data replaces nothing.
+    if run.has_checkpoints() and (run.data_dir / "manifest.json").is_file() and not overwrite:
+        raise UserError(
+            f"{run.root} already has checkpoints trained on its data; prepare a new run directory for other "
+            f"data, or `scratchlm prepare {run.root} --overwrite` to set them aside and start the run over"
+        )
+
+    retrain = bool(changes) or not tokenizer_exists(run.tokenizer_dir)  # its metadata file is written last
+    if retrain:
+        tokenizer = train_on_corpus(corpus, cfg)
+    else:
         tokenizer = Tokenizer.load(run.tokenizer_dir)
         rank0_print(f"using the run's tokenizer ({tokenizer.kind}, {tokenizer.vocab_size} tokens)")
-    else:
-        tokenizer = train_on_corpus(corpus, cfg)
+    # After the tokenizer trained, so a corpus that fails to read leaves the run as it was.
+    if overwrite and (aside := run.set_aside(tokenizer=retrain)):
+        rank0_print(f"set the run's earlier results aside in {aside}")
+    if retrain:
         tokenizer.save(run.tokenizer_dir)
     cfg.model.vocab_size = tokenizer.vocab_size
 

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shlex
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from .common import UserError, atomic_write_text
-from .config import RunConfig
+from .config import RunConfig, SettingError
+
+# What training (and eval/sample on its model) leaves in a run: set aside together, never deleted, when the
+# run starts over.
+RESULTS = ("checkpoints", "metrics.csv", "loss.png", "eval.json", "report.md", "samples.txt", "tensorboard")
 
 
 @dataclass(frozen=True)
@@ -27,6 +40,8 @@ class Run:
     loss_plot_path = property(lambda self: self.root / "loss.png")
     samples_path = property(lambda self: self.root / "samples.txt")
     eval_path = property(lambda self: self.root / "eval.json")
+    previous_dir = property(lambda self: self.root / "previous")
+    lock_path = property(lambda self: self.root / ".lock")
 
     def has_config(self) -> bool:
         return self.config_path.is_file()
@@ -37,7 +52,11 @@ class Run:
                 f"{self.root}: not a scratchlm run (no config.yaml); run `scratchlm prepare {self.root}`"
             )
         with open(self.config_path, encoding="utf-8") as f:
-            return RunConfig.from_dict(yaml.safe_load(f) or {})
+            saved = yaml.safe_load(f) or {}
+        try:
+            return RunConfig.from_dict(saved)
+        except SettingError as e:
+            raise UserError(f"{self.config_path}: {e}") from None
 
     def save_config(self, cfg: RunConfig) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -46,3 +65,79 @@ class Run:
     def require_data(self) -> None:
         if not (self.data_dir / "manifest.json").is_file():
             raise UserError(f"{self.root}: no prepared data; run `scratchlm prepare {self.root}` first")
+
+    def has_checkpoints(self) -> bool:
+        ckpt = self.checkpoints_dir
+        return ckpt.is_dir() and any(
+            p.name.startswith("step_") or p.suffix == ".safetensors" for p in ckpt.iterdir()
+        )
+
+    def set_aside(self, tokenizer: bool = False) -> Path | None:
+        """Move the run's results (and its tokenizer, when tokenizer=True because a new one replaces it) into
+        RUN/previous/<time>/ and return that folder; None when there was nothing to move.
+
+        The folder also gets copies of config.yaml and the tokenizer, so the old model still loads from
+        there: `scratchlm sample RUN/previous/<time> "..."`.
+        """
+        present = [self.root / name for name in RESULTS if (self.root / name).exists()]
+        if tokenizer and self.tokenizer_dir.exists():
+            present.append(self.tokenizer_dir)
+        if not present:
+            return None
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        dest, n = self.previous_dir / stamp, 1
+        while dest.exists():  # two set-asides in one second
+            n += 1
+            dest = self.previous_dir / f"{stamp}-{n}"
+        dest.mkdir(parents=True)
+        if self.has_config():
+            shutil.copy2(self.config_path, dest / self.config_path.name)
+        if not tokenizer and self.tokenizer_dir.is_dir():
+            shutil.copytree(self.tokenizer_dir, dest / self.tokenizer_dir.name)
+        # Checkpoints first (RESULTS order): moves cut short never leave the old model to resume on.
+        for path in present:
+            os.replace(path, dest / path.name)
+        return dest
+
+    @contextmanager
+    def writer_lock(self, command: str) -> Iterator[None]:
+        """One writer per run: hold RUN/.lock for the block, or fail at once naming the process that holds it.
+
+        flock, not a pid file: the kernel drops the lock when its process dies, however it dies (SIGKILL,
+        OOM killer), so a crashed run never blocks the next one and there is no stale file to judge.
+        """
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock; run without the lock rather than not at all
+            yield
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UserError(
+                    f"{self.root} is in use by {_holder(self.lock_path)}; wait for it to finish "
+                    "or stop it, then run this again (one command writes to a run at a time)"
+                ) from None
+            holder = {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "command": f"scratchlm {command}",
+                "argv": shlex.join(sys.argv),
+                "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+            }
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # releases the lock; the file stays (unlinking it would let two holders race)
+
+
+def _holder(lock_path: Path) -> str:
+    try:
+        h = json.loads(lock_path.read_text(encoding="utf-8"))
+        return f"`{h['command']}` (pid {h['pid']} on {h['host']}, since {h['since']})"
+    except (OSError, ValueError, KeyError):  # the holder is between taking the lock and writing its name
+        return "another scratchlm process"

@@ -4,31 +4,33 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-
-import numpy as np
 
 from .common import UserError, rank0_print
 from .config import RunConfig
 from .data.corpus import Corpus, clean, read_text
-from .prepare import train_on_corpus
 from .run import Run
-from .tokenizer import Tokenizer, exists
+from .tokenizer import Tokenizer, exists, measure, train_on_corpus
 
 
 def train_command(run_dir: str | Path, cfg: RunConfig, overwrite: bool = False) -> Tokenizer:
     """Train the run's tokenizer on cfg.data.inputs and record the settings in RUN/config.yaml."""
     run = Run.at(run_dir)
-    if exists(run.tokenizer_dir) and not overwrite:
-        raise UserError(
-            f"{run.tokenizer_dir} already holds a tokenizer; pass --overwrite to replace it "
-            "(then run `scratchlm prepare` again: shards and checkpoints belong to the old one)"
-        )
-    tok = train_on_corpus(Corpus(cfg.data), cfg)  # the same text as `prepare` trains on
-    tok.save(run.tokenizer_dir)
-    cfg.model.vocab_size = tok.vocab_size
-    run.save_config(cfg)
+    cfg.validate()
+    with run.writer_lock("tokenizer train"):
+        if exists(run.tokenizer_dir) and not overwrite:
+            raise UserError(
+                f"{run.tokenizer_dir} already holds a tokenizer; pass --overwrite to replace it "
+                "(then run `scratchlm prepare` again: shards and checkpoints belong to the old one)"
+            )
+        tok = train_on_corpus(Corpus(cfg.data), cfg)  # the same text as `prepare` trains on
+        # The old checkpoints only make sense with the old tokenizer: both are set aside together.
+        if run.has_checkpoints() and (aside := run.set_aside(tokenizer=True)):
+            rank0_print(f"set the run's earlier results and tokenizer aside in {aside}")
+        tok.save(run.tokenizer_dir)
+        cfg.model.vocab_size = tok.vocab_size
+        run.save_config(cfg)
     rank0_print(
         f"saved {run.tokenizer_dir} ({tok.kind}, {tok.vocab_size} tokens, "
         f"{tok.meta['corpus_chars']:,} characters read)"
@@ -68,62 +70,20 @@ def _texts(run: Run, text: str | None) -> Iterator[str]:
         yield from doc.pieces()
 
 
-def _batches(texts: Iterable[str], chars: int = 1 << 22) -> Iterator[list[str]]:
-    """Groups of about `chars` characters: a whole corpus is measured in bounded memory."""
-    batch, n = [], 0
-    for t in texts:
-        batch.append(t)
-        n += len(t)
-        if n >= chars:
-            yield batch
-            batch, n = [], 0
-    if batch:
-        yield batch
-
-
-def _shown(tok: Tokenizer, i: int) -> str:
-    """The token's text, or its vocabulary entry when it holds only part of a character."""
-    text = tok.decode([i])
-    return tok.piece(i) if "\ufffd" in text else text
-
-
 def stats(run_dir: str | Path, text: str | None = None, top: int = 20) -> dict:
     """How the tokenizer cuts a text (the run's corpus by default), and its longest tokens."""
     run = Run.at(run_dir)
     tok = Tokenizer.load(run.tokenizer_dir)
-    counts = np.zeros(tok.vocab_size, dtype=np.int64)
-    n_bytes = n_chars = 0
-    for batch in _batches(_texts(run, text)):
-        for ids in tok.encode_batch(batch):
-            counts += np.bincount(np.asarray(ids, dtype=np.int64), minlength=tok.vocab_size)
-        n_bytes += sum(len(t.encode("utf-8", "surrogatepass")) for t in batch)
-        n_chars += sum(len(t) for t in batch)
-    n_tokens = int(counts.sum())
-    fallback = int(counts[tok.fallback_mask()].sum())
-    lengths = tok.token_bytes()
-    # Byte-fallback tokens are one byte each and tell nothing about the vocabulary: leave them out.
-    ranked = np.where(tok.fallback_mask(), -1, lengths)
-    longest = [int(i) for i in np.argsort(-ranked, kind="stable")[:top] if ranked[i] > 0]
-    result = {
-        "kind": tok.kind,
-        "vocab_size": tok.vocab_size,
-        "tokens": n_tokens,
-        "bytes": n_bytes,
-        "chars": n_chars,
-        "bytes_per_token": n_bytes / max(1, n_tokens),
-        "chars_per_token": n_chars / max(1, n_tokens),
-        "byte_fallback_rate": fallback / max(1, n_tokens),
-        "vocab_used": int((counts > 0).sum()),
-        "longest": [(i, _shown(tok, i)) for i in longest],
-    }
+    result = measure(tok, _texts(run, text), top)
     fallback_line = (
         "n/a (byte-level: every byte is in the vocabulary)"
         if tok.kind == "bytelevel"
-        else f"{fallback:,} tokens ({100 * result['byte_fallback_rate']:.3f}%)"
+        else f"{result['byte_fallback_tokens']:,} tokens ({100 * result['byte_fallback_rate']:.3f}%)"
     )
+    lengths = tok.token_bytes()
     print(f"tokenizer       {tok.kind}, {tok.vocab_size:,} tokens, hash {tok.hash}")
-    print(f"text            {n_chars:,} characters, {n_bytes:,} bytes")
-    print(f"tokens          {n_tokens:,} ({result['vocab_used']:,} distinct ids used)")
+    print(f"text            {result['chars']:,} characters, {result['bytes']:,} bytes")
+    print(f"tokens          {result['tokens']:,} ({result['vocab_used']:,} distinct ids used)")
     print(f"bytes/token     {result['bytes_per_token']:.3f}")
     print(f"chars/token     {result['chars_per_token']:.3f}")
     print(f"byte-fallback   {fallback_line}")

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from .checkpoint import (
     check_resumable,
+    intact_step_dirs,
     load_train_state,
     load_weights,
     rng_state,
@@ -183,20 +184,25 @@ def train(run_dir: str | Path, cfg: RunConfig, resume: bool | None = None) -> di
         torch.backends.cudnn.allow_tf32,
     )
     try:
-        return _train(run_dir, cfg, resume)
+        with contextlib.ExitStack() as held:  # the run's writer lock, released however training ends
+            return _train(run_dir, cfg, resume, held)
     finally:
         torch.set_num_threads(saved[0])
         torch.use_deterministic_algorithms(saved[1])
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[2:]
 
 
-def _train(run_dir: str | Path, cfg: RunConfig, resume: bool | None) -> dict:
+def _train(run_dir: str | Path, cfg: RunConfig, resume: bool | None, held: contextlib.ExitStack) -> dict:
     run = Run.at(run_dir)
     run.require_data()
     tokenizer = Tokenizer.load(run.tokenizer_dir)
     cfg.model.vocab_size = tokenizer.vocab_size
+    cfg.validate()
     tc = cfg.train
     dist_info, device = init_distributed(tc.device)
+    _hold_run(run, dist_info, held)
+    if tc.tensorboard and dist_info.is_main:
+        _summary_writer()  # a missing package fails here, before any training
     grad_accum = resolve_batch(tc, cfg.model.block_size, dist_info.world_size)
     tokens_per_step = tc.batch_size * grad_accum * cfg.model.block_size * dist_info.world_size
     if tc.max_tokens:
@@ -229,7 +235,7 @@ def _train(run_dir: str | Path, cfg: RunConfig, resume: bool | None) -> dict:
     token_bytes = tokenizer.token_bytes()
 
     step, best_val, elapsed_before = 0, float("inf"), 0.0
-    previous = step_dirs(run) if resume is not False else []
+    previous = intact_step_dirs(run) if resume is not False else []  # damaged ones: warned, skipped
     if resume and not previous:
         raise UserError(f"{run.root}: --resume given but there is no checkpoint to resume from")
     if previous:
@@ -254,8 +260,6 @@ def _train(run_dir: str | Path, cfg: RunConfig, resume: bool | None) -> dict:
                 f"{tc.max_minutes:g}); nothing to do: raise --train.max_minutes to train on"
             )
             return {"step": step, "best_val_loss": best_val}
-    if dist_info.is_main:
-        run.save_config(cfg)
 
     flops_per_token = model.flops_per_token()
     rank0_print(
@@ -264,10 +268,8 @@ def _train(run_dir: str | Path, cfg: RunConfig, resume: bool | None) -> dict:
         f"{flops_per_token / 1e6:.1f} MFLOPs per token; {tokens_per_step:,} tokens per step "
         f"({dist_info.world_size} x {tc.batch_size} x {grad_accum} x {cfg.model.block_size}) on {device}"
     )
-    metrics = (
-        MetricsLog(run.metrics_path, resume_step=step if previous else None) if dist_info.is_main else None
-    )
-    tb = _tensorboard(run) if tc.tensorboard and dist_info.is_main else None
+    metrics = None  # opened by _start once the first step has gone through
+    tb = None
     peak = peak_flops(device)
 
     def evaluate_and_save(step: int, elapsed: float) -> tuple[float, float]:
@@ -358,6 +360,8 @@ def _train(run_dir: str | Path, cfg: RunConfig, resume: bool | None) -> dict:
             for opt in optimizers:
                 opt.step()
                 opt.zero_grad(set_to_none=True)
+            if metrics is None and dist_info.is_main:
+                metrics, tb = _start(run, cfg, resumed_at=step if previous else None)
             step += 1
             tokens_since_log += tokens_per_step
             elapsed = elapsed_before + time.time() - t_start
@@ -403,6 +407,38 @@ def _train(run_dir: str | Path, cfg: RunConfig, resume: bool | None) -> dict:
     return {"step": step, "val_loss": val_loss, "best_val_loss": best_val, "skipped_steps": skipped}
 
 
+def _hold_run(run: Run, dist_info: Dist, held: contextlib.ExitStack) -> None:
+    """One writer per run: rank 0 takes the run's lock, and every rank learns whether it got it, so a refused
+    torchrun job ends on all ranks with the same one-line error instead of waiting in its first collective."""
+    error = None
+    if dist_info.is_main:
+        try:
+            held.enter_context(run.writer_lock("train"))
+        except UserError as e:
+            error = str(e)
+    if dist_info.enabled:
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error:
+        raise UserError(error)
+
+
+def _start(run: Run, cfg: RunConfig, resumed_at: int | None):
+    """The first step went through: only now does the run's directory change, so a start that fails (bad
+    settings, out of memory) leaves config.yaml, metrics.csv and the old checkpoints as they were.
+
+    A run that starts over sets the earlier results aside instead of overwriting them: otherwise
+    best.safetensors and metrics.csv would mix two runs, and the old run's higher step numbers would be what
+    keep-last pruning keeps and the next `train` resumes.
+    """
+    if resumed_at is None and (aside := run.set_aside()):
+        rank0_print(f"starting over: the previous checkpoints and metrics are in {aside}")
+    run.save_config(cfg)
+    tb = _summary_writer()(str(run.root / "tensorboard")) if cfg.train.tensorboard else None
+    return MetricsLog(run.metrics_path, resume_step=resumed_at), tb
+
+
 def _no_grad_sync(forward, model: GPT, tc: TrainConfig, last: bool):
     """Skip the gradient all-reduce on all but the last micro-batch of a step."""
     if last:
@@ -423,11 +459,11 @@ class _ResyncOnExit(contextlib.AbstractContextManager):
         self.model.set_requires_gradient_sync(True)
 
 
-def _tensorboard(run: Run):
+def _summary_writer():
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise UserError(
             "--train.tensorboard needs the tensorboard package: pip install tensorboard"
         ) from None
-    return SummaryWriter(str(run.root / "tensorboard"))
+    return SummaryWriter

@@ -15,39 +15,27 @@ from .shards import TokenShards
 class RandomWindows:
     """Training batches: windows at random offsets, drawn from an RNG whose state is checkpointed.
 
-    Ranks see disjoint data: each shard is cut into world_size equal parts and rank r only draws
-    windows lying wholly inside part r. Windows are drawn with replacement, so there is no epoch or
-    permutation to lose: the RNG state alone makes a resumed run draw exactly the batches it would have.
+    Under torchrun every process draws the same global batch and the trainer gives each its rows.
+    Windows are drawn with replacement, so there is no epoch or permutation to lose: the RNG state
+    alone makes a resumed run draw exactly the batches it would have.
     """
 
-    def __init__(
-        self,
-        shards: TokenShards,
-        batch_size: int,
-        block_size: int,
-        seed: int,
-        rank: int = 0,
-        world_size: int = 1,
-    ):
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+    def __init__(self, shards: TokenShards, batch_size: int, block_size: int, seed: int):
         self.shards, self.batch_size, self.block_size = shards, batch_size, block_size
         sizes = np.array([a.size for a in shards.arrays], dtype=np.int64)
-        self.lo = sizes * rank // world_size  # this rank's part of each shard: [lo, hi)
-        hi = sizes * (rank + 1) // world_size
-        self.starts = np.clip(hi - self.lo - block_size, 0, None)  # window starts that fit in the part
+        self.starts = np.clip(sizes - block_size, 0, None)  # window starts that fit in each shard
         if not self.starts.any():
             raise UserError(
                 f"the training split has {shards.total} tokens, fewer than one context window of "
-                f"{block_size + 1} per rank ({world_size} ranks); add text or lower --model.block_size"
+                f"{block_size + 1}; add text or lower --model.block_size"
             )
         self.weights = self.starts / self.starts.sum()
-        self.rng = np.random.default_rng([seed, rank, world_size])
+        self.rng = np.random.default_rng(seed)
         self.batches = 0
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         which = self.rng.choice(len(self.shards.arrays), size=self.batch_size, p=self.weights)
-        offsets = self.lo[which] + (self.rng.random(self.batch_size) * self.starts[which]).astype(np.int64)
+        offsets = (self.rng.random(self.batch_size) * self.starts[which]).astype(np.int64)
         pairs = zip(which, offsets, strict=True)
         rows = np.stack([self.shards.arrays[s][o : o + self.block_size + 1] for s, o in pairs])
         rows = torch.from_numpy(rows.astype(np.int64))
@@ -60,7 +48,7 @@ class RandomWindows:
 
     def load_state_dict(self, state: dict) -> None:
         self.rng.bit_generator.state = json.loads(state["rng"])
-        self.batches = int(state.get("batches", 0))
+        self.batches = int(state["batches"])
 
 
 def sequential_windows(

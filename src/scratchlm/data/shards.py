@@ -257,7 +257,10 @@ def read_manifest(data_dir: Path) -> dict:
     path = data_dir / MANIFEST
     if not path.is_file():
         raise UserError(f"{data_dir}: no prepared data (manifest.json); run `scratchlm prepare` first")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise UserError(f"{path}: not valid JSON ({e}); run `scratchlm prepare` again") from None
 
 
 def open_split(data_dir: Path, split: str, tokenizer_hash: str | None = None) -> TokenShards:
@@ -267,6 +270,16 @@ def open_split(data_dir: Path, split: str, tokenizer_hash: str | None = None) ->
     dtype = np.dtype(manifest["dtype"])
     arrays = []
     for s in manifest["splits"][split]:
+        # Shards are plain names beside the manifest: "../x" or "/x" would read a file outside the run.
+        if (
+            not isinstance(s["file"], str)
+            or Path(s["file"]).name != s["file"]
+            or s["file"] in ("", ".", "..")
+        ):
+            raise UserError(
+                f"{data_dir / MANIFEST}: shard {s['file']!r} is not a file in {data_dir}; "
+                "run `scratchlm prepare` again"
+            )
         path = data_dir / s["file"]
         if not path.is_file() or path.stat().st_size != s["tokens"] * dtype.itemsize:
             raise UserError(f"{path}: missing or not the size in the manifest; run `scratchlm prepare` again")

@@ -14,6 +14,10 @@ from ..common import UserError, atomic_path
 
 FORMATS = ("hf", "gguf")
 DTYPES = {"hf": ("f32", "f16", "bf16"), "gguf": ("f32", "f16", "q8_0")}
+# Every exported folder holds this file: --force replaces only a folder that has it (or a GGUF file),
+# so a mistyped --out never deletes a run, its parent, or anything else export did not write.
+MARKER = ".scratchlm-export"
+GGUF_MAGIC = b"GGUF"
 
 
 def export(
@@ -33,13 +37,10 @@ def export(
     if dtype not in DTYPES[fmt]:
         raise UserError(f"--dtype {dtype}: {fmt} export supports {', '.join(DTYPES[fmt])}")
     out = Path(out)
-    if fmt == "gguf" and out.is_dir():
-        raise UserError(f"--out {out}: is a folder; GGUF export writes one file, e.g. --out model.gguf")
-    if out.exists() and not force:
-        raise UserError(f"--out {out}: already exists; choose another path or add --force to replace it")
     run = Run.at(run_dir)
     if not run.root.is_dir():
         raise UserError(f"{run.root}: no such run directory")
+    check_out(out, run.root, fmt, force)
     lm = load(run.root, checkpoint)
 
     if fmt == "hf":
@@ -49,13 +50,66 @@ def export(
         check_exportable(lm.config.model)
         arch = "GPT2LMHeadModel" if lm.config.model.flavour == "gpt2" else "LlamaForCausalLM"
         card = model_card(lm, run.root, arch)
-        _replace_dir(out, lambda tmp: write_hf_folder(lm, run.tokenizer_dir, tmp, dtype, card))
+
+        def write(tmp: Path) -> None:
+            write_hf_folder(lm, run.tokenizer_dir, tmp, dtype, card)
+            (tmp / MARKER).write_text(
+                "Written by `scratchlm export`: `--force` may replace this folder.\n", encoding="utf-8"
+            )
+
+        _replace_dir(out, write)
     else:
         from .gguf import write_gguf
 
         with atomic_path(out) as tmp:
             write_gguf(lm, run.tokenizer_dir, tmp, dtype, name=run.root.name)
     return out
+
+
+def is_run_dir(path: Path) -> bool:
+    """A scratchlm run: its config.yaml beside what prepare or train made (a config.yaml alone may be a
+    recipe in a project folder)."""
+    return (path / "config.yaml").is_file() and (
+        (path / "checkpoints").is_dir()
+        or (path / "tokenizer").is_dir()
+        or (path / "data" / "manifest.json").is_file()
+    )
+
+
+def check_out(out: Path, run_root: Path, fmt: str, force: bool) -> None:
+    """Refuse an --out that is, holds or sits inside a run, or that exists and was not written by export."""
+    where, run_root = out.resolve(), run_root.resolve()
+    beside = run_root.with_name(run_root.name + ("-hf" if fmt == "hf" else ".gguf"))
+    owner = next((p for p in (where, *where.parents) if is_run_dir(p)), None)
+    if owner is not None:
+        relation = "is the run directory" if owner == where else f"is inside the run directory {owner}"
+        raise UserError(f"--out {out}: {relation}; export outside every run, e.g. --out {beside}")
+    if where == run_root or where in run_root.parents:
+        raise UserError(f"--out {out}: holds the run {run_root}; export to a new path, e.g. --out {beside}")
+    if not out.exists():
+        return
+    if fmt == "gguf":
+        if out.is_dir():
+            raise UserError(f"--out {out}: is a folder; GGUF export writes one file, e.g. --out model.gguf")
+        with open(out, "rb") as f:
+            if f.read(len(GGUF_MAGIC)) != GGUF_MAGIC:
+                raise UserError(
+                    f"--out {out}: exists and is not a GGUF file; --force replaces only an earlier .gguf "
+                    "export: choose another path"
+                )
+    elif not out.is_dir():
+        raise UserError(f"--out {out}: is a file; hf export writes a folder: choose another path")
+    elif not any(out.iterdir()):
+        return  # an empty folder: nothing to lose
+    elif not (out / MARKER).is_file():
+        raise UserError(
+            f"--out {out}: exists and was not written by `scratchlm export` (no {MARKER} in it); "
+            "choose another path, or move it away yourself"
+        )
+    elif any(is_run_dir(p) for p in out.rglob("*") if p.is_dir()):
+        raise UserError(f"--out {out}: a scratchlm run was put inside this export; move it out first")
+    if not force:
+        raise UserError(f"--out {out}: already exists; choose another path or add --force to replace it")
 
 
 def _replace_dir(out: Path, write) -> None:

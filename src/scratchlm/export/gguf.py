@@ -178,9 +178,9 @@ def _add_sentencepiece_vocab(w, path: Path) -> None:
     w.add_add_space_prefix(proto.normalizer_spec.add_dummy_prefix)
 
 
-# llama.cpp's PLaMo-2 tokenizer keeps round(score * 1e4) as an integer. Unigram scores are multiples of 1/32
-# (tokenizer_sp._SCORE_GRID), so scores are written times 1024/1e4: every score and every sum stays exact,
-# where the plain scores would round 312.5 * k half away from zero and shift ties.
+# llama.cpp's PLaMo-2 tokenizer keeps round(score * 1e4) as an integer. Unigram scores are multiples of
+# 1/32 (_SCORE_GRID in tokenizer/sentencepiece.py), so scores are written times 1024/1e4: every score and
+# every sum stays exact, where the plain scores would round 312.5 * k half away from zero and shift ties.
 _PLAMO2_SCALE = 1024 / 1e4
 
 
@@ -207,7 +207,7 @@ def _add_unigram_vocab(w, proto) -> None:
     """
     from sentencepiece import sentencepiece_model_pb2 as pb
 
-    from ..tokenizer_sp import WS
+    from ..tokenizer.sentencepiece import WS
 
     piece_type = pb.ModelProto.SentencePiece
     tokens, scores, types = [], [], []
@@ -266,7 +266,7 @@ def _add_char_vocab(w, path: Path) -> None:
     proven by the llama.cpp parity test. It reads a space as "▁", so the space token is written so."""
     import gguf
 
-    from ..tokenizer_hf import BYTE_TOKENS
+    from ..tokenizer import BYTE_TOKENS
 
     tj = json.loads(path.read_text(encoding="utf-8"))
     vocab: dict[str, int] = dict(tj["model"]["vocab"])

@@ -20,7 +20,7 @@ import torch
 
 from ..chat_template import jinja_template, stop_ids
 from ..common import UserError
-from ..config import ModelConfig, RunConfig, TokenizerConfig
+from ..config import ModelConfig, RunConfig, SettingError, TokenizerConfig
 
 Tensor = torch.Tensor
 
@@ -360,18 +360,76 @@ def write_hf_folder(lm, tok_dir: Path, out: Path, dtype: str, card: str) -> None
 # ---------------------------------------------------------------- import
 def read_hf_weights(hf_dir: Path) -> dict[str, Tensor]:
     """model.safetensors, or the shards listed by model.safetensors.index.json (never pickles)."""
-    from safetensors.torch import load_file
-
     single, index = hf_dir / "model.safetensors", hf_dir / "model.safetensors.index.json"
     if single.is_file():
-        return load_file(str(single))
+        return _load_safetensors(single)
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        return {k: v for shard in shards for k, v in load_file(str(hf_dir / shard)).items()}
+        try:
+            names = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise UserError(
+                f"{index}: not a safetensors index (a JSON object with a weight_map): {e}"
+            ) from None
+        for name in names:
+            # Shard names come from the file: "../x" or "/x" would read a file outside the folder.
+            if not isinstance(name, str) or Path(name).is_absolute() or ".." in Path(name).parts:
+                raise UserError(
+                    f"{index}: shard {name!r} is not a file inside {hf_dir}; the index is not valid"
+                )
+        weights = {}
+        for name in sorted(names):
+            weights.update(_load_safetensors(hf_dir / name))
+        return weights
     raise UserError(
         f"{hf_dir}: no model.safetensors; scratchlm reads only safetensors weights "
         "(re-save the model with save_pretrained(..., safe_serialization=True))"
     )
+
+
+def _load_safetensors(path: Path) -> dict[str, Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise UserError(f"{path}: missing; the model folder is incomplete")
+    try:
+        return load_file(str(path))
+    except SafetensorError as e:
+        raise UserError(
+            f"{path}: not a readable .safetensors file ({e}); download or export it again"
+        ) from None
+
+
+def read_hf_config(hf_dir: Path) -> ModelConfig:
+    """The ModelConfig of the folder's config.json; UserError when it is missing, malformed or unsupported."""
+    path = hf_dir / "config.json"
+    if not path.is_file():
+        raise UserError(f"{hf_dir}: no config.json; give a Hugging Face model folder")
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise UserError(f"{path}: not a JSON object of model settings")
+    try:
+        cfg = model_config_from_hf(d)
+    except KeyError as e:
+        raise UserError(f"{path}: no {e.args[0]!r}, which a {d.get('model_type')} model needs") from None
+    except SettingError as e:  # the model settings' own range check: say which file held the value
+        raise UserError(f"{path}: a setting has an unusable value ({e})") from None
+    except (TypeError, ValueError, ZeroDivisionError) as e:
+        raise UserError(f"{path}: a setting has an unusable value ({e})") from None
+    for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "mlp_hidden"):
+        value, least = getattr(cfg, name), 0 if name == "n_kv_head" else 1  # n_kv_head 0: one per head
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise UserError(
+                f"{path}: a setting has an unusable value ({name} = {value!r}, not an integer >= {least})"
+            )
+    try:
+        cfg.validate()
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    return cfg
 
 
 def import_hf(hf_dir: str | Path, run_dir: str | Path) -> None:
@@ -385,10 +443,8 @@ def import_hf(hf_dir: str | Path, run_dir: str | Path) -> None:
     from ..run import Run
 
     hf_dir, run = Path(hf_dir), Run.at(run_dir)
-    if not (hf_dir / "config.json").is_file():
-        raise UserError(f"{hf_dir}: no config.json; give a Hugging Face model folder")
     cfg = RunConfig()
-    cfg.model = model_config_from_hf(json.loads((hf_dir / "config.json").read_text(encoding="utf-8")))
+    cfg.model = read_hf_config(hf_dir)
     tokenizer = _import_tokenizer(hf_dir, run.tokenizer_dir)
     if tokenizer.vocab_size != cfg.model.vocab_size:
         raise UserError(
@@ -407,11 +463,16 @@ def import_hf(hf_dir: str | Path, run_dir: str | Path) -> None:
         cfg.sample.top_k = int(gen.get("top_k", cfg.sample.top_k))
         cfg.sample.max_new_tokens = int(gen.get("max_new_tokens", cfg.sample.max_new_tokens))
 
-    model = GPT(cfg.model)
     hf_sd = read_hf_weights(hf_dir)
     if cfg.model.tie_embeddings:
         hf_sd.pop("lm_head.weight", None)
-    model.load_state_dict({k: v.float() for k, v in from_hf_state_dict(hf_sd, cfg.model).items()})
+    try:
+        model = GPT(cfg.model)
+        model.load_state_dict({k: v.float() for k, v in from_hf_state_dict(hf_sd, cfg.model).items()})
+    except (RuntimeError, ValueError, ZeroDivisionError) as e:  # shapes that config.json does not describe
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        detail = next((line for line in lines if "size mismatch" in line), lines[0] if lines else repr(e))
+        raise UserError(f"{hf_dir}: the weights do not fit config.json ({detail})") from None
 
     # Weights only: no optimizer or loader state, so `train` starts fresh at step 0 from these weights.
     weights = weights_of(model.state_dict(), cfg.model.tie_embeddings)
@@ -447,7 +508,10 @@ def _import_tokenizer(hf_dir: Path, tok_dir: Path):
         kind = kinds.get(proto.trainer_spec.model_type)
         nfkc = proto.normalizer_spec.name != "identity"
     elif (hf_dir / "tokenizer.json").is_file():
-        tj = json.loads((hf_dir / "tokenizer.json").read_text(encoding="utf-8"))
+        try:
+            tj = json.loads((hf_dir / "tokenizer.json").read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise UserError(f"{hf_dir / 'tokenizer.json'}: not valid JSON ({e})") from None
         kind, nfkc = tokenizer_json_kind(tj), "NFKC" in json.dumps(tj.get("normalizer"))
     else:
         raise UserError(f"{hf_dir}: no tokenizer.model or tokenizer.json; the folder needs its tokenizer")

@@ -12,14 +12,17 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from .common import UserError
-from .config import TokenizerConfig
-from .tokenizer import HF_FILE, SPECIALS, Tokenizer
+from ..common import UserError
+from ..config import TokenizerConfig
+from .base import HF_FILE, SPECIALS, Tokenizer
 
 BYTE_TOKENS = [f"<0x{b:02X}>" for b in range(256)]
 
 
 class HFTokenizer(Tokenizer):
+    kinds = ("bytelevel", "char")
+    native_file = HF_FILE
+
     def __init__(self, json_bytes: bytes, kind: str, meta: dict | None = None):
         from tokenizers import Tokenizer as HFTok
 
@@ -66,9 +69,6 @@ class HFTokenizer(Tokenizer):
 
     def hf_json(self) -> str:
         return self.native.decode("utf-8")
-
-    def _native_files(self) -> dict[str, bytes]:
-        return {HF_FILE: self.native}
 
 
 _BYTE_SET = frozenset(BYTE_TOKENS)

@@ -1,8 +1,9 @@
-"""Tokenizers: train, encode/decode, special tokens, save/load — one interface over four kinds.
+"""The Tokenizer interface: encode/decode, special tokens, save/load — one interface over four kinds.
 
-unigram / bpe  SentencePiece with byte fallback (tokenizer_sp.py): the usual choice for CJK + English.
-bytelevel      GPT-2 style byte-level BPE from Hugging Face `tokenizers` (tokenizer_hf.py).
-char           one token per character seen, unseen characters fall back to UTF-8 byte tokens.
+unigram / bpe  SentencePiece with byte fallback (sentencepiece.py): the usual choice for CJK + English.
+bytelevel      GPT-2 style byte-level BPE from Hugging Face `tokenizers` (huggingface.py).
+char           one token per character seen, unseen characters fall back to UTF-8 byte tokens
+               (huggingface.py).
 
 Every kind round-trips any str exactly. The special tokens get the same fixed ids 0..6 in every kind,
 reserved at training time so SFT later needs no resize; text that merely contains "<|eos|>" stays text
@@ -13,7 +14,6 @@ unless `allow_special=True`. A saved tokenizer is a folder that transformers loa
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 import re
@@ -22,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .chat_template import jinja_template
-from .common import UserError, atomic_write, atomic_write_text, is_interactive
-from .config import TokenizerConfig
+from ..chat_template import jinja_template
+from ..common import UserError, atomic_write, atomic_write_text, is_interactive
 
 SPECIALS = ["<|bos|>", "<|eos|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 KINDS = ("unigram", "bpe", "bytelevel", "char")
@@ -47,6 +46,8 @@ _SPECIAL_RE = re.compile("(" + "|".join(re.escape(t) for t in SPECIALS) + ")")
 class Tokenizer:
     """What the rest of scratchlm sees. Subclasses supply the backend-specific methods below."""
 
+    kinds: tuple[str, ...] = ()  # the kinds a subclass implements
+    native_file: str  # the name of its native model file in a saved folder
     kind: str
     vocab_size: int
     native: bytes  # the native model file's bytes; the hash is taken over them
@@ -85,7 +86,7 @@ class Tokenizer:
         raise NotImplementedError
 
     def _native_files(self) -> dict[str, bytes]:
-        raise NotImplementedError
+        return {self.native_file: self.native}
 
     # ---- common ----
     @property
@@ -197,14 +198,11 @@ class Tokenizer:
         meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
         kind = meta.get("kind")
         extra = {k: v for k, v in meta.items() if k not in ("kind", "vocab_size", "hash", "special_ids")}
-        if kind in ("unigram", "bpe"):
-            from .tokenizer_sp import SentencePieceTokenizer
-
-            return SentencePieceTokenizer((directory / SP_FILE).read_bytes(), kind, extra)
-        if kind in ("bytelevel", "char"):
-            from .tokenizer_hf import HFTokenizer
-
-            return HFTokenizer((directory / HF_FILE).read_bytes(), kind, extra)
+        # The kinds' classes are the subclasses (the package's __init__ imports every one), so this
+        # module needs none of them: no import cycle.
+        for backend in Tokenizer.__subclasses__():
+            if kind in backend.kinds:
+                return backend((directory / backend.native_file).read_bytes(), kind, extra)
         raise UserError(
             f"{directory / META_FILE}: unknown tokenizer kind {kind!r}; train the tokenizer again"
         )
@@ -226,57 +224,6 @@ def split_for_batch(text: str, size: int = _PIECE_CHARS) -> Iterator[str]:
         start = m.end()
     if start < len(text) or not text:
         yield text[start:]
-
-
-class CorpusStats:
-    """Counts and hashes the documents as the trainer streams through them (RAM stays bounded)."""
-
-    def __init__(self) -> None:
-        self.docs = 0
-        self.chars = 0
-        self._sha = hashlib.sha256()
-
-    def watch(self, documents: Iterable[str]) -> Iterator[str]:
-        for doc in documents:
-            self.docs += 1
-            self.chars += len(doc)
-            self._sha.update(doc.encode("utf-8", "surrogatepass") + b"\0")
-            yield doc
-
-    @property
-    def hash(self) -> str:
-        return self._sha.hexdigest()[:16]
-
-
-def train_tokenizer(documents: Iterable[str], cfg: TokenizerConfig) -> Tokenizer:
-    """Train a tokenizer of `cfg.kind` on any iterable of documents (read once, streamed)."""
-    if cfg.kind not in KINDS:
-        raise UserError(f"--tokenizer.kind {cfg.kind!r}: choose one of {', '.join(KINDS)}")
-    docs = iter(documents)
-    head = []
-    for doc in docs:  # look ahead to the first document with text, so an empty corpus fails clearly
-        head.append(doc)
-        if doc.strip():
-            break
-    else:
-        raise UserError("the corpus is empty: nothing to train a tokenizer on; give files with text in them")
-    stats = CorpusStats()
-    stream = stats.watch(itertools.chain(head, docs))
-    if cfg.kind in ("unigram", "bpe"):
-        from .tokenizer_sp import train_sentencepiece
-
-        tok = train_sentencepiece(stream, cfg)
-    else:
-        from .tokenizer_hf import train_bytelevel, train_char
-
-        tok = train_bytelevel(stream, cfg) if cfg.kind == "bytelevel" else train_char(stream, cfg)
-    tok.meta.update(
-        corpus_hash=stats.hash,
-        corpus_chars=stats.chars,
-        corpus_documents=stats.docs,
-        normalization=cfg.normalization,
-    )
-    return tok
 
 
 def cpu_threads() -> int:
