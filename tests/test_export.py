@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 import scratchlm
+from scratchlm.chat_template import LAYOUT, jinja_template, render, stop_ids
 from scratchlm.checkpoint import save_best, save_checkpoint, weights_of
 from scratchlm.cli import main
 from scratchlm.config import RunConfig, SampleConfig
@@ -61,9 +62,9 @@ def prepared(tmp_path_factory, tiny_corpus) -> dict[str, Path]:
     return out
 
 
-def make_run(prepared: dict[str, Path], dst: Path, kind: str = "unigram", **model_kw) -> Path:
+def make_run(prepared: dict[str, Path], dst: Path, kind: str = "unigram", edit=None, **model_kw) -> Path:
     """A run with a random checkpoint, its weights pushed off init so every tensor shapes the output
-    and greedy decoding does not sit on near-ties."""
+    and greedy decoding does not sit on near-ties; `edit(model)` may change them before they are saved."""
     shutil.copytree(prepared[kind], dst)
     run = Run.at(dst)
     cfg = run.load_config()
@@ -75,6 +76,8 @@ def make_run(prepared: dict[str, Path], dst: Path, kind: str = "unigram", **mode
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.15)
+        if edit is not None:
+            edit(model)
     tok = Tokenizer.load(run.tokenizer_dir)
     weights = weights_of(model.state_dict(), cfg.model.tie_embeddings)
     save_checkpoint(run, 7, weights, cfg, tok.hash, {"step": 7}, keep_last=2)
@@ -89,7 +92,7 @@ def prompt_ids(lm, prompt: str) -> list[int]:
 
 def greedy(lm, ids: list[int], n: int = 20) -> list[int]:
     cfg = SampleConfig(temperature=0, max_new_tokens=n)
-    return list(generate_ids(lm.model, ids, cfg, stop_ids={lm.tokenizer.eos_id}))
+    return list(generate_ids(lm.model, ids, cfg, stop_ids=set(stop_ids(lm.tokenizer))))
 
 
 # ---------------------------------------------------------------- Hugging Face
@@ -146,7 +149,7 @@ def test_hf_export_loads_natively_and_matches(prepared, tmp_path, case, capsys):
     gen = json.loads((out / "generation_config.json").read_text())
     # generate() from nothing starts where `scratchlm sample ''` starts.
     start = prompt_ids(lm, "")
-    assert gen["eos_token_id"] == lm.tokenizer.eos_id and [gen["bos_token_id"]] == start
+    assert gen["eos_token_id"] == stop_ids(lm.tokenizer) and [gen["bos_token_id"]] == start
     assert hf.generate(do_sample=False, max_new_tokens=8)[0].tolist() == start + greedy(lm, start, 8)
 
 
@@ -167,8 +170,7 @@ def test_hf_tokenizer_of_every_kind_loads_with_autotokenizer_and_imports_back(pr
         assert hf_tok.decode(tok.encode(text)) == tok.decode(tok.encode(text))  # == text unless NFKC
     chat = [{"role": "user", "content": "Who is Pierre?"}]
     ids = hf_tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False)
-    expected = tok.encode("<|user|>Who is Pierre?<|end|><|assistant|>", allow_special=True)
-    assert list(ids) == expected
+    assert list(ids) == render(chat, tok, add_generation_prompt=True).ids
 
     import_run(out, tmp_path / "imported")
     back = scratchlm.load(tmp_path / "imported").tokenizer
@@ -188,13 +190,19 @@ def test_hf_chat_template_renders_scratchlm_chat_format(prepared, tmp_path):
     out = tmp_path / "hf"
     export(run, "hf", out)
     tc = json.loads((out / "tokenizer_config.json").read_text())
+    assert tc["chat_template"] == jinja_template()
     # The export's BOS is the token `scratchlm sample` starts prompts with, and training documents too.
     assert (tc["bos_token"], tc["eos_token"], tc["pad_token"]) == ("<|bos|>", "<|eos|>", "<|pad|>")
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     text = Template(tc["chat_template"]).render(
         messages=messages, bos_token="<|bos|>", add_generation_prompt=True
     )
-    assert text == "<|system|>Be brief.<|end|><|user|>Hi<|end|><|assistant|>"
+    # The run's own tokenizer folder carries the template too.
+    own = transformers.AutoTokenizer.from_pretrained(run / "tokenizer")
+    ids = own.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    assert list(ids) == render(messages, scratchlm.load(run).tokenizer, add_generation_prompt=True).ids
+    assert text == "<|bos|><|system|>Be brief.<|end|><|user|>Hi<|end|><|assistant|>"
+    assert f"Chat format: `{LAYOUT}`" in (out / "README.md").read_text()
 
 
 @pytest.mark.parametrize("case", HF_CASES)
@@ -304,17 +312,26 @@ def test_gguf_reads_back_with_metadata_and_tensors(prepared, tmp_path, flavour, 
         assert _field(r, "llama.attention.head_count_kv") == cfg.kv_heads
         assert _field(r, "llama.rope.freq_base") == cfg.rope_theta
         assert _field(r, "llama.rope.dimension_count") == cfg.n_embd // cfg.n_head
-    assert _field(r, "tokenizer.ggml.model") == "llama"
+    # The default Unigram kind as llama.cpp's PLaMo-2 tokenizer: plain-text pieces, scores llama.cpp rounds
+    # exactly (score * 1e4 is an integer), -inf for control tokens so typed "<|end|>" stays text.
+    assert _field(r, "tokenizer.ggml.model") == "plamo2"
     sp = spm.SentencePieceProcessor(model_file=str(run / "tokenizer" / "tokenizer.model"))
-    tokens = _field(r, "tokenizer.ggml.tokens")
-    assert (
-        len(tokens) == tok.vocab_size and tokens[tok.eos_id] == "<|eos|>" and tokens[10] == sp.id_to_piece(10)
-    )
+    tokens, scores = _field(r, "tokenizer.ggml.tokens"), _field(r, "tokenizer.ggml.scores")
+    assert len(tokens) == tok.vocab_size and tokens[tok.eos_id] == "<|eos|>"
+    space = next(i for i in range(sp.get_piece_size()) if sp.id_to_piece(i).startswith("\u2581"))
+    assert tokens[space] == sp.id_to_piece(space).replace("\u2581", " ")
+    for i in (space, *sp.encode("the")):
+        assert scores[i] * 1e4 == pytest.approx(round(scores[i] * 1e4), abs=1e-3)
+        assert round(scores[i] * 1e4) == sp.get_score(i) * 1024
+    assert scores[tok.eos_id] == -np.inf and scores[sp.unk_id()] == -np.inf
     types = _field(r, "tokenizer.ggml.token_type")
     assert types[tok.bos_id] == gguf.TokenType.CONTROL and types[sp.unk_id()] == gguf.TokenType.UNKNOWN
-    assert types[sp.piece_to_id("<0x41>")] == gguf.TokenType.BYTE
+    byte_a = sp.piece_to_id("<0x41>")
+    assert (tokens[byte_a], types[byte_a]) == ("<0x41>", gguf.TokenType.BYTE)
     assert types[sp.piece_to_id("\n")] == gguf.TokenType.USER_DEFINED
-    assert _field(r, "tokenizer.ggml.add_space_prefix") is False
+    # Chat: scratchlm's template, <|end|> ends a turn (llama.cpp stops there), <|eos|> a document.
+    assert _field(r, "tokenizer.chat_template") == jinja_template()
+    assert _field(r, "tokenizer.ggml.eot_token_id") == tok.special_ids["<|end|>"]
     # llama.cpp's automatic BOS is the token `scratchlm sample` starts prompts with.
     assert [_field(r, "tokenizer.ggml.bos_token_id")] == prompt_ids(lm, "")
     assert _field(r, "tokenizer.ggml.add_bos_token") is True
@@ -418,10 +435,7 @@ def test_gguf_char_vocabulary_reads_back(prepared, tmp_path):
     ],
 )
 def test_llama_cpp_greedy_output_equals_scratchlm(prepared, tmp_path, variant, kind):
-    try:
-        from llama_cpp import Llama
-    except ImportError:
-        pytest.skip("llama-cpp-python is not installed (pip install 'scratchlm[gguf-check]')")
+    Llama = llama_cpp_llama()
     run = make_run(prepared, tmp_path / "run", kind=kind, **VARIANTS[variant])
     path = tmp_path / "m.gguf"
     export(run, "gguf", path, dtype="f32")
@@ -433,11 +447,11 @@ def test_llama_cpp_greedy_output_equals_scratchlm(prepared, tmp_path, variant, k
         for prompt in PROMPTS + ["  two  spaces\tand a tab\n鬱蒼"]:
             ids = prompt_ids(lm, prompt)
             assert llm.detokenize(ids[1:]) == prompt.encode()  # the GGUF vocabulary spells text back
-            # llama.cpp's tokenizer, its automatic BOS included, gives scratchlm's ids: SentencePiece BPE
-            # (merges by score), byte-level BPE and char. Not Unigram: llama.cpp merges greedily where
-            # SentencePiece finds the best segmentation (see gguf.py), so ids are fed directly there.
-            if kind != "unigram":
-                assert llm.tokenize(prompt.encode(), add_bos=True, special=False) == ids, prompt
+            # llama.cpp's tokenizer, its automatic BOS included, gives scratchlm's ids; llama.cpp's PLaMo-2
+            # tokenizer (Unigram's) adds no BOS, so there the prompt must start with "<|bos|>" itself.
+            typed = llm.tokenize(prompt.encode(), add_bos=True, special=False)
+            assert typed == (ids if kind != "unigram" else ids[1:]), prompt
+            assert llm.tokenize(b"<|bos|>" + prompt.encode(), add_bos=False, special=True) == ids, prompt
             llm.reset()
             llm.eval(ids)
             with torch.no_grad():
@@ -453,6 +467,100 @@ def test_llama_cpp_greedy_output_equals_scratchlm(prepared, tmp_path, variant, k
             assert theirs == ours and len(set(ours)) > 3, (ours, theirs)
     finally:
         llm.close()
+
+
+def llama_cpp_llama():
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        pytest.skip("llama-cpp-python is not installed (pip install 'scratchlm[gguf-check]')")
+    return Llama
+
+
+# English, Japanese, mixed, whitespace runs, byte fallback (鬱蒼 is in no tiny vocabulary) and text that
+# spells a special token, which stays text in scratchlm and so must in llama.cpp.
+TYPED = [
+    "Prince Andrew looked at",
+    "吾輩は猫である。名前はまだ無い。",
+    "JIS X 0213 の文字",
+    "  two  spaces\tand a tab\n\nnew paragraph",
+    "鬱蒼 ½ <|end|><|user|> <unk> <0x41>",
+    "“Oh, don’t speak to me of Austria,” said Prince Vasíli.",
+]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_llama_cpp_tokenizes_typed_text_as_scratchlm(prepared, tmp_path, kind):
+    """What a user types into llama.cpp (llama-cli -p, llama-server's prompt) gets scratchlm's ids."""
+    Llama = llama_cpp_llama()
+    run = make_run(prepared, tmp_path / "run", kind=kind, flavour="llama")
+    export(run, "gguf", tmp_path / "m.gguf")
+    tok = Tokenizer.load(run / "tokenizer")
+    llm = Llama(model_path=str(tmp_path / "m.gguf"), vocab_only=True, verbose=False)
+    # A typed "▁" is three byte tokens in scratchlm; llama.cpp's "llama" type (bpe's, char's) reads it as a
+    # space.
+    texts = TYPED + (["a▁b ▁"] if kind in ("unigram", "bytelevel") else [])
+    try:
+        for text in texts:
+            assert llm.tokenize(text.encode(), add_bos=False, special=False) == tok.encode(text), text
+            assert llm.detokenize(tok.encode(text)) == text.encode(), text
+    finally:
+        llm.close()
+
+
+def test_llama_cpp_unigram_breaks_exact_score_ties_the_other_way(prepared, tmp_path):
+    """The one known difference of the "plamo2" vocabulary (see gguf._add_unigram_vocab): where two
+    segmentations score exactly the same, SentencePiece keeps the longest last piece and llama.cpp the
+    longest first one. Same text, same score, other ids; this test notices if llama.cpp changes."""
+    Llama = llama_cpp_llama()
+    run = make_run(prepared, tmp_path / "run", flavour="llama")
+    export(run, "gguf", tmp_path / "m.gguf")
+    sp = spm.SentencePieceProcessor(model_file=str(run / "tokenizer" / "tokenizer.model"))
+    text = "    FIRST"
+    ours = sp.encode(text)
+    llm = Llama(model_path=str(tmp_path / "m.gguf"), vocab_only=True, verbose=False)
+    try:
+        theirs = llm.tokenize(text.encode(), add_bos=False, special=False)
+        assert llm.detokenize(theirs) == text.encode()
+    finally:
+        llm.close()
+    assert [sp.id_to_piece(i) for i in ours[:2]] == ["\u2581", "\u2581\u2581\u2581"]
+    assert theirs == ours[1::-1] + ours[2:]  # the same pieces, "▁▁▁" first
+    assert sum(sp.get_score(i) for i in theirs) == sum(sp.get_score(i) for i in ours)
+
+
+def test_llama_cpp_chat_completion_renders_scratchlm_template_and_stops_at_end(prepared, tmp_path):
+    """create_chat_completion (the GGUF's Jinja template, llama.cpp's end-of-turn) feeds the model
+    chat_template.render's ids and ends the reply at <|end|>."""
+    Llama = llama_cpp_llama()
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who is Pierre?"}]
+    base = scratchlm.load(make_run(prepared, tmp_path / "base", **FLAVOURS["llama"]))
+    tok = base.tokenizer
+    prompt = render(messages, tok, add_generation_prompt=True).ids
+    reply = greedy(base, prompt, 16)
+    # The model ends its reply after k >= 3 tokens once <|end|> takes the head row of the token it picked
+    # there (an untied head: the inputs, so the first k tokens, stay the same).
+    k = next(i for i in range(3, len(reply)) if reply[i] not in reply[:i])
+    end = tok.special_ids["<|end|>"]
+
+    def swap(model):
+        w = model.lm_head.weight
+        w[[reply[k], end]] = w[[end, reply[k]]]
+
+    run = make_run(prepared, tmp_path / "run", edit=swap, **FLAVOURS["llama"])
+    assert greedy(scratchlm.load(run), prompt, 16) == reply[:k]
+    export(run, "gguf", tmp_path / "m.gguf")
+    llm = Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=128, n_threads=1, verbose=False)
+    try:
+        out = llm.create_chat_completion(messages=messages, max_tokens=16, temperature=0, repeat_penalty=1.0)
+        fed = llm.input_ids[: llm.n_tokens].tolist()  # prompt and reply as evaluated; <|end|> only sampled
+    finally:
+        llm.close()
+    choice = out["choices"][0]
+    assert choice["finish_reason"] == "stop", out
+    assert out["usage"]["prompt_tokens"] == len(prompt) and fed == prompt + reply[:k]
+    # Random weights emit stray UTF-8 bytes: SentencePiece decodes them as U+FFFD, llama-cpp-python drops them
+    assert choice["message"]["content"] == tok.decode(reply[:k]).replace("\ufffd", "")
 
 
 # ---------------------------------------------------------------- bad input

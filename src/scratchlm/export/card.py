@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..chat_template import LAYOUT
 from ..common import UserError
 
 # The bundled book is the only source whose licence scratchlm knows; anything else is the user's to state.
@@ -129,7 +130,7 @@ def model_card(lm, run_root: Path, arch: str) -> str:
         "this export, so `generate()` from nothing starts there; the tokenizer adds no special tokens. "
         "Without `do_sample=False`, `generate()` samples with the settings of generation_config.json.",
         "",
-        "Chat format: `<|system|>...<|end|><|user|>...<|end|><|assistant|>` (the tokenizer's chat template).",
+        f"Chat format: `{LAYOUT}` (the tokenizer's chat template; `generate()` stops at `<|end|>`).",
         "",
     ]
     return "\n".join(lines)

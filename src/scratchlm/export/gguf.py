@@ -7,9 +7,13 @@ llama.cpp's converter matter and are copied here, proven by the llama-cpp-python
   llama.cpp's "normal" RoPE rotates.
 - 1-D tensors (norms, biases) stay f32 at every --dtype; q8_0 applies to matrices whose rows are a
   multiple of 32 and falls back to f16 otherwise.
-Vocabulary: a SentencePiece run becomes tokenizer.ggml.model "llama" (pieces, scores, token types),
-a byte-level BPE run "gpt2" with its merges and the GPT-2 pre-tokenizer, a char run "llama" too (see
-_add_char_vocab).
+Vocabulary, chosen so that a prompt typed into llama.cpp gets scratchlm's ids (proven by the llama-cpp-python
+parity tests): a SentencePiece BPE run becomes tokenizer.ggml.model "llama" (pieces, scores, token types), a
+Unigram run "plamo2" (see _add_unigram_vocab), a byte-level BPE run "gpt2" with its merges and the GPT-2
+pre-tokenizer, a char run "llama" too (see _add_char_vocab). One known difference of the "llama" type: it
+reads a typed "▁" (U+2581) as a space, where scratchlm encodes it as its three byte tokens.
+Chat: tokenizer.chat_template is chat_template.jinja_template(), and <|end|> is the end-of-turn token (eot),
+so llama.cpp's chat stops after a reply; <|eos|> stays the end of a document.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import chat_template
 from ..common import UserError
-from .hf import CHAT_TEMPLATE, check_exportable, start_id, to_hf_state_dict
+from .hf import check_exportable, start_id, to_hf_state_dict
 
 _GPT2_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
@@ -112,7 +117,7 @@ def write_gguf(lm, tok_dir: Path, path: Path, dtype: str = "f32", name: str = "s
         w.add_rope_freq_base(cfg.rope_theta)
         w.add_vocab_size(cfg.vocab_size)
     _add_vocab(w, tok_dir, lm.tokenizer)
-    w.add_chat_template(CHAT_TEMPLATE)
+    w.add_chat_template(chat_template.jinja_template())
     for tname, t in tensors.items():
         array, qtype = _encode(t, dtype)
         w.add_tensor(tname, array, raw_dtype=qtype)
@@ -141,10 +146,13 @@ def _add_vocab(w, tok_dir: Path, tokenizer) -> None:
             "(full-width letters, ligatures...) tokenize differently in llama.cpp",
             file=sys.stderr,
         )
-    # llama.cpp puts the BOS token before every prompt: declaring scratchlm's start token (<|eos|>) as BOS
-    # makes `llama-cli -p TEXT` see what `scratchlm sample RUN TEXT` feeds the model.
+    # llama.cpp puts the BOS token before every prompt (not with the "plamo2" vocabulary: see
+    # _add_unigram_vocab): declaring scratchlm's start token as BOS makes `llama-cli -p TEXT` see what
+    # `scratchlm sample RUN TEXT` feeds the model.
     w.add_bos_token_id(start_id(tokenizer))
     w.add_eos_token_id(tokenizer.eos_id)
+    # <|end|>: llama.cpp stops generating at eot as at eos, so a chat reply ends where scratchlm's does.
+    w.add_eot_token_id(chat_template.stop_ids(tokenizer)[0])
     w.add_pad_token_id(tokenizer.pad_id)
     w.add_add_bos_token(True)
     w.add_add_eos_token(False)
@@ -155,25 +163,68 @@ def _add_sentencepiece_vocab(w, path: Path) -> None:
 
     proto = pb.ModelProto()
     proto.ParseFromString(path.read_bytes())
+    unk = [i for i, p in enumerate(proto.pieces) if p.type == pb.ModelProto.SentencePiece.UNKNOWN]
+    if unk:
+        w.add_unk_token_id(unk[0])
+    if proto.trainer_spec.model_type == pb.TrainerSpec.UNIGRAM:
+        _add_unigram_vocab(w, proto)
+        return
     # SentencePiece's piece types (NORMAL=1 … BYTE=6) are GGUF's token types, value for value.
     w.add_tokenizer_model("llama")
     w.add_token_list([p.piece for p in proto.pieces])
     w.add_token_scores([p.score for p in proto.pieces])
     w.add_token_types([int(p.type) for p in proto.pieces])
-    unk = [i for i, p in enumerate(proto.pieces) if p.type == pb.ModelProto.SentencePiece.UNKNOWN]
-    if unk:
-        w.add_unk_token_id(unk[0])
-    if proto.trainer_spec.model_type == pb.TrainerSpec.UNIGRAM:
-        # Measured: "Prince Andrew said" is 3 tokens in SentencePiece, 13 in llama.cpp ("t5", its Unigram
-        # tokenizer, matches on known text but turns byte-fallback characters into <unk>).
-        print(
-            "note: llama.cpp tokenizes a SentencePiece Unigram vocabulary by greedy merges, not Viterbi: "
-            "prompts typed into llama.cpp split into more, rarer tokens than scratchlm's (ids fed directly "
-            "are exact). Train with --tokenizer.kind bpe for an exact match.",
-            file=sys.stderr,
-        )
     # scratchlm trains without a dummy prefix: llama.cpp must not prepend "▁" to the text either.
     w.add_add_space_prefix(proto.normalizer_spec.add_dummy_prefix)
+
+
+# llama.cpp's PLaMo-2 tokenizer keeps round(score * 1e4) as an integer. Unigram scores are multiples of
+# 1/32 (_SCORE_GRID in tokenizer/sentencepiece.py), so scores are written times 1024/1e4: every score and
+# every sum stays exact, where the plain scores would round 312.5 * k half away from zero and shift ties.
+_PLAMO2_SCALE = 1024 / 1e4
+
+
+def _add_unigram_vocab(w, proto) -> None:
+    """A SentencePiece Unigram vocabulary as llama.cpp's "plamo2" tokenizer: the same Viterbi search over
+    the piece scores, with byte fallback for characters the vocabulary lacks.
+
+    Why not llama.cpp's other types (typed lines whose ids differ from scratchlm's, measured with 4,096-piece
+    tokenizers of War and Peace, alone or with Soseki's "I Am a Cat"): "llama" merges greedily (13 tokens
+    for a 4-token prompt); "t5" (UGM) searches as SentencePiece does but has no byte fallback, so every
+    character outside the vocabulary becomes <unk>: 2% of English lines, 99.7% of Japanese lines (31% with
+    Soseki in the tokenizer). "plamo2" differs only where two segmentations score exactly the same, as
+    permutations of the same pieces do: SentencePiece keeps the longest last piece, PLaMo-2 the longest first
+    ("    " is "▁|▁▁▁" in one, "▁▁▁|▁" in the other), 1.5% of English and 0.5% of Japanese lines, each an
+    equally likely segmentation of the same text. No choice of scores can separate two permutations.
+
+    PLaMo-2 reads pieces as plain text (a space, not "▁"), byte tokens as <0xXX> of type BYTE, and gives
+    every other token its score: control and unknown tokens get -inf, which it skips, so typed text such
+    as "<|end|>" stays text, as in scratchlm.
+
+    One cost: llama.cpp's PLaMo-2 tokenizer never adds the BOS token (llama_tokenize's add_special does
+    nothing there). Chat templates write <|bos|> themselves; a plain completion prompt must start with
+    the <|bos|> token too (the text "<|bos|>" where special tokens are parsed) to match `scratchlm sample`.
+    """
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    from ..tokenizer.sentencepiece import WS
+
+    piece_type = pb.ModelProto.SentencePiece
+    tokens, scores, types = [], [], []
+    for p in proto.pieces:
+        special = p.type in (piece_type.CONTROL, piece_type.UNKNOWN)
+        tokens.append(p.piece.replace(WS, " ") if p.type != piece_type.BYTE and not special else p.piece)
+        scores.append(float("-inf") if special else p.score * _PLAMO2_SCALE)
+        types.append(int(p.type))  # SentencePiece's piece types are GGUF's token types, value for value
+    if proto.normalizer_spec.add_dummy_prefix or proto.normalizer_spec.remove_extra_whitespaces:
+        raise UserError(
+            "this SentencePiece model adds a dummy prefix or folds whitespace, which llama.cpp's PLaMo-2 "
+            "tokenizer cannot; train the tokenizer again with scratchlm"
+        )
+    w.add_tokenizer_model("plamo2")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
 
 
 def _add_bytelevel_vocab(w, path: Path) -> None:

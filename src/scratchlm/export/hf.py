@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..chat_template import jinja_template, stop_ids
 from ..common import UserError
 from ..config import ModelConfig, RunConfig, SettingError, TokenizerConfig
 
@@ -301,14 +302,6 @@ def from_hf_model(hf_model, vocab_multiple: int = 64):
 # llama.cpp's converter, which prefers it to tokenizer.json for Llama-family vocabularies.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 
-# The chat format of scratchlm: each message as <|role|>content<|end|>, the reply opened by <|assistant|>.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
-)
-
-
 def start_id(tokenizer) -> int:
     """The token `scratchlm sample` puts before every prompt (<|bos|>, which starts every training
     document). Exports declare it as the BOS id, so transformers' generate() from nothing and llama.cpp's
@@ -328,7 +321,7 @@ def _tokenizer_config(tok_dir: Path, tokenizer) -> dict:
             "bos_token": tokenizer.piece(start_id(tokenizer)),
             "eos_token": tokenizer.piece(tokenizer.eos_id),
             "pad_token": tokenizer.piece(tokenizer.pad_id),
-            "chat_template": CHAT_TEMPLATE,
+            "chat_template": jinja_template(),
         }
     )
     d.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
@@ -349,7 +342,7 @@ def write_hf_folder(lm, tok_dir: Path, out: Path, dtype: str, card: str) -> None
     sc = lm.config.sample
     gen = GenerationConfig(
         bos_token_id=start_id(tok),
-        eos_token_id=tok.eos_id,
+        eos_token_id=stop_ids(tok),  # generate() ends a chat reply at <|end|>, a document at <|eos|>
         pad_token_id=tok.pad_id,
         do_sample=sc.temperature > 0,
         **({"temperature": sc.temperature, "top_k": sc.top_k} if sc.temperature > 0 else {}),

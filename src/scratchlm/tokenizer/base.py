@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..chat_template import jinja_template
 from ..common import UserError, atomic_write, atomic_write_text, is_interactive
 
 SPECIALS = ["<|bos|>", "<|eos|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
@@ -183,6 +184,7 @@ class Tokenizer:
             "add_eos_token": False,
             "clean_up_tokenization_spaces": False,
             "model_max_length": 1_000_000_000,
+            "chat_template": jinja_template(),  # so apply_chat_template works on the run's own folder
         }
 
     @classmethod
