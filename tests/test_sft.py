@@ -248,3 +248,23 @@ def test_eval_of_an_sft_run_scores_its_held_out_replies(tuned, capsys):
     assert result["end_rate"] == 1.0 and result["loss"] < 1.0
     report = (tuned / "report.md").read_text()
     assert "replies that end with" in report and "User: What is the capital of France?" in report
+
+
+def test_the_hf_export_chats_like_scratchlm_and_stops_at_end(tuned, tmp_path):
+    """transformers' apply_chat_template gives the renderer's ids, and generate stops at <|end|> with the
+    reply scratchlm gives (greedy): the chat works in the tools users run, without remote code."""
+    transformers = pytest.importorskip("transformers")
+    from scratchlm.export import export
+
+    folder = export(tuned, "hf", tmp_path / "hf")
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder)
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    lm = load(tuned)
+    for question, answer in QA:
+        messages = [{"role": "user", "content": question}]
+        ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        assert list(ids) == render(messages, lm.tokenizer, add_generation_prompt=True).ids
+        out = model.generate(torch.tensor([ids]), max_new_tokens=20, do_sample=False)
+        new = out[0, len(ids) :].tolist()
+        assert new[-1] in stop_ids(lm.tokenizer) and len(new) < 20  # stopped at <|end|>, not at the limit
+        assert tok.decode(new[:-1]) == answer == greedy_reply(lm, question)[0]
