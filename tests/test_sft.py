@@ -199,7 +199,10 @@ def test_sft_mistakes_are_one_line(trained_run_template, trained_run, tmp_path, 
     cases = [
         (["sft", str(tmp_path / "c1"), "--input", qa], "--from BASE_RUN"),
         (["sft", str(trained_run), "--from", str(trained_run_template), "--input", qa], "a pretraining run"),
-        (["sft", str(tmp_path / "c2"), "--from", str(tmp_path / "nothing"), "--input", qa], "no checkpoint"),
+        (
+            ["sft", str(tmp_path / "c2"), "--from", str(tmp_path / "nothing"), "--input", qa],
+            "not a scratchlm run",
+        ),
         (
             ["sft", str(tmp_path / "c3"), "--from", str(trained_run_template), "--sft.epochs", "-1"],
             "--sft.epochs -1",

@@ -35,6 +35,8 @@ def sft(run_dir: str | Path, cfg: RunConfig, resume: bool | None = None) -> dict
     if not base:
         raise UserError(f"give the pretrained run to start from: scratchlm sft {run.root} --from BASE_RUN")
     base_run = Run.at(base)
+    if not base_run.has_config():
+        raise UserError(f"--from {base}: not a scratchlm run (no config.yaml); give a trained run directory")
     if base_run.root.resolve() == run.root.resolve():
         raise UserError(f"{run.root}: SFT writes a new run beside its base; give another directory for RUN")
     if run.has_config():
