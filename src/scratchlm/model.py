@@ -57,11 +57,15 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> 
 # ---------------------------------------------------------------- KV cache for generation
 @dataclass
 class KVCache:
-    """Keys and values of past positions, preallocated per layer: (B, n_kv_head, max_len, head_dim)."""
+    """Keys and values of past positions, preallocated per layer: (B, n_kv_head, max_len, head_dim).
+
+    `pos` is where the next tokens go: an int shared by every row (sample.py's batch of 1, eval), or a
+    (B,) long tensor, one position per row, so rows of different lengths decode together (engine.py).
+    """
 
     k: list[torch.Tensor]
     v: list[torch.Tensor]
-    pos: int = 0
+    pos: int | torch.Tensor = 0
 
     @classmethod
     def empty(cls, cfg: ModelConfig, batch: int, max_len: int, device, dtype) -> KVCache:
@@ -70,6 +74,20 @@ class KVCache:
             [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)],
             [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)],
         )
+
+    def rows(self, start: int, n: int) -> KVCache:
+        """Rows start..start+n as a cache of their own: views, so its writes and position moves land here."""
+        pos = self.pos if isinstance(self.pos, int) else self.pos.narrow(0, start, n)
+        return KVCache([k.narrow(0, start, n) for k in self.k], [v.narrow(0, start, n) for v in self.v], pos)
+
+
+@dataclass
+class RowSlots:
+    """Where each row's new tokens go when rows sit at different positions (a per-row KVCache)."""
+
+    rows: torch.Tensor  # (B, 1): each row's index
+    at: torch.Tensor  # (B, T): each new token's position in its row
+    mask: torch.Tensor  # (B, 1, T, L): query t of row b sees keys 0..at[b, t]; later slots are stale or empty
 
 
 # ---------------------------------------------------------------- attention
@@ -87,7 +105,7 @@ class CausalSelfAttention(nn.Module):
         self.dropout = cfg.dropout
         self.resid_dropout = dropout(cfg.dropout)
 
-    def forward(self, x, rope=None, cache: KVCache | None = None, layer: int = 0):
+    def forward(self, x, rope=None, cache: KVCache | None = None, layer=0, slots: RowSlots | None = None):
         B, T, C = x.shape
         nh, nkv = self.n_head, self.n_kv_head
         qkv = self.c_attn(x).view(B, T, nh + 2 * nkv, self.head_dim).transpose(1, 2)  # (B, heads, T, hd)
@@ -101,7 +119,14 @@ class CausalSelfAttention(nn.Module):
         q, k = qk.split_with_sizes([nh, nkv], dim=1)  # (B, n_head, T, hd), (B, n_kv_head, T, hd)
 
         mask, is_causal = None, True
-        if cache is not None:
+        if slots is not None:
+            # Advanced indices around a slice put their (B, T) dims first: the target is (B, T, n_kv_head, hd)
+            cache.k[layer][slots.rows, :, slots.at] = k.transpose(1, 2)
+            cache.v[layer][slots.rows, :, slots.at] = v.transpose(1, 2)
+            L = slots.mask.size(-1)
+            k, v = cache.k[layer].narrow(2, 0, L), cache.v[layer].narrow(2, 0, L)  # (B, n_kv_head, L, hd)
+            mask, is_causal = slots.mask, False
+        elif cache is not None:
             start = cache.pos
             # narrow is one op where a [:, :, a:b] index is three; this runs twice per layer and token.
             cache.k[layer].narrow(2, start, T).copy_(k)
@@ -158,8 +183,8 @@ class Block(nn.Module):
         self.ln_2 = norm(cfg, cfg.n_embd)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, rope=None, cache=None, layer=0):
-        x = x + self.attn(self.ln_1(x), rope, cache, layer)
+    def forward(self, x, rope=None, cache=None, layer=0, slots=None):
+        x = x + self.attn(self.ln_1(x), rope, cache, layer, slots)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -227,9 +252,11 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None):
         """idx (B, T) → logits (B, T, vocab_size), and the mean loss when targets are given.
 
-        Targets of -1 are ignored. With a cache, positions continue from `cache.pos`.
+        Targets of -1 are ignored. With a cache, positions continue from `cache.pos` (per row when a tensor).
         """
         B, T = idx.shape
+        if cache is not None and not isinstance(cache.pos, int):
+            return self._forward_rows(idx, cache)
         start = cache.pos if cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
@@ -244,6 +271,37 @@ class GPT(nn.Module):
             x = block(x, rope, cache, i)
         if cache is not None:
             cache.pos += T
+        return self._head(x, targets)
+
+    def _forward_rows(self, idx: torch.Tensor, cache: KVCache):
+        """The cached forward when each row continues from its own position cache.pos[b]: logits, None.
+
+        A separate path so the scalar one (batch-1 sampling, eval) keeps its few ops per step.
+        """
+        B, T = idx.shape
+        device = idx.device
+        at = cache.pos.unsqueeze(1) + torch.arange(T, device=device)  # (B, T)
+        L = int(at.max()) + 1  # keys up to the furthest row; shorter rows mask the rest
+        if L > min(self.config.block_size, cache.k[0].size(2)):
+            raise ValueError(f"sequence of {L} tokens exceeds block_size {self.config.block_size}")
+        keys = torch.arange(L, device=device)
+        slots = RowSlots(
+            rows=torch.arange(B, device=device).unsqueeze(1),  # (B, 1)
+            at=at,
+            mask=(keys <= at.unsqueeze(-1)).unsqueeze(1),  # (B, 1, T, L)
+        )
+        x = self.transformer.wte(idx)  # (B, T, n_embd)
+        rope = None
+        if self.transformer.wpe is not None:
+            x = x + self.transformer.wpe(at)  # (B, T, n_embd)
+        else:
+            rope = (self.rope_cos[at].unsqueeze(1), self.rope_sin[at].unsqueeze(1))  # (B, 1, T, head_dim)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, rope, cache, i, slots)
+        cache.pos += T
+        return self._head(x, None)
+
+    def _head(self, x: torch.Tensor, targets: torch.Tensor | None):
         x = self.transformer.ln_f(x)
         # Padding rows of the head exist only for matmul speed: they are cut so they are never sampled.
         logits = self.lm_head(x)  # (B, T, padded_vocab_size)

@@ -1,0 +1,293 @@
+"""Batched decoding for many sequences at once: the server's worker.
+
+One background thread owns the model. Each step it admits waiting requests into free rows of one
+KV cache (each prompt prefilled alone, straight into its row), then decodes every active row together
+in one forward with a position per row, samples each row with its own seeded generator, and hands the
+ids to the requests' consumers. A finished or cancelled row leaves at once: the last row moves into its
+slot, so the active rows are always rows 0..n-1 and a step computes nothing for empty ones
+(continuous batching).
+
+A request decodes exactly as `sample.generate_ids` does (same prompt truncation, same sampling code
+and seed, same rebuild of the cache from the last 3/4 of a window past the context end), so a seeded
+request gives the same ids alone, in a batch, or from the CLI, up to float rounding between batch sizes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+
+import torch
+
+from .config import SampleConfig
+from .model import GPT, KVCache
+from .sample import pick_next
+
+
+class QueueFull(Exception):
+    """max_queue requests already wait for a row: the caller should answer "busy" (HTTP 429/503)."""
+
+
+class Request:
+    """One generation: the ids as the worker makes them, to iterate (threads) or async-iterate (asyncio).
+
+    Every iteration starts from the first new id. finish_reason is None while running, then "stop" (a
+    stop id came; it is not yielded), "length" (max_new_tokens), "cancelled" (cancel() or Engine.close())
+    or "error" (the exception is raised to the consumer).
+    """
+
+    def __init__(self, prompt_ids: list[int], cfg: SampleConfig, stop_ids: set[int], block_size: int):
+        self.cfg, self.stop_ids = cfg, frozenset(stop_ids)
+        self.history = list(prompt_ids[-block_size:])  # what the model sees; grows with each new id
+        self.prompt_tokens = len(self.history)
+        self.completion_tokens = 0
+        self.finish_reason: str | None = None
+        self.error: BaseException | None = None
+        self._all_prompt_ids = prompt_ids  # the repetition penalty counts the whole prompt, as generate_ids
+        self._ids: list[int] = []
+        self._cond = threading.Condition()
+        self._wakers: list = []  # one per async iterator: wakes its event loop from the worker thread
+        self._cancelled = False
+        # The worker's state for this request while it holds a row.
+        self.generator: torch.Generator | None = None
+        self.seen: torch.Tensor | None = None
+        self.logits: torch.Tensor | None = None  # (vocab,) for the next pick
+
+    def cancel(self) -> None:
+        """Ask the worker to drop this request at its next step (e.g. the client disconnected)."""
+        self._cancelled = True
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    # -- the worker's side
+    def _push(self, token: int) -> None:
+        with self._cond:
+            self._ids.append(token)
+            self.completion_tokens += 1
+            self._cond.notify_all()
+        self._wake()
+
+    def _finish(self, reason: str, error: BaseException | None = None) -> None:
+        with self._cond:
+            if self.finish_reason is not None:
+                return
+            self.finish_reason, self.error = reason, error
+            self.generator = self.seen = self.logits = None
+            self._cond.notify_all()
+        self._wake()
+
+    def _wake(self) -> None:
+        for wake in list(self._wakers):
+            try:
+                wake()
+            except RuntimeError:  # that consumer's event loop is closed: nobody is listening there
+                pass
+
+    # -- the consumers' side
+    def _after(self, i: int) -> tuple[list[int], bool]:
+        with self._cond:
+            return self._ids[i:], self.finish_reason is not None
+
+    def _end(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def __iter__(self) -> Iterator[int]:
+        i = 0
+        while True:
+            with self._cond:
+                while len(self._ids) <= i and self.finish_reason is None:
+                    self._cond.wait()
+            new, done = self._after(i)
+            yield from new
+            i += len(new)
+            if done and not new:
+                self._end()
+                return
+
+    async def __aiter__(self) -> AsyncIterator[int]:
+        # The lock is only ever held for a list append, so taking it here does not stall the loop.
+        loop = asyncio.get_running_loop()
+        ready = asyncio.Event()
+
+        def wake():
+            loop.call_soon_threadsafe(ready.set)
+
+        self._wakers.append(wake)
+        try:
+            i = 0
+            while True:
+                ready.clear()  # before looking, so an id pushed after the look sets it again
+                new, done = self._after(i)
+                for token in new:
+                    yield token
+                i += len(new)
+                if done and not new:
+                    self._end()
+                    return
+                if not new:
+                    await ready.wait()
+        finally:
+            self._wakers.remove(wake)
+
+
+class Engine:
+    """Decodes all submitted requests together on one worker thread; a context manager.
+
+    Memory: one KV cache of max_batch x block_size positions per layer, allocated up front (for the
+    124M GPT-2 preset in fp32: 12 layers x 2 x 16 rows x 12 heads x 1024 x 64 x 4 bytes = 1.2 GB).
+    """
+
+    def __init__(self, model: GPT, max_batch: int = 16, max_queue: int = 64):
+        if max_batch < 1 or max_queue < 0:
+            raise ValueError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} and {max_queue}")
+        self.model, self.max_batch, self.max_queue = model.eval(), max_batch, max_queue
+        self.block = model.config.block_size
+        self.vocab = model.config.vocab_size
+        weight = model.transformer.wte.weight
+        self.device = weight.device
+        self.cache = KVCache.empty(model.config, max_batch, self.block, self.device, weight.dtype)
+        self.cache.pos = torch.zeros(max_batch, dtype=torch.long, device=self.device)
+        self.active: list[Request] = []  # active[i] holds cache row i
+        self._waiting: deque[Request] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="scratchlm-engine", daemon=True)
+        self._thread.start()
+
+    def submit(self, prompt_ids: list[int], cfg: SampleConfig, stop_ids: set[int] = frozenset()) -> Request:
+        """Queue a generation; it joins the running batch at the worker's next step."""
+        if not prompt_ids:
+            raise ValueError("submit needs at least one prompt token (e.g. <|bos|>)")
+        bad = [t for t in prompt_ids if not 0 <= t < self.vocab]
+        if bad:  # checked here: on a GPU an out-of-range id is a device assert that kills the whole process
+            raise ValueError(f"prompt ids {bad[:5]} are outside the model's vocabulary of {self.vocab}")
+        request = Request(list(prompt_ids), cfg, stop_ids, self.block)
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the engine is closed")
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFull(f"{len(self._waiting)} requests already wait; try again later")
+            self._waiting.append(request)
+            self._cond.notify()
+        return request
+
+    def close(self) -> None:
+        """Stop the worker; requests still waiting or running finish as "cancelled"."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ the worker
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._cond:
+                    self._cond.wait_for(lambda: self._closed or self._waiting or self.active)
+                    if self._closed:
+                        break
+                    joining = []
+                    while self._waiting and len(self.active) + len(joining) < self.max_batch:
+                        joining.append(self._waiting.popleft())
+                for request in joining:
+                    self._guard(request, self._admit)
+                self._step()
+            for request in [*self.active, *self._waiting]:
+                request._finish("cancelled")
+            self.active.clear()
+            self._waiting.clear()
+
+    def _guard(self, request: Request, fn) -> None:
+        """Run one request's part of a step; an exception ends that request, never the worker."""
+        try:
+            fn(request)
+        except Exception as e:
+            request._finish("error", e)
+            self._leave(request)
+
+    def _admit(self, request: Request) -> None:
+        if request.cancelled:
+            return request._finish("cancelled")
+        cfg = request.cfg
+        request.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        if cfg.repetition_penalty != 1.0:
+            request.seen = torch.zeros(self.vocab, dtype=torch.bool, device=self.device)
+            request.seen[torch.tensor(request._all_prompt_ids, device=self.device)] = True
+        self.active.append(request)
+        self._prefill(request, len(self.active) - 1, request.history)
+
+    def _prefill(self, request: Request, row: int, ids: list[int]) -> None:
+        """Run `ids` alone (batch 1, the scalar-position path of sample.py) straight into cache row `row`."""
+        view = self.cache.rows(row, 1)
+        view.pos = 0
+        logits, _ = self.model(torch.tensor([ids], device=self.device), cache=view)
+        self.cache.pos[row] = len(ids)
+        request.logits = logits[0, -1]
+
+    def _step(self) -> None:
+        """Pick one id per active row, hand it out, then one forward of every row still going."""
+        going = []
+        for request in list(self.active):
+            if request.finish_reason is None:
+                self._guard(request, self._pick)
+            if request.finish_reason is None:
+                going.append(request)
+            else:
+                self._leave(request)
+        if not going:
+            return
+        n = len(self.active)
+        tokens = torch.tensor([[r.history[-1]] for r in self.active], device=self.device)  # (n, 1)
+        try:
+            logits, _ = self.model(tokens, cache=self.cache.rows(0, n))  # (n, 1, vocab)
+        except Exception as e:  # the batch failed as a whole: every row in it ends with the error
+            for request in list(self.active):
+                request._finish("error", e)
+                self._leave(request)
+            return
+        for request, row_logits in zip(self.active, logits[:, -1], strict=True):
+            request.logits = row_logits
+
+    def _pick(self, request: Request) -> None:
+        """The request's next id; the cache is rebuilt from its last 3/4 window at the context end."""
+        if request.cancelled:
+            return request._finish("cancelled")
+        token = pick_next(request.logits, request.cfg, request.generator, request.seen)
+        if token in request.stop_ids:
+            return request._finish("stop")
+        request.history.append(token)
+        if request.seen is not None:
+            request.seen[token] = True
+        request._push(token)
+        if request.completion_tokens >= request.cfg.max_new_tokens:
+            return request._finish("length")
+        row = self.active.index(request)
+        if int(self.cache.pos[row]) >= self.block:
+            # As generate_ids, a full cache is rebuilt from the last 3/4 of a window: all but its last id
+            # here, and the last one goes in with the batch's forward, like any new id.
+            kept = request.history[-(3 * self.block // 4) :]
+            self._prefill(request, row, kept[:-1])
+
+    def _leave(self, request: Request) -> None:
+        """Free the request's row: the last active row moves into it (its cache up to its position)."""
+        if request not in self.active:
+            return
+        row, last = self.active.index(request), len(self.active) - 1
+        if row != last:
+            used = int(self.cache.pos[last])
+            for k in (*self.cache.k, *self.cache.v):
+                k[row, :, :used].copy_(k[last, :, :used])
+            self.cache.pos[row] = used
+            self.active[row] = self.active[last]
+        self.active.pop()

@@ -1,0 +1,211 @@
+"""The batched engine: per-row KV cache positions, and requests that decode together as they would alone."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import pytest
+import torch
+
+import scratchlm
+import scratchlm.engine as engine_mod
+from scratchlm.config import ModelConfig, SampleConfig
+from scratchlm.engine import Engine, QueueFull
+from scratchlm.model import GPT, KVCache
+from scratchlm.sample import generate_ids
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def model(trained_run_template):
+    return scratchlm.load(trained_run_template).model
+
+
+def configs(n: int) -> list[SampleConfig]:
+    """Greedy and sampled requests with every knob, different seeds and lengths."""
+    return [
+        SampleConfig(
+            max_new_tokens=10 + 7 * i,
+            temperature=0.0 if i % 4 == 0 else 0.7 + 0.05 * i,
+            top_k=[0, 20, 50][i % 3],
+            top_p=[1.0, 0.9][i % 2],
+            min_p=[0.0, 0.05][i % 5 == 1],
+            repetition_penalty=[1.0, 1.3][i % 3 == 2],
+            seed=i,
+        )
+        for i in range(n)
+    ]
+
+
+def prompts(n: int) -> list[list[int]]:
+    return [[1, *range(10 + i, 10 + i + 3 * i)] for i in range(n)]  # 1 to 46 tokens
+
+
+def alone(model, prompt, cfg, stop_ids=frozenset()) -> list[int]:
+    return list(generate_ids(model, prompt, cfg, stop_ids))
+
+
+@pytest.mark.parametrize("flavour", ["gpt2", "llama"])
+def test_rows_at_different_positions_decode_as_each_row_alone(flavour):
+    torch.manual_seed(0)
+    cfg = ModelConfig(flavour=flavour, vocab_size=100, block_size=32, n_layer=2, n_head=4, n_embd=32)
+    model = GPT(cfg).eval()
+    lens = [3, 9, 1, 6]
+    seqs = [torch.randint(0, 100, (n + 4,)).tolist() for n in lens]
+    cache = KVCache.empty(cfg, len(lens), 32, "cpu", torch.float32)
+    with torch.no_grad():
+        for b, n in enumerate(lens):  # each prompt prefilled alone into its row (the scalar-position path)
+            row = cache.rows(b, 1)
+            row.pos = 0
+            model(torch.tensor([seqs[b][:n]]), cache=row)
+        cache.pos = torch.tensor(lens)
+        new = [s[n:] for s, n in zip(seqs, lens, strict=True)]  # 4 new tokens per row
+        out = [model(torch.tensor([s[:2] for s in new]), cache=cache)[0]]  # two at once, then one by one
+        for t in (2, 3):
+            out.append(model(torch.tensor([[s[t]] for s in new]), cache=cache)[0])
+        got = torch.cat(out, dim=1)  # (4 rows, 4 new tokens, vocab)
+        for b, n in enumerate(lens):
+            torch.testing.assert_close(got[b], model(torch.tensor([seqs[b]]))[0][0, n : n + 4])
+    assert cache.pos.tolist() == [n + 4 for n in lens]
+
+
+def test_16_concurrent_requests_each_equal_their_solo_run(model):
+    cfgs, ps = configs(16), prompts(16)
+    with Engine(model, max_batch=16) as engine:
+        solo = [list(engine.submit(p, c)) for p, c in zip(ps, cfgs, strict=True)]
+        requests = [engine.submit(p, c) for p, c in zip(ps, cfgs, strict=True)]
+        together = [list(r) for r in requests]
+    assert together == solo
+    assert solo == [alone(model, p, c) for p, c in zip(ps, cfgs, strict=True)]  # == the CLI's sampler
+    assert [r.finish_reason for r in requests] == ["length"] * 16
+    assert [r.completion_tokens for r in requests] == [c.max_new_tokens for c in cfgs]
+    assert [r.prompt_tokens for r in requests] == [len(p) for p in ps]
+
+
+def test_greedy_equals_generate_ids_with_stop_ids_truncation_and_past_the_context(model):
+    block = model.config.block_size
+    greedy = SampleConfig(temperature=0.0, max_new_tokens=2 * block)  # slides past the context end twice
+    long_prompt = list(range(5, 5 + block + 20))  # truncated to its last block_size tokens
+    with Engine(model) as engine:
+        a, b = engine.submit([1, 40, 41], greedy), engine.submit(long_prompt, greedy)
+        assert list(a) == alone(model, [1, 40, 41], greedy)
+        assert list(b) == alone(model, long_prompt, greedy)
+        assert b.prompt_tokens == block and b.finish_reason == "length"
+        stop = {alone(model, [1, 40, 41], greedy)[5]}
+        c = engine.submit([1, 40, 41], greedy, stop_ids=stop)
+        assert list(c) == alone(model, [1, 40, 41], greedy, stop)
+        assert c.finish_reason == "stop" and c.completion_tokens < 6
+
+
+def test_a_request_joins_while_another_decodes(model):
+    long, short = SampleConfig(max_new_tokens=400, seed=3), SampleConfig(max_new_tokens=8, seed=4)
+    with Engine(model) as engine:
+        first = engine.submit([1, 50], long)
+        ids = iter(first)
+        head = [next(ids) for _ in range(5)]  # first is decoding
+        second = engine.submit([1, 60, 61], short)
+        assert list(second) == alone(model, [1, 60, 61], short)
+        assert first.finish_reason is None  # the short one came and went while the long one ran
+        assert head + list(ids) == alone(model, [1, 50], long)
+
+
+def test_cancel_stops_a_row_and_the_others_go_on(model):
+    cfgs, ps = configs(3), prompts(3)
+    cfgs[1] = dataclasses.replace(cfgs[1], max_new_tokens=100_000)
+    with Engine(model) as engine:
+        requests = [engine.submit(p, c) for p, c in zip(ps, cfgs, strict=True)]
+        ids = iter(requests[1])
+        head = [next(ids) for _ in range(3)]
+        requests[1].cancel()
+        got = head + list(ids)
+        assert requests[1].finish_reason == "cancelled"
+        assert got == alone(model, ps[1], dataclasses.replace(cfgs[1], max_new_tokens=len(got)))
+        for i in (0, 2):
+            assert list(requests[i]) == alone(model, ps[i], cfgs[i])
+            assert requests[i].finish_reason == "length"
+
+
+def test_queue_full_when_max_queue_requests_wait(model):
+    endless = SampleConfig(max_new_tokens=100_000)
+    with Engine(model, max_batch=1, max_queue=2) as engine:
+        running = engine.submit([1], endless)
+        next(iter(running))  # it holds the only row now
+        waiting = [engine.submit([1], endless), engine.submit([1], endless)]
+        with pytest.raises(QueueFull):
+            engine.submit([1], endless)
+        for r in (running, *waiting):
+            r.cancel()
+        for r in waiting:
+            assert list(r) == [] and r.finish_reason == "cancelled"
+        assert running.finish_reason == "cancelled"
+        assert list(engine.submit([1, 40], SampleConfig(max_new_tokens=3))) != []  # room again
+
+
+def test_bad_prompts_are_refused_at_submit(model):
+    with Engine(model) as engine:
+        with pytest.raises(ValueError, match="at least one prompt token"):
+            engine.submit([], SampleConfig())
+        with pytest.raises(ValueError, match="outside the model's vocabulary"):
+            engine.submit([1, model.config.vocab_size], SampleConfig())
+
+
+def test_async_iteration_never_blocks_the_event_loop(model):
+    cfgs, ps = configs(4), prompts(4)
+
+    async def main(engine):
+        ticks = 0
+        stop = asyncio.Event()
+
+        async def ticker():
+            nonlocal ticks
+            while not stop.is_set():
+                ticks += 1
+                await asyncio.sleep(0)
+
+        async def collect(request):
+            return [token async for token in request]
+
+        tick = asyncio.create_task(ticker())
+        outs = await asyncio.gather(*(collect(engine.submit(p, c)) for p, c in zip(ps, cfgs, strict=True)))
+        stop.set()
+        await tick
+        return outs, ticks
+
+    with Engine(model) as engine:
+        outs, ticks = asyncio.run(main(engine))
+    assert outs == [alone(model, p, c) for p, c in zip(ps, cfgs, strict=True)]
+    assert ticks > 10  # the loop kept running other tasks while the worker decoded
+
+
+def test_an_error_in_one_request_ends_only_that_request(model, monkeypatch):
+    real = engine_mod.pick_next
+
+    def pick_next(logits, cfg, generator, seen=None):
+        if cfg.seed == 666:
+            raise RuntimeError("boom")
+        return real(logits, cfg, generator, seen)
+
+    monkeypatch.setattr(engine_mod, "pick_next", pick_next)
+    cfgs, ps = configs(3), prompts(3)
+    with Engine(model) as engine:
+        bad = engine.submit([1, 2, 3], SampleConfig(seed=666))
+        good = [engine.submit(p, c) for p, c in zip(ps, cfgs, strict=True)]
+        with pytest.raises(RuntimeError, match="boom"):
+            list(bad)
+        assert bad.finish_reason == "error"
+        assert [list(r) for r in good] == [alone(model, p, c) for p, c in zip(ps, cfgs, strict=True)]
+        assert list(engine.submit([1, 9], SampleConfig(max_new_tokens=4))) != []  # the worker lives on
+
+
+def test_close_joins_the_worker_and_cancels_what_is_left(model):
+    engine = Engine(model, max_batch=1)
+    running = engine.submit([1], SampleConfig(max_new_tokens=100_000))
+    next(iter(running))
+    waiting = engine.submit([1], SampleConfig())
+    engine.close()
+    assert not engine._thread.is_alive()
+    assert running.finish_reason == waiting.finish_reason == "cancelled"
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.submit([1], SampleConfig())
