@@ -271,3 +271,35 @@ def test_the_hf_export_chats_like_scratchlm_and_stops_at_end(tuned, tmp_path):
         new = out[0, len(ids) :].tolist()
         assert new[-1] in stop_ids(lm.tokenizer) and len(new) < 20  # stopped at <|end|>, not at the limit
         assert tok.decode(new[:-1]) == answer == greedy_reply(lm, question)[0]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_with_uneven_reply_tokens_per_rank(trained_run_template, tmp_path):
+    """The step's loss is a mean per reply token over all ranks: two processes with different reply-token
+    counts in their halves of the batch train exactly as one process with the whole batch."""
+    import os
+    import subprocess
+
+    from .test_train import losses, scratchlm_cmd
+
+    qa = str(write_qa(tmp_path / "qa.jsonl"))
+    common = ["--from", str(trained_run_template), "--input", qa, "--val-input", qa, "--sft.epochs", "0"]
+    common += ["--train.max-steps", "6", "--train.eval-interval", "3", "--train.log-interval", "1"]
+    common += ["--sft.check-prompts", "0"]
+    one = subprocess.run(
+        scratchlm_cmd("sft", str(tmp_path / "one"), "--train.batch-size", "2", *common),
+        capture_output=True,
+        text=True,
+    )
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run(
+        scratchlm_cmd("sft", str(tmp_path / "two"), "--train.batch-size", "1", *common, nproc=2),
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    assert two.returncode == 0, two.stderr
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert a.keys() == b.keys() and len(a) == 6
+    for step in a:
+        assert abs(a[step] - b[step]) < 1e-5, (step, a[step], b[step])

@@ -36,10 +36,19 @@ def scratchlm_cmd(*args, nproc: int = 1) -> list[str]:
         "-m",
         "torch.distributed.run",
         f"--nproc_per_node={nproc}",
+        f"--master_port={free_port()}",  # not torchrun's fixed 29500: two jobs at once would collide
         "-m",
         "scratchlm",
         *args,
     ]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def losses(run: Path) -> dict[int, float]:
