@@ -335,6 +335,15 @@ def build_parser(base: RunConfig | None = None) -> ArgumentParser:
     p.add_class_arguments(SampleConfig, None)
     subcommands.add_subcommand("sample", p, help="generate text")
 
+    p = _subparser("serve", "An OpenAI-compatible HTTP API (/v1/...) and a chat page (/) for a run's model.")
+    p.add_argument("run", help="a trained run directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it to the network)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port")
+    p.add_argument("--api_key", default=None, help="require Authorization: Bearer KEY on /v1/ requests")
+    p.add_argument("--max_batch", type=int, default=16, help="sequences decoded together")
+    p.add_argument("--checkpoint", default="best", help="best, last, or a path to a .safetensors file")
+    subcommands.add_subcommand("serve", p, help="OpenAI-compatible API + web chat page")
+
     p = _subparser("export", "Write the run's model as a Hugging Face folder or a GGUF file.")
     p.add_argument("run", help="a trained run directory")
     p.add_argument("--format", required=True, help="hf (GPT2LMHeadModel / LlamaForCausalLM folder) or gguf")
@@ -498,6 +507,10 @@ def main(argv: list[str] | None = None) -> int:
                 )
             prompts = args.prompt if args.prompts_file is None else read_prompts(args.prompts_file)
             sample(args.run, prompts, cfg, checkpoint=args.checkpoint)
+        elif cmd == "serve":
+            from .serve import serve
+
+            serve(args.run, args.host, args.port, args.api_key, args.max_batch, args.checkpoint)
         elif cmd == "export":
             from .export import export
 
