@@ -1,6 +1,6 @@
 """`scratchlm serve`: the official openai client against a live server gets the sampler's own text; every
 bad request is a 4xx with an OpenAI-shaped body; 16 streams at once each equal their solo run; a real
-browser chats on the page. The engine is the stand-in (tests/serve_engine_standin.py) until engine.py lands.
+browser chats on the page.
 """
 
 from __future__ import annotations
@@ -24,14 +24,13 @@ httpx = pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from scratchlm import chat_template  # noqa: E402
+from scratchlm import engine as engine_mod  # noqa: E402
 from scratchlm.checkpoint import load  # noqa: E402
 from scratchlm.cli import main  # noqa: E402
 from scratchlm.config import SampleConfig  # noqa: E402
+from scratchlm.engine import Engine  # noqa: E402
 from scratchlm.sample import generate_ids, prompt_ids_for  # noqa: E402
 from scratchlm.serve.app import create_app  # noqa: E402
-
-from . import serve_engine_standin  # noqa: E402
-from .serve_engine_standin import Engine  # noqa: E402
 
 NAME = "tiny"
 
@@ -268,7 +267,7 @@ def test_a_full_queue_is_429_with_retry_after_and_a_crash_is_one_500(chat_lm):
         body = {"model": NAME, "prompt": "Hi", "max_tokens": 2}
 
         def full(*a, **k):
-            raise serve_engine_standin.QueueFull("full")
+            raise engine_mod.QueueFull("full")
 
         real, engine.submit = engine.submit, full
         r = c.post("/v1/completions", json=body)
@@ -340,13 +339,13 @@ def test_a_browser_chats_streams_stops_and_starts_over(chat_lm, tmp_path):
         options.add_argument(arg)  # a phone's width
     # A slow stream, so the stop button finds it running: each token waits 20 ms.
     engine = Engine(chat_lm.model)
-    real_push = serve_engine_standin.Request._push
+    real_push = engine_mod.Request._push
 
     def slow_push(self, token):
         time.sleep(0.02)
         real_push(self, token)
 
-    serve_engine_standin.Request._push = slow_push
+    engine_mod.Request._push = slow_push
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=DRIVER))
     try:
         with live(make_app(chat_lm, engine=engine)) as url:
@@ -373,5 +372,5 @@ def test_a_browser_chats_streams_stops_and_starts_over(chat_lm, tmp_path):
             assert not driver.find_elements(By.CSS_SELECTOR, ".msg")
             assert (tmp_path / "chat.png").stat().st_size > 1000
     finally:
-        serve_engine_standin.Request._push = real_push
+        engine_mod.Request._push = real_push
         driver.quit()

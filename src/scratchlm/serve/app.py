@@ -12,7 +12,6 @@ OpenAI client could not tell from a real reply. The chat page switches to comple
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import secrets
 import time
@@ -125,12 +124,10 @@ def create_app(
     engine=None,
 ) -> FastAPI:
     """The app over a loaded model (scratchlm.load). `engine` defaults to scratchlm.engine.Engine."""
-    if engine is None:
-        from ..engine import Engine
+    from ..engine import Engine, QueueFull
 
+    if engine is None:
         engine = Engine(lm.model, max_batch=max_batch, max_queue=max_queue)
-    # The engine's own QueueFull (scratchlm.engine's, or a stand-in's in tests).
-    queue_full = importlib.import_module(type(engine).__module__).QueueFull
     tok, block = lm.tokenizer, lm.model.config.block_size
     is_chat = bool(lm.config.sft.base)
     created = int(time.time())
@@ -237,7 +234,7 @@ def create_app(
             )
             try:
                 reqs.append(engine.submit(ids, cfg, stop_ids))
-            except queue_full:
+            except QueueFull:
                 for r in reqs:
                     r.cancel()
                 raise APIError(
