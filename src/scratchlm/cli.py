@@ -24,7 +24,15 @@ from jsonargparse import (
 )
 
 from .common import UserError
-from .config import PRESETS, SECTION_CLASSES, EvalConfig, RunConfig, SampleConfig, SettingError
+from .config import (
+    PRESETS,
+    SECTION_CLASSES,
+    SFT_TRAIN_DEFAULTS,
+    EvalConfig,
+    RunConfig,
+    SampleConfig,
+    SettingError,
+)
 
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
@@ -33,6 +41,7 @@ set_parsing_settings(docstring_parse_attribute_docstrings=True)
 RECIPE_SECTIONS = {
     "prepare": ("data", "tokenizer"),
     "train": ("model", "train"),
+    "sft": ("train", "sft"),
     "tokenizer train": ("data", "tokenizer"),
 }
 
@@ -55,6 +64,12 @@ EXAMPLES = {
   scratchlm train runs/demo --model.n-layer 6 --train.max-steps 2000
   scratchlm train runs/demo --config configs/my-recipe.yaml --train.lr 1e-3
   scratchlm train runs/demo                 # continues from the newest checkpoint""",
+    "sft": """examples:
+  scratchlm sft runs/chat --from runs/base                    # the bundled Self-Instruct seed tasks
+  scratchlm sft runs/chat --from runs/base --input alpaca.jsonl --input chats.jsonl --val-input val.jsonl
+  scratchlm sft runs/math --from runs/base --input gsm8k.jsonl --sft.prompt-field question \\
+      --sft.response-field answer --sft.epochs 2 --train.lr 1e-4
+  scratchlm sft runs/chat                                     # continues from the newest checkpoint""",
     "eval": """examples:
   scratchlm eval runs/demo                      # the run's validation split
   scratchlm eval runs/demo --text chapter.txt   # any UTF-8 text file
@@ -274,6 +289,34 @@ def build_parser(base: RunConfig | None = None) -> ArgumentParser:
     subcommands.add_subcommand("train", p, help="pretrain the model")
 
     p = _subparser(
+        "sft",
+        "Instruction-tune a pretrained run on conversations (JSONL) into a new run RUN: a copy of the base's "
+        "tokenizer, its best weights as the start, the loss on the assistant replies only.",
+    )
+    p.add_argument("run", help="the fine-tuned run's directory (new, or one to continue)")
+    p.add_argument("--from", dest="base_run", default=None, metavar="BASE_RUN", help="the pretrained run")
+    p.add_argument(
+        "--input",
+        action="append",
+        default=None,
+        metavar="FILE.jsonl",
+        help="conversations: messages, Alpaca, prompt/completion or mapped fields; repeatable; hf:NAME "
+        "(default: the bundled Self-Instruct seed tasks)",
+    )
+    p.add_argument(
+        "--val_input", action="append", default=None, metavar="FILE.jsonl", help="validation conversations"
+    )
+    resume = p.add_mutually_exclusive_group()
+    resume.add_argument(
+        "--resume", action="store_true", help="continue from the newest checkpoint; error if none"
+    )
+    resume.add_argument(
+        "--fresh", action="store_true", help="start over; the old results go to RUN/previous/<time>/"
+    )
+    _recipe_options(p, "sft", base)
+    subcommands.add_subcommand("sft", p, help="instruction tuning (SFT) of a pretrained run")
+
+    p = _subparser(
         "eval",
         "Loss, perplexity and bits per byte with a sliding window; fixed-seed samples; eval.json and "
         "report.md in each RUN; a comparison table for several runs.",
@@ -365,11 +408,13 @@ def normalize_option_names(argv: list[str]) -> list[str]:
     return out
 
 
-def _base_config(run_dir: str, preset: str | None) -> RunConfig:
+def _base_config(run_dir: str, preset: str | None, command: str = "") -> RunConfig:
     from .run import Run
 
     run = Run.at(run_dir)
     cfg = run.load_config() if run.has_config() else RunConfig()
+    if command == "sft" and not run.has_config():  # a new SFT run: the fine-tuning defaults
+        cfg.train = dataclasses.replace(cfg.train, **SFT_TRAIN_DEFAULTS)
     if preset:
         for section, values in PRESETS[preset].items():
             for key, value in values.items():
@@ -388,7 +433,7 @@ def _parse(argv: list[str]) -> tuple[str, Namespace, RunConfig | EvalConfig | Sa
         if command in RECIPE_SECTIONS:
             # The run's saved settings (and the preset) become the defaults, so this parses twice: RUN is
             # known only after a first parse, and jsonargparse's defaults cannot depend on a parsed value.
-            base = _base_config(sub.run, sub.get("preset"))
+            base = _base_config(sub.run, sub.get("preset"), command)
             ns = build_parser(base).parse_args(argv)
             sub = ns[cmd] if cmd != "tokenizer" else ns[cmd][ns[cmd].action]
     except argparse.ArgumentError as e:
@@ -436,6 +481,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         cmd, args, cfg = _parse(argv)
+        if cmd == "sft":  # the command's own spellings of sft.base, sft.inputs and sft.val_inputs
+            cfg.sft.base = args.base_run or cfg.sft.base
+            cfg.sft.inputs = list(args.input or cfg.sft.inputs)
+            cfg.sft.val_inputs = list(args.val_input or cfg.sft.val_inputs)
         if args.get("print_config"):
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True), end="")
         elif cmd == "prepare":
@@ -448,6 +497,10 @@ def main(argv: list[str] | None = None) -> int:
             from .train import train
 
             train(args.run, cfg, resume=False if args.fresh else (True if args.resume else None))
+        elif cmd == "sft":
+            from .sft import sft
+
+            sft(args.run, cfg, resume=False if args.fresh else (True if args.resume else None))
         elif cmd == "eval":
             from .evaluate import evaluate
 

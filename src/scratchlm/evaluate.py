@@ -43,7 +43,6 @@ def _summary(total_nats: float, total_tokens: int, total_bytes: int | None) -> d
     return out
 
 
-@torch.no_grad()
 def evaluate_loss(
     model,
     shards: TokenShards,
@@ -57,12 +56,18 @@ def evaluate_loss(
 
     The quick estimate used during training; `score_tokens` is the full sliding-window evaluation.
     """
+    windows = sequential_windows(shards, batch_size, model.config.block_size, max_batches)
+    return batches_loss(model, ((x, _unscored(y, skip_id)) for x, y in windows), device, token_bytes)
+
+
+@torch.no_grad()
+def batches_loss(model, batches, device, token_bytes: np.ndarray | None = None) -> dict:
+    """Loss per scored token (targets >= 0) over (x, y) batches; bits per byte when token_bytes is given."""
     was_training = model.training
     model.eval()
     total_nats, total_tokens, total_bytes = 0.0, 0, 0
-    block = model.config.block_size
-    for x, y in sequential_windows(shards, batch_size, block, max_batches):
-        x, y = x.to(device), _unscored(y, skip_id).to(device)
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
         logits, _ = model(x)
         nats = torch.nn.functional.cross_entropy(
             logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), ignore_index=-1, reduction="sum"
@@ -173,6 +178,34 @@ def _eval_samples(lm, cfg: EvalConfig) -> list[tuple[str, str]]:
     return [(p, "".join(stream_text(lm, p, scfg))) for p in cfg.prompts]
 
 
+def _sft_eval(lm, run: Run, cfg: EvalConfig) -> tuple[str, dict, list[tuple[str, str]]]:
+    """An SFT run on its validation conversations: loss per reply token, the share of greedy replies that
+    end with <|end|>, and greedy replies to the first prompts as samples."""
+    from .data.sft import encode_conversations, sequential_batches, split_conversations
+    from .sample import chat_reply, share_that_end
+
+    tok, sc, block = lm.tokenizer, lm.config.sft, lm.model.config.block_size
+    _, val = split_conversations(lm.config, run.root)
+    examples = encode_conversations(val, tok, block)
+    device = next(lm.model.parameters()).device
+    batches = sequential_batches(examples, cfg.batch_size, block, None, tok.pad_id)
+    metrics = batches_loss(lm.model, batches, device, tok.token_bytes())
+    prompts = [c.messages[:-1] for c in val[: sc.check_prompts]]
+    metrics["end_rate"] = share_that_end(lm.model, tok, prompts, sc.check_tokens) if prompts else None
+    metrics["conversations"] = len(examples)
+    samples = []
+    for messages in prompts[:4]:
+        reply = chat_reply(lm.model, tok, messages, cfg.sample_tokens)
+        samples.append((f"User: {messages[-1]['content']}\nAssistant: ", reply))
+    return "sft val", metrics, samples
+
+
+def _how(result: dict) -> str:
+    if result["stride"] is None:
+        return f"replies of {result['conversations']} held-out conversations"
+    return f"stride {result['stride']}"
+
+
 def _train_facts(run: Run) -> dict:
     rows = read_metrics(run.metrics_path)
     last = rows[-1] if rows else {}
@@ -192,10 +225,14 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out=None) -
     lm = load(run.root, cfg.checkpoint, device=str(pick_device(cfg.device, "--device")))
     block = lm.model.config.block_size
     stride = cfg.stride or max(1, block // 2)
-    source, tokens = _eval_tokens(lm, run, cfg)
     tok = lm.tokenizer
-    metrics = score_tokens(lm.model, tokens, stride, cfg.batch_size, tok.token_bytes(), tok.bos_id)
-    samples = _eval_samples(lm, cfg)
+    if lm.config.sft.base and not (cfg.text or cfg.jsonl):  # a chat model: its held-out conversations
+        source, metrics, samples = _sft_eval(lm, run, cfg)
+        stride = None
+    else:
+        source, tokens = _eval_tokens(lm, run, cfg)
+        metrics = score_tokens(lm.model, tokens, stride, cfg.batch_size, tok.token_bytes(), tok.bos_id)
+        samples = _eval_samples(lm, cfg)
     result = {
         "run": str(run.root),
         "source": source,
@@ -217,7 +254,7 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out=None) -
     print(
         f"{run.root} on {source}: loss {result['loss']:.4f}  perplexity {result['perplexity']:.2f}  "
         f"bits/byte {result['bits_per_byte']:.4f}  ({result['tokens']:,} tokens, {result['bytes']:,} bytes "
-        f"scored, stride {stride}, step {lm.step})",
+        f"scored, {_how(result)}, step {lm.step})",
         file=out,
         flush=True,
     )
@@ -245,10 +282,15 @@ def render_report(result: dict, config: dict, run: Run) -> str:
         f"| tokens seen in training | {fmt(result['tokens_seen'])} |",
         f"| training time | {fmt(minutes, '.1f')} min |",
         f"| scored | {result['source']}: {result['tokens']:,} tokens, {result['bytes']:,} bytes, "
-        f"stride {result['stride']} of a {result['block_size']}-token context |",
+        f"{_how(result)}, {result['block_size']}-token context |",
         f"| loss (nats/token) | {result['loss']:.4f} |",
         f"| perplexity | {result['perplexity']:.2f} |",
         f"| bits per byte | {result['bits_per_byte']:.4f} |",
+        *(
+            [f"| replies that end with <\\|end\\|> | {fmt(result['end_rate'], '.0%')} |"]
+            if "end_rate" in result
+            else []
+        ),
         "",
         "![loss curve](loss.png)" if (run.loss_plot_path).is_file() else "(no loss.png yet)",
         "",

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from .common import atomic_path
 
-FIELDS = ["step", "tokens", "train_loss", "val_loss", "lr", "tokens_per_s", "elapsed_s"]
+# end_rate: SFT runs, the share of greedy replies to val prompts that end with <|end|> within the limit.
+FIELDS = ["step", "tokens", "train_loss", "val_loss", "lr", "tokens_per_s", "elapsed_s", "end_rate"]
 
 
 class MetricsLog:

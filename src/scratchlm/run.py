@@ -21,7 +21,16 @@ from .config import RunConfig, SettingError
 
 # What training (and eval/sample on its model) leaves in a run: set aside together, never deleted, when the
 # run starts over.
-RESULTS = ("checkpoints", "metrics.csv", "loss.png", "eval.json", "report.md", "samples.txt", "tensorboard")
+RESULTS = (
+    "checkpoints",
+    "metrics.csv",
+    "loss.png",
+    "eval.json",
+    "report.md",
+    "samples.txt",
+    "tensorboard",
+    "sft_data.json",
+)
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,7 @@ class TrainData:
     validate: Callable[[GPT], dict]
     pad_id: int | None = None  # inputs equal to it are padding: not counted as trained tokens
     extra_metrics: Callable[[GPT], dict] | None = None
+    on_start: Callable[[], None] | None = None  # writes the stage's files once the first step went through
 
 
 TB_TAGS = {"train_loss": "loss/train", "val_loss": "loss/val"}
@@ -312,7 +313,7 @@ def _loop(s: Session, data: TrainData) -> dict:
                 opt.step()
                 opt.zero_grad(set_to_none=True)
             if s.metrics is None and s.dist.is_main:
-                _start(s)
+                _start(s, data)
             s.step += 1
             s.tokens += trained
             elapsed = s.elapsed_before + time.time() - t_start
@@ -414,7 +415,7 @@ def _log(s: Session, **row) -> None:
                 s.tb.add_scalar(TB_TAGS.get(key, key), value, s.step)
 
 
-def _start(s: Session) -> None:
+def _start(s: Session, data: TrainData) -> None:
     """The first step went through: only now does the run's directory change, so a start that fails (bad
     settings, out of memory) leaves config.yaml, metrics.csv and the old checkpoints as they were.
 
@@ -427,6 +428,8 @@ def _start(s: Session) -> None:
     s.run.save_config(s.cfg)
     s.tb = _summary_writer()(str(s.run.root / "tensorboard")) if s.cfg.train.tensorboard else None
     s.metrics = MetricsLog(s.run.metrics_path, resume_step=s.step if s.resumed else None)
+    if data.on_start:
+        data.on_start()
 
 
 # ---------------------------------------------------------------- distributed helpers

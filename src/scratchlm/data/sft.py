@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from ..chat_template import render_many, validate
-from ..common import UserError
+from ..common import UserError, atomic_write_text, rank0_print
 
 SHAPES = ("auto", "messages", "alpaca", "self_instruct", "prompt_completion", "fields")
 IGNORE = -1  # model.py: cross_entropy(..., ignore_index=-1)
@@ -386,3 +386,49 @@ def describe(stats: PackStats) -> str:
         f"the prompt side, {d['skipped']} skipped: last reply longer than the context); "
         f"{d['tokens']} tokens, {d['trained_tokens']} trained on"
     )
+
+
+# ---------------------------------------------------------------- a run's split
+def split_conversations(cfg, run_root: Path) -> tuple[list[Conversation], list[Conversation]]:
+    """The training and validation conversations of an SFT run (cfg: its RunConfig): cfg.sft.val_inputs, or
+    a seeded cfg.sft.val_fraction of the inputs held out. The same split for training and `scratchlm eval`."""
+    sc = cfg.sft
+    options = dict(
+        shape=sc.shape,
+        prompt_field=sc.prompt_field,
+        response_field=sc.response_field,
+        system_prompt=sc.system_prompt,
+    )
+    train = read_conversations([_local(p, cfg, run_root) for p in sc.inputs] or [bundled_sft()], **options)
+    if sc.val_inputs:
+        return train, read_conversations([_local(p, cfg, run_root) for p in sc.val_inputs], **options)
+    n_val = round(len(train) * sc.val_fraction)
+    if sc.val_fraction > 0 and len(train) >= 2:
+        n_val = min(max(1, n_val), len(train) - 1)
+    if n_val == 0:
+        rank0_print("no validation conversations (--sft.val_fraction 0): validating on the training ones")
+        return train, train
+    order = np.random.default_rng(cfg.train.seed).permutation(len(train))
+    held = set(order[:n_val].tolist())
+    return [c for i, c in enumerate(train) if i not in held], [train[i] for i in sorted(held)]
+
+
+def _local(spec: str, cfg, run_root: Path) -> str:
+    """A file path as given; hf:OWNER/NAME is read from the hub once into RUN/sft_inputs/ as JSONL."""
+    if not spec.startswith("hf:"):
+        return spec
+    name = spec[3:]
+    dest = Path(run_root) / "sft_inputs" / (name.replace("/", "__") + ".jsonl")
+    if not dest.is_file():
+        try:
+            import datasets
+        except ImportError:
+            raise UserError(f"--input {spec} needs the datasets package: pip install datasets") from None
+        try:
+            rows = datasets.load_dataset(name, cfg.data.hf_config or None, split=cfg.data.hf_split)
+            lines = "".join(json.dumps(dict(r), ensure_ascii=False, default=str) + "\n" for r in rows)
+        except Exception as e:  # no network, no such dataset, no such split: one line naming the input
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise UserError(f"--input {spec}: cannot load it from the Hugging Face hub ({first})") from None
+        atomic_write_text(dest, lines)
+    return str(dest)

@@ -1,0 +1,116 @@
+"""`scratchlm sft RUN --from BASE_RUN --input FILE.jsonl`: instruction tuning with the shared loop.
+
+A fine-tuned model is a run of its own: RUN gets a copy of BASE_RUN's tokenizer, starts from BASE_RUN's best
+weights (train.init_from) and keeps its own checkpoints, metrics and report, so the base stays untouched
+and `scratchlm sft RUN` resumes like `scratchlm train`. The conversations are rendered with the one chat
+template (chat_template.py); the loss covers the assistant replies and their <|end|> only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+from .checkpoint import read_metadata, resolve_weights
+from .common import UserError, atomic_write_text, rank0_print
+from .config import RunConfig
+from .data.sft import PackedBatches, describe, encode_conversations, sequential_batches, split_conversations
+from .evaluate import batches_loss
+from .run import Run
+from .sample import share_that_end
+from .tokenizer import Tokenizer
+from .trainer import Session, TrainData, fit
+
+STATS_FILE = "sft_data.json"
+
+
+def sft(run_dir: str | Path, cfg: RunConfig, resume: bool | None = None) -> dict:
+    """Fine-tune cfg.sft.base's model on cfg.sft.inputs into run_dir (resume as in `train`)."""
+    run = Run.at(run_dir)
+    base = cfg.sft.base
+    if not base:
+        raise UserError(f"give the pretrained run to start from: scratchlm sft {run.root} --from BASE_RUN")
+    base_run = Run.at(base)
+    if base_run.root.resolve() == run.root.resolve():
+        raise UserError(f"{run.root}: SFT writes a new run beside its base; give another directory for RUN")
+    if run.has_config():
+        saved = run.load_config().sft.base
+        if not saved:
+            raise UserError(
+                f"{run.root}: a pretraining run; SFT makes a new run from it: scratchlm sft NEW_RUN --from "
+                f"{run.root}"
+            )
+        if Path(saved).resolve() != base_run.root.resolve() and resume is not False:
+            raise UserError(
+                f"{run.root}: fine-tuned from {saved}, not {base}; add --fresh to start it over from {base}, "
+                "or give a new RUN"
+            )
+    weights = resolve_weights(base_run, "best")
+    base_cfg = RunConfig.from_dict(json.loads(read_metadata(weights)["config"]))
+    cfg.model, cfg.tokenizer, cfg.data = base_cfg.model, base_cfg.tokenizer, base_cfg.data
+    cfg.train.init_from = str(base)
+    _copy_tokenizer(base_run, run)
+    return fit(run.root, cfg, sft_data, resume, command="sft")
+
+
+def _copy_tokenizer(base: Run, run: Run) -> None:
+    """RUN/tokenizer is BASE's: copied under a temporary name and renamed, so it is whole or absent."""
+    want = Tokenizer.load(base.tokenizer_dir).hash
+    if run.tokenizer_dir.is_dir():
+        if Tokenizer.load(run.tokenizer_dir).hash != want:
+            raise UserError(
+                f"{run.tokenizer_dir}: not the tokenizer of {base.root}; fine-tune into a new RUN directory"
+            )
+        return
+    tmp = run.root / ".tokenizer.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(base.tokenizer_dir, tmp)
+    os.replace(tmp, run.tokenizer_dir)
+
+
+def sft_data(s: Session) -> TrainData:
+    """Packed conversations for training; loss per reply token and the share of replies that end, for val."""
+    tc, sc, tok, block = s.cfg.train, s.cfg.sft, s.tokenizer, s.cfg.model.block_size
+    train_convs, val_convs = split_conversations(s.cfg, s.run.root)
+    examples = encode_conversations(train_convs, tok, block)
+    val_examples = encode_conversations(val_convs, tok, block)
+    if not len(examples):
+        raise UserError(
+            f"no training conversation fits the context of {block} tokens (each reply alone is longer); "
+            "give shorter examples or a base model with a longer context"
+        )
+    rank0_print(describe(examples.stats))
+    batches = PackedBatches(examples, s.global_batch, block, tc.seed, pad_id=tok.pad_id)
+    per_epoch = batches.rows_per_epoch()
+    if sc.epochs > 0:
+        tc.max_steps = max(1, math.ceil(sc.epochs * per_epoch / (s.global_batch * s.grad_accum)))
+        rank0_print(
+            f"{per_epoch} packed rows of {block} tokens per epoch ({100 * batches.fill():.0f}% filled): "
+            f"{sc.epochs:g} epochs = {tc.max_steps} steps"
+        )
+    token_bytes = tok.token_bytes()
+    stats = {
+        "train": asdict(examples.stats),
+        "val": asdict(val_examples.stats),
+        "rows_per_epoch": per_epoch,
+        "fill": batches.fill(),
+        "steps": tc.max_steps,
+    }
+
+    def validate(model) -> dict:
+        val = sequential_batches(val_examples, s.global_batch, block, tc.eval_batches, tok.pad_id)
+        return batches_loss(model, val, s.device, token_bytes)
+
+    prompts = [c.messages[:-1] for c in val_convs[: sc.check_prompts]]
+
+    def replies_that_end(model) -> dict:
+        return {"end_rate": share_that_end(model, tok, prompts, sc.check_tokens)} if prompts else {}
+
+    def on_start() -> None:
+        atomic_write_text(s.run.root / STATS_FILE, json.dumps(stats, indent=2) + "\n")
+
+    return TrainData(batches, validate, pad_id=tok.pad_id, extra_metrics=replies_that_end, on_start=on_start)

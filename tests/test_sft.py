@@ -1,0 +1,250 @@
+"""`scratchlm sft`: a tiny base fine-tuned on a few Q/A pairs answers them; the loss covers replies only and
+is normalised per supervised token; resume is exact; mistakes are one line."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from scratchlm.chat_template import render, stop_ids
+from scratchlm.checkpoint import load, step_dirs
+from scratchlm.cli import main
+from scratchlm.config import SFT_TRAIN_DEFAULTS, RunConfig, SampleConfig
+from scratchlm.run import Run
+from scratchlm.sample import generate_ids
+from scratchlm.sft import sft
+from scratchlm.trainer import Session, TrainData, _train_step
+
+QA = [
+    ("What is the capital of France?", "Paris."),
+    ("Who wrote War and Peace?", "Leo Tolstoy."),
+    ("What colour is the sky?", "Blue."),
+    ("How many legs has a cat?", "Four."),
+]
+
+
+def write_qa(path: Path, pairs=QA) -> Path:
+    lines = [
+        json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+        for q, a in pairs
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def sft_config(base: Path, inputs: list[Path], steps: int = 0) -> RunConfig:
+    cfg = RunConfig()
+    for key, value in SFT_TRAIN_DEFAULTS.items():
+        setattr(cfg.train, key, value)
+    cfg.sft.base, cfg.sft.inputs = str(base), [str(p) for p in inputs]
+    cfg.sft.val_inputs = [str(p) for p in inputs]  # memorising is the point here
+    cfg.train.batch_size, cfg.train.lr, cfg.train.warmup_steps = 4, 1e-2, 5
+    cfg.train.eval_interval, cfg.train.log_interval = 40, 5
+    if steps:
+        cfg.sft.epochs, cfg.train.max_steps = 0, steps
+    else:
+        cfg.sft.epochs = 300
+    return cfg
+
+
+def greedy_reply(lm, question: str) -> tuple[str, bool]:
+    ids = render([{"role": "user", "content": question}], lm.tokenizer, add_generation_prompt=True).ids
+    out = list(
+        generate_ids(
+            lm.model, ids, SampleConfig(temperature=0.0, max_new_tokens=20), set(stop_ids(lm.tokenizer))
+        )
+    )
+    return lm.tokenizer.decode(out), len(out) < 20
+
+
+@pytest.fixture(scope="module")
+def tuned(trained_run_template, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sft")
+    data = write_qa(root / "qa.jsonl")
+    run = root / "chat"
+    sft(run, sft_config(trained_run_template, [data]))
+    return run
+
+
+def test_a_tiny_base_fine_tuned_on_qa_pairs_answers_them_exactly(tuned):
+    lm = load(tuned)
+    for question, answer in QA:
+        assert greedy_reply(lm, question) == (answer, True)  # the reply, then <|end|>
+    rows = list(csv.DictReader(open(tuned / "metrics.csv")))
+    ends = [float(r["end_rate"]) for r in rows if r["end_rate"]]
+    assert ends and ends[-1] == 1.0  # every val prompt's greedy reply ended within the limit
+    stats = json.loads((tuned / "sft_data.json").read_text())
+    assert stats["train"]["kept"] == len(QA) and stats["train"]["skipped"] == 0
+
+
+def test_the_sft_run_keeps_its_base_untouched_and_shares_its_tokenizer(tuned, trained_run_template):
+    assert (tuned / "tokenizer").is_dir()
+    base_best = (trained_run_template / "checkpoints" / "best.safetensors").read_bytes()
+    assert load(trained_run_template).tokenizer.hash == load(tuned).tokenizer.hash
+    assert (trained_run_template / "checkpoints" / "best.safetensors").read_bytes() == base_best
+    cfg = Run.at(tuned).load_config()
+    assert cfg.sft.base == str(trained_run_template) and cfg.train.init_from == str(trained_run_template)
+
+
+def _session_and_data(trained_run, tmp_path, micro_batches: int, rows: int = 2) -> tuple[Session, TrainData]:
+    """A session as fit() builds it, with the SFT data of QA, without training."""
+    import contextlib
+
+    from scratchlm.sft import _copy_tokenizer, sft_data
+    from scratchlm.trainer import _setup
+
+    run = Run.at(tmp_path / "chat")
+    cfg = sft_config(trained_run, [write_qa(tmp_path / "qa.jsonl")], steps=1)
+    cfg.model = RunConfig.from_dict(Run.at(trained_run).load_config().to_dict()).model
+    cfg.train.batch_size, cfg.train.grad_accum = rows, micro_batches
+    _copy_tokenizer(Run.at(trained_run), run)
+    with contextlib.ExitStack() as held:
+        s = _setup(run, cfg, "sft", held)
+    s.forward = s.model
+    return s, sft_data(s)
+
+
+def test_the_loss_covers_the_replies_and_their_end_only(trained_run, tmp_path):
+    """The targets come from the template's mask: a prompt token's label is never scored (setting it to any
+    token changes nothing), and scoring it would change the loss."""
+    s, data = _session_and_data(trained_run, tmp_path, 1)
+    x, y = data.batches.next_batch()
+    conversations = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in QA]
+    rendered = {tuple(r.ids): r.mask for r in (render(c, s.tokenizer) for c in conversations)}
+    row, start = x[0].tolist(), 0
+    while start < len(row) and row[start] != s.tokenizer.pad_id:  # each packed conversation of row 0
+        ids = next(k for k in rendered if tuple(row[start : start + len(k) - 1]) == k[:-1])
+        want = [t if m else -1 for t, m in zip(ids[1:], rendered[ids][1:], strict=True)]
+        assert y[0, start : start + len(ids) - 1].tolist() == want
+        start += len(ids)
+    _, loss = s.model(x, y)
+    prompt = (y == -1) & (x != s.tokenizer.pad_id)
+    scored_prompt = torch.where(prompt, torch.roll(x, -1, dims=1), y)
+    _, with_prompt = s.model(x, scored_prompt)
+    assert not torch.equal(loss, with_prompt)
+
+
+def test_loss_is_normalised_per_supervised_token_over_micro_batches(trained_run, tmp_path):
+    """Two micro-batches with different numbers of reply tokens: the step's loss and gradients equal one
+    forward over both batches together (a per-token mean), not the mean of the two means."""
+    s, data = _session_and_data(trained_run, tmp_path, 2, rows=1)
+    reference = copy.deepcopy(s.model)
+    state = data.batches.state_dict()
+    batches = [data.batches.next_batch() for _ in range(2)]
+    counts = [int((y >= 0).sum()) for _, y in batches]
+    assert counts[0] != counts[1]
+    data.batches.load_state_dict(state)
+    loss, trained = _train_step(s, data)
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    _, ref_loss = reference(x, y)
+    ref_loss.backward()
+    assert loss == pytest.approx(ref_loss.item(), rel=1e-5)
+    assert trained == int((x != s.tokenizer.pad_id).sum())
+    for (name, p), q in zip(s.model.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_an_interrupted_sft_run_resumes_exactly(trained_run_template, tmp_path, monkeypatch):
+    import scratchlm.trainer as trainer
+
+    data = write_qa(tmp_path / "qa.jsonl")
+    whole, split = tmp_path / "whole", tmp_path / "split"
+
+    def config():
+        cfg = sft_config(trained_run_template, [data], steps=24)
+        cfg.train.eval_interval = 8  # checkpoints at 8, 16, 24; the loader wraps past many epochs
+        return cfg
+
+    sft(whole, config())
+    real_step, calls = trainer._train_step, []
+
+    def crash_in_step_19(s, data):
+        calls.append(1)
+        if len(calls) == 19:
+            raise KeyboardInterrupt  # as a kill would: nothing saved after the checkpoint of step 16
+        return real_step(s, data)
+
+    monkeypatch.setattr(trainer, "_train_step", crash_in_step_19)
+    with pytest.raises(KeyboardInterrupt):
+        sft(split, config())
+    monkeypatch.setattr(trainer, "_train_step", real_step)
+    assert [d.name for d in step_dirs(Run.at(split))][-1] == "step_000016"
+    sft(split, config())
+    a = load(whole, checkpoint="last").model.state_dict()
+    b = load(split, checkpoint="last").model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_malformed_jsonl_is_one_line_naming_file_and_line(trained_run_template, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}\n'
+        '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant"\n',
+        encoding="utf-8",
+    )
+    code = main(["sft", str(tmp_path / "chat"), "--from", str(trained_run_template), "--input", str(bad)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{bad}:2" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "chat" / "config.yaml").exists()
+
+
+def test_sft_mistakes_are_one_line(trained_run_template, trained_run, tmp_path, capsys):
+    qa = str(write_qa(tmp_path / "qa.jsonl"))
+    cases = [
+        (["sft", str(tmp_path / "c1"), "--input", qa], "--from BASE_RUN"),
+        (["sft", str(trained_run), "--from", str(trained_run_template), "--input", qa], "a pretraining run"),
+        (["sft", str(tmp_path / "c2"), "--from", str(tmp_path / "nothing"), "--input", qa], "no checkpoint"),
+        (
+            ["sft", str(tmp_path / "c3"), "--from", str(trained_run_template), "--sft.epochs", "-1"],
+            "--sft.epochs -1",
+        ),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_the_cli_applies_sft_defaults_and_the_bundled_set(trained_run_template, tmp_path, capsys):
+    run = tmp_path / "chat"
+    assert main(["sft", str(run), "--from", str(trained_run_template), "--print_config"]) == 0
+    printed = capsys.readouterr().out
+    assert f"lr: {SFT_TRAIN_DEFAULTS['lr']}" in printed and f"base: {trained_run_template}" in printed
+    argv = [
+        "sft",
+        str(run),
+        "--from",
+        str(trained_run_template),
+        "--train.max-steps",
+        "3",
+        "--sft.epochs",
+        "0",
+        "--train.eval-interval",
+        "3",
+        "--train.eval-batches",
+        "1",
+        "--sft.check-prompts",
+        "2",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "SFT data: 175 conversations" not in out  # 10% are held out for validation
+    stats = json.loads((run / "sft_data.json").read_text())
+    assert stats["train"]["conversations"] + stats["val"]["conversations"] == 175
+    assert [d.name for d in step_dirs(Run.at(run))] == ["step_000003"]
+
+
+def test_eval_of_an_sft_run_scores_its_held_out_replies(tuned, capsys):
+    assert main(["eval", str(tuned)]) == 0
+    out = capsys.readouterr().out
+    assert "on sft val" in out and "replies of 4 held-out conversations" in out
+    result = json.loads((tuned / "eval.json").read_text())
+    assert result["end_rate"] == 1.0 and result["loss"] < 1.0
+    report = (tuned / "report.md").read_text()
+    assert "replies that end with" in report and "User: What is the capital of France?" in report
