@@ -10,9 +10,9 @@ import torch
 
 import scratchlm
 import scratchlm.sample as sample_mod
-from scratchlm.checkpoint import LoadedModel
 from scratchlm.cli import main
 from scratchlm.config import ModelConfig, RunConfig, SampleConfig, TokenizerConfig
+from scratchlm.lm import LoadedModel
 from scratchlm.model import GPT
 from scratchlm.sample import TextStream, filter_logits, generate_ids, prompt_ids_for, stream_text
 from scratchlm.tokenizer import train_tokenizer

@@ -3,6 +3,7 @@
     import scratchlm
     lm = scratchlm.load("runs/demo")
     print(lm.generate("Prince Andrew", max_new_tokens=50))
+    print(lm.chat([{"role": "user", "content": "Hi"}]).text)   # a model made by `scratchlm sft`
 
 The stages are plain functions in their modules: `scratchlm.prepare.prepare`, `scratchlm.train.train`,
 `scratchlm.evaluate.evaluate`, `scratchlm.sample.sample`. Heavy modules (torch) load on first use, so
@@ -18,7 +19,7 @@ _LAZY = {
     "GPT": ("model", "GPT"),
     "GPTConfig": ("model", "GPTConfig"),
     "RunConfig": ("config", "RunConfig"),
-    "load": ("checkpoint", "load"),
+    "load": ("lm", "load"),
 }
 
 

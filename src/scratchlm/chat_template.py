@@ -139,3 +139,29 @@ def _assemble(messages, texts, specials: dict[str, int], add_generation_prompt: 
         ids.append(specials[ROLE_TOKENS["assistant"]])
         mask.append(False)
     return Rendered(ids, mask)
+
+
+def fit_prompt(messages: Sequence[Mapping], tokenizer, max_tokens: int) -> tuple[list[Mapping], int]:
+    """The newest part of a prompt conversation whose `render` (add_generation_prompt) takes at most
+    `max_tokens` ids, and how many messages were left out.
+
+    The oldest user + assistant exchanges go first, whole, so what stays still starts with a user; the
+    system message always stays. UserError when the system message and the last user message alone are
+    too long: cutting into a message would change what was asked. Shared by `LoadedModel.chat` and the
+    terminal chat, so both keep the same turns.
+    """
+    validate(messages, add_generation_prompt=True)
+    first = 1 if messages[0]["role"] == "system" else 0
+    # render's layout: <|bos|>, then <|role|> content <|end|> per message, then <|assistant|>.
+    cost = [len(tokenizer.encode(m["content"])) + 2 for m in messages]
+    total, start = 2 + sum(cost), first
+    while total > max_tokens and len(messages) - start > 1:
+        total -= cost[start] + cost[start + 1]
+        start += 2
+    if total > max_tokens:
+        what = "the system prompt and the last message take" if first else "the last message takes"
+        raise UserError(
+            f"{what} {total} tokens, more than the {max_tokens} of the model's context a prompt may use; "
+            "shorten it"
+        )
+    return list(messages[:first]) + list(messages[start:]), start - first

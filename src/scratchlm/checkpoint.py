@@ -354,22 +354,17 @@ def read_metadata(path: Path) -> dict[str, str]:
 
 
 @dataclass
-class LoadedModel:
-    """A trained model with its tokenizer and settings: what `scratchlm.load(RUN)` returns."""
+class Restored:
+    """A model rebuilt from a checkpoint, with its tokenizer, settings and step. Generation lives above
+    (lm.LoadedModel, what `scratchlm.load(RUN)` returns), so this module never imports the sampler."""
 
     model: GPT
     tokenizer: Tokenizer
     config: RunConfig
     step: int
 
-    def generate(self, prompt: str, **sample_overrides) -> str:
-        """The continuation of the prompt (without it), e.g. generate("Prince", max_new_tokens=50)."""
-        from .sample import generate_text
 
-        return generate_text(self, prompt, **sample_overrides)
-
-
-def load(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu") -> LoadedModel:
+def load(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu") -> Restored:
     """Rebuild the model and tokenizer of a run from its checkpoint."""
     run = Run.at(run_dir)
     path = resolve_weights(run, checkpoint)
@@ -392,4 +387,4 @@ def load(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu") -> 
     model = GPT(cfg.model)
     load_weights(model, path)
     model.to(device).eval()
-    return LoadedModel(model, tokenizer, cfg, int(meta.get("step", 0)))
+    return Restored(model, tokenizer, cfg, int(meta.get("step", 0)))

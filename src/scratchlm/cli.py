@@ -81,6 +81,11 @@ EXAMPLES = {
   scratchlm sample runs/demo "Natasha" --top-p 0.9 --min-p 0.05 --repetition-penalty 1.2 --stop+ '.'
   scratchlm sample runs/demo "" --temperature 0              # greedy, from <|bos|>
   scratchlm sample runs/demo --prompts-file prompts.txt      # one output per line (or .jsonl "prompt")""",
+    "chat": """examples:
+  scratchlm chat runs/chat                                  # a model made by `scratchlm sft`
+  scratchlm chat runs/chat --system "Answer briefly." --temperature 0.7 --top-p 0.9
+  printf 'Hi\\nWho are you?\\n' | scratchlm chat runs/chat --temperature 0   # one reply per line
+  (in the chat: /system TEXT, /reset, /temp X, /save FILE, /help; Ctrl-C stops a reply, Ctrl-D quits)""",
     "export": """examples:
   scratchlm export runs/demo --format hf --out exports/demo-hf         # AutoModelForCausalLM loads it
   scratchlm export runs/demo --format gguf --out demo.gguf --dtype q8_0  # for llama.cpp tools
@@ -343,6 +348,16 @@ def build_parser(base: RunConfig | None = None) -> ArgumentParser:
     p.add_argument("--max_batch", type=int, default=16, help="sequences decoded together")
     p.add_argument("--checkpoint", default="best", help="best, last, or a path to a .safetensors file")
     subcommands.add_subcommand("serve", p, help="OpenAI-compatible API + web chat page")
+    p = _subparser(
+        "chat",
+        "Chat with the run's model in the terminal, replies streamed; a base model (not made by "
+        "`scratchlm sft`) continues each line as text instead. Piped input: one user turn per line.",
+    )
+    p.add_argument("run", help="a trained run directory")
+    p.add_argument("--checkpoint", default="best", help="best, last, or a path to a .safetensors file")
+    p.add_argument("--system", default=None, help="system prompt (default: the one the run was tuned with)")
+    p.add_class_arguments(SampleConfig, None)
+    subcommands.add_subcommand("chat", p, help="talk to the model")
 
     p = _subparser("export", "Write the run's model as a Hugging Face folder or a GGUF file.")
     p.add_argument("run", help="a trained run directory")
@@ -448,7 +463,7 @@ def _parse(argv: list[str]) -> tuple[str, Namespace, RunConfig | EvalConfig | Sa
     try:
         if cmd == "eval":
             return cmd, sub, _build(EvalConfig, sub)
-        if cmd == "sample":
+        if cmd in ("sample", "chat"):
             return cmd, sub, _build(SampleConfig, sub)
     except SettingError as e:
         raise e.named(_option(e.name)) from None
@@ -511,6 +526,10 @@ def main(argv: list[str] | None = None) -> int:
             from .serve import serve
 
             serve(args.run, args.host, args.port, args.api_key, args.max_batch, args.checkpoint)
+        elif cmd == "chat":
+            from .chat import chat
+
+            chat(args.run, cfg, checkpoint=args.checkpoint, system=args.system)
         elif cmd == "export":
             from .export import export
 

@@ -7,14 +7,13 @@ start of a stop string.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-from .checkpoint import LoadedModel, load
+from .checkpoint import Restored, load
 from .common import UserError, atomic_write_text
 from .config import SampleConfig
 from .data.corpus import read_text
@@ -171,7 +170,7 @@ def prompt_ids_for(tokenizer, prompt: str, block_size: int, warn=None) -> list[i
     return ids
 
 
-def stream_text(lm: LoadedModel, prompt: str, cfg: SampleConfig, warn=None) -> Iterator[str]:
+def stream_text(lm: Restored, prompt: str, cfg: SampleConfig, warn=None) -> Iterator[str]:
     """Yield text pieces of the continuation as tokens arrive; ends at <|eos|> or a stop string."""
     tok = lm.tokenizer
     prompt_ids = prompt_ids_for(tok, prompt, lm.model.config.block_size, warn)
@@ -185,11 +184,6 @@ def stream_text(lm: LoadedModel, prompt: str, cfg: SampleConfig, warn=None) -> I
     piece = stream.finish()
     if piece:
         yield piece
-
-
-def generate_text(lm: LoadedModel, prompt: str, **overrides) -> str:
-    cfg = dataclasses.replace(lm.config.sample, **overrides)
-    return "".join(stream_text(lm, prompt, cfg))
 
 
 def read_prompts(path: str | Path) -> list[str]:

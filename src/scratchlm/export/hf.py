@@ -306,9 +306,7 @@ def start_id(tokenizer) -> int:
     """The token `scratchlm sample` puts before every prompt (<|bos|>, which starts every training
     document). Exports declare it as the BOS id, so transformers' generate() from nothing and llama.cpp's
     automatic BOS feed the model what scratchlm feeds it."""
-    from ..sample import prompt_ids_for
-
-    return prompt_ids_for(tokenizer, "", 1 << 30)[0]
+    return tokenizer.bos_id
 
 
 def _tokenizer_config(tok_dir: Path, tokenizer) -> dict:

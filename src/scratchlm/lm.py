@@ -1,0 +1,138 @@
+"""A trained model in Python: `scratchlm.load(RUN)` → LoadedModel, with .generate(prompt) and .chat(messages).
+
+    lm = scratchlm.load("runs/chat")
+    r = lm.chat([{"role": "user", "content": "Hi"}], max_new_tokens=128, temperature=0.0)
+    print(r.text, r.finish_reason, r.usage)
+
+This module sits above the checkpoint (which only rebuilds the model, tokenizer and settings) and the
+sampler (which only sees ids and text), so neither imports the other's caller.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import chat_template
+from .checkpoint import Restored
+from .checkpoint import load as restore
+from .config import SampleConfig
+from .sample import TextStream, generate_ids, stream_text
+
+
+@dataclass
+class ChatReply:
+    """One reply, shaped like an OpenAI chat choice and its usage."""
+
+    text: str
+    finish_reason: str | None
+    """"stop": the model ended its turn (<|end|> or <|eos|>) or a stop string appeared; "length": it
+    reached max_new_tokens; None while it is still streaming (or when the stream was abandoned)."""
+    prompt_tokens: int
+    completion_tokens: int = 0
+    """The tokens generated, the <|end|> or <|eos|> that ended the reply included."""
+    dropped: int = 0
+    """The oldest messages left out so that the prompt fits the context (chat_template.fit_prompt)."""
+
+    @property
+    def usage(self) -> dict[str, int]:
+        total = self.prompt_tokens + self.completion_tokens
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": total,
+        }
+
+
+def prompt_budget(block_size: int, max_new_tokens: int) -> int:
+    """The tokens of the context a chat prompt may use. The rest, up to half the context, is the reply's,
+    so a reply starts with the whole conversation in view; past the context, generate_ids slides its
+    window and the start of the conversation falls out of it."""
+    return block_size - min(max_new_tokens, block_size // 2)
+
+
+class ReplyStream:
+    """The text pieces of one chat reply, as they are generated; `.reply` is the reply so far, with its
+    finish_reason once the stream has ended. The prompt is the conversation's newest part that fits
+    (`.messages`, the system message kept) rendered with <|assistant|> at the end."""
+
+    def __init__(self, lm: Restored, messages: Sequence[Mapping], cfg: SampleConfig):
+        tok = lm.tokenizer
+        budget = prompt_budget(lm.model.config.block_size, cfg.max_new_tokens)
+        self.messages, dropped = chat_template.fit_prompt(messages, tok, budget)
+        self.prompt_ids = chat_template.render(self.messages, tok, add_generation_prompt=True).ids
+        self.reply = ChatReply("", None, len(self.prompt_ids), dropped=dropped)
+        self._pieces = self._generate(lm, cfg)
+
+    def __iter__(self) -> Iterator[str]:
+        return self._pieces
+
+    def _generate(self, lm: Restored, cfg: SampleConfig) -> Iterator[str]:
+        reply, text = self.reply, TextStream(lm.tokenizer, cfg.stop)
+        stops = set(chat_template.stop_ids(lm.tokenizer))
+        for token in generate_ids(lm.model, self.prompt_ids, cfg, stops):
+            reply.completion_tokens += 1
+            piece = text.push(token)
+            reply.text += piece
+            if text.stopped:
+                reply.finish_reason = "stop"
+            if piece:
+                yield piece
+            if text.stopped:
+                return
+        piece = text.finish()
+        reply.text += piece
+        # generate_ids ends before max_new_tokens only at a stop id, which it does not yield.
+        if reply.completion_tokens < cfg.max_new_tokens:
+            reply.completion_tokens += 1
+            reply.finish_reason = "stop"
+        else:
+            reply.finish_reason = "length"
+        if piece:
+            yield piece
+
+
+@dataclass
+class LoadedModel(Restored):
+    """A trained model with its tokenizer and settings: what `scratchlm.load(RUN)` returns.
+
+    Every method takes the sampling settings of SampleConfig as keywords (temperature, top_k, top_p, min_p,
+    repetition_penalty, max_new_tokens, stop, seed); the rest come from the run's `sample` settings."""
+
+    @property
+    def is_chat(self) -> bool:
+        """Made by `scratchlm sft` (trained on the chat format), rather than a base model of plain text."""
+        return self.config.sft.base != ""
+
+    def sample_config(self, **overrides) -> SampleConfig:
+        known = {f.name for f in dataclasses.fields(SampleConfig)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise TypeError(f"unknown sampling setting {unknown[0]!r}; use {', '.join(sorted(known))}")
+        return dataclasses.replace(self.config.sample, **overrides)
+
+    def generate(self, prompt: str, **sample_overrides) -> str:
+        """The continuation of the prompt (without it), e.g. generate("Prince", max_new_tokens=50)."""
+        return "".join(stream_text(self, prompt, self.sample_config(**sample_overrides)))
+
+    def chat_stream(self, messages: Sequence[Mapping], **sample_overrides) -> ReplyStream:
+        """The next assistant reply as text pieces while they are generated (see ReplyStream)."""
+        return ReplyStream(self, messages, self.sample_config(**sample_overrides))
+
+    def chat(self, messages: Sequence[Mapping], **sample_overrides) -> ChatReply:
+        """The next assistant reply to `messages` (OpenAI's role/content dicts, ending with a user message).
+
+        A conversation longer than the context loses its oldest exchanges (the system message stays);
+        reply.dropped counts the messages left out."""
+        stream = self.chat_stream(messages, **sample_overrides)
+        for _ in stream:
+            pass
+        return stream.reply
+
+
+def load(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu") -> LoadedModel:
+    """The model of a run, from its "best" or "last" checkpoint or a .safetensors path, on `device`."""
+    r = restore(run_dir, checkpoint, device)
+    return LoadedModel(r.model, r.tokenizer, r.config, r.step)
