@@ -36,6 +36,8 @@ def demo(run_dir: str | Path = "runs/demo", steps: int = 360, minutes: float = 4
         (f'scratchlm sample {r} "Natasha" --temperature 0.7', "more samples"),
         # The demo's time limit is saved with the run: lift it, or the longer run stops at the same minutes.
         (f"scratchlm train {r} --train.max-steps 4000 --train.max-minutes 0", "train longer (continues)"),
+        (f"scratchlm serve {r}", "a web page and an OpenAI-compatible API"),
+        (f"scratchlm sft {r}-chat --from {r}", "instruction-tune it (bundled Self-Instruct tasks)"),
         (f"scratchlm export {r} --format hf --out {r}-hf", "a transformers model (or --format gguf)"),
         ("scratchlm prepare runs/mine --input your_text.txt", "your own text"),
     ]

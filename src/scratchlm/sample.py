@@ -250,10 +250,15 @@ def greedy_reply_ids(
 ) -> tuple[list[int], bool]:
     """The greedy chat reply to `messages` (ending with a user turn) as ids, and whether it ended (emitted
     <|end|> or <|eos|>) within max_new_tokens."""
-    from .chat_template import render, stop_ids
+    from .chat_template import fit_prompt, render, stop_ids
 
     greedy = SampleConfig(temperature=0.0, max_new_tokens=max_new_tokens)
-    ids = render(messages, tokenizer, add_generation_prompt=True).ids[-model.config.block_size :]
+    block = model.config.block_size
+    try:  # whole turns dropped, <|bos|> and the system prompt kept, room left for the reply (as chat does)
+        messages = fit_prompt(messages, tokenizer, block - min(max_new_tokens, block // 2))[0]
+    except UserError:  # the last question alone is too long: its end, as the model would see it
+        pass
+    ids = render(messages, tokenizer, add_generation_prompt=True).ids[-block:]
     was_training = model.training
     model.eval()
     out = list(generate_ids(model, ids, greedy, set(stop_ids(tokenizer))))
