@@ -68,10 +68,17 @@ def _copy_tokenizer(base: Run, run: Run) -> None:
                 f"{run.tokenizer_dir}: not the tokenizer of {base.root}; fine-tune into a new RUN directory"
             )
         return
-    tmp = run.root / ".tokenizer.tmp"
+    # Under torchrun every process gets here at once: each copies under its own name, and the first rename
+    # wins (renaming a folder onto a full one fails); the others drop their copy.
+    tmp = run.root / f".tokenizer.tmp.{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(base.tokenizer_dir, tmp)
-    os.replace(tmp, run.tokenizer_dir)
+    try:
+        os.replace(tmp, run.tokenizer_dir)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not run.tokenizer_dir.is_dir():
+            raise
 
 
 def sft_data(s: Session) -> TrainData:
