@@ -14,7 +14,16 @@ from scratchlm.cli import main
 from scratchlm.config import ModelConfig, RunConfig, SampleConfig, TokenizerConfig
 from scratchlm.lm import LoadedModel
 from scratchlm.model import GPT
-from scratchlm.sample import TextStream, filter_logits, generate_ids, prompt_ids_for, stream_text
+from scratchlm.sample import (
+    TextStream,
+    draw_rows,
+    filter_logits,
+    filter_rows,
+    generate_ids,
+    pick_next,
+    prompt_ids_for,
+    stream_text,
+)
 from scratchlm.tokenizer import train_tokenizer
 
 GREEDY = SampleConfig(temperature=0.0, max_new_tokens=24)
@@ -70,10 +79,55 @@ def test_top_k_1_equals_greedy():
 
 def test_same_seed_same_tokens_other_seed_other_tokens():
     model = tiny_model("llama")
-    cfg = SampleConfig(temperature=1.0, top_k=0, max_new_tokens=24, seed=3)
+    # Temperature 3: the x20 weights make the top token ~0.999 likely at 1.0, where two seeds rarely part.
+    cfg = SampleConfig(temperature=3.0, top_k=0, max_new_tokens=24, seed=3)
     a = list(generate_ids(model, [1, 2], cfg))
     assert a == list(generate_ids(model, [1, 2], cfg))
-    assert a != list(generate_ids(model, [1, 2], SampleConfig(temperature=1.0, top_k=0, max_new_tokens=24)))
+    assert a != list(generate_ids(model, [1, 2], SampleConfig(temperature=3.0, top_k=0, max_new_tokens=24)))
+
+
+def test_draw_rows_samples_the_distribution_and_never_a_dropped_token():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0, 0.0])
+    logits = probs.log()[None]  # the zeros are dropped tokens (-inf)
+    g = torch.Generator().manual_seed(0)
+    n = 20000
+    counts = torch.bincount(torch.tensor([draw_rows(logits, [g])[0] for _ in range(n)]), minlength=6)
+    # 4 binomial standard deviations of each frequency: a correct sampler fails this ~1 in 10^4 times.
+    assert (counts / n - probs).abs().le(4 * (probs * (1 - probs) / n).sqrt() + 1e-9).all(), counts
+    assert counts[4:].sum() == 0
+
+
+def test_pick_next_never_picks_what_top_k_top_p_min_p_drop():
+    torch.manual_seed(0)
+    logits = torch.randn(97)
+    for cfg in (
+        SampleConfig(temperature=1.5, top_k=5),
+        SampleConfig(temperature=1.5, top_k=0, top_p=0.5),
+        SampleConfig(temperature=1.5, top_k=0, min_p=0.2),
+    ):
+        kept = set(torch.isfinite(filter_logits(logits, cfg)).nonzero().view(-1).tolist())
+        assert 1 < len(kept) < 97
+        g = torch.Generator().manual_seed(1)
+        picks = {pick_next(logits, cfg, g) for _ in range(2000)}
+        assert picks <= kept and len(picks) > 1
+
+
+def test_filter_and_draw_rows_in_a_batch_equal_each_row_alone():
+    torch.manual_seed(0)
+    logits = torch.randn(6, 4096) * 4
+    cfgs = [
+        SampleConfig(temperature=0.8, top_k=0),
+        SampleConfig(temperature=1.2, top_k=40),
+        SampleConfig(temperature=0.7, top_k=0, top_p=0.9),
+        SampleConfig(temperature=1.0, top_k=200, top_p=0.95, min_p=0.05),
+        SampleConfig(temperature=0.5, top_k=10),
+        SampleConfig(temperature=1.0, top_k=0, min_p=0.1),
+    ]
+    batch = filter_rows(logits, cfgs)
+    for i, cfg in enumerate(cfgs):
+        assert torch.equal(batch[i], filter_logits(logits[i], cfg))
+    ids = draw_rows(batch, [torch.Generator().manual_seed(i) for i in range(6)])
+    assert ids == [pick_next(logits[i], cfgs[i], torch.Generator().manual_seed(i)) for i in range(6)]
 
 
 def test_filters_by_hand():
