@@ -36,21 +36,18 @@ import multiprocessing
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import torch
-import uvicorn
 
 from scratchlm.checkpoint import load
 from scratchlm.config import RunConfig, preset_defaults
 from scratchlm.engine import Engine
 from scratchlm.prepare import prepare
-from scratchlm.serve.app import create_app
+from scratchlm.serve.app import create_app, running
 from scratchlm.train import train
 
 NAME = "bench"
@@ -67,25 +64,6 @@ def build_run(root: Path, steps: int) -> Path:
     cfg.train.max_steps, cfg.train.warmup_steps, cfg.train.eval_interval = steps, max(1, steps // 10), steps
     train(root, cfg, resume=False)
     return root
-
-
-@contextmanager
-def live(app):
-    """uvicorn on 127.0.0.1 and a free port, in a thread (as tests/test_serve.py)."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise SystemExit("uvicorn did not start in 60 s")
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
 
 
 async def one_request(client: httpx.AsyncClient, body: dict) -> tuple[int, float, str | None]:
@@ -193,7 +171,7 @@ def main() -> None:
         lm = load(run)
         engine = Engine(lm.model, max_batch=max(16, args.clients), max_queue=max(64, 2 * args.clients))
         app = create_app(lm, NAME, engine=engine, max_batch=engine.max_batch)
-        with live(app) as base:
+        with running(app) as base:
             measure(base, 1, 1, 8, 10**6)  # warm-up: connections, first forward
             alone, together = [], []
             for r in range(args.rounds):  # taking turns, so a change in the machine's load hits both alike

@@ -8,10 +8,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import shutil
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -30,7 +28,7 @@ from scratchlm.cli import main  # noqa: E402
 from scratchlm.config import SampleConfig  # noqa: E402
 from scratchlm.engine import Engine  # noqa: E402
 from scratchlm.sample import generate_ids, prompt_ids_for  # noqa: E402
-from scratchlm.serve.app import create_app  # noqa: E402
+from scratchlm.serve.app import create_app, running  # noqa: E402
 
 NAME = "tiny"
 
@@ -61,27 +59,9 @@ def make_app(lm, **kw):
     return create_app(lm, NAME, **kw)
 
 
-@contextmanager
-def live(app):
-    """uvicorn on 127.0.0.1 and a free port, in a thread, started within a deadline."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start in 30 s"
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
-
-
 @pytest.fixture(scope="module")
 def chat_server(chat_lm):
-    with live(make_app(chat_lm)) as url:
+    with running(make_app(chat_lm)) as url:
         yield url
 
 
@@ -202,7 +182,7 @@ def test_a_client_that_hangs_up_cancels_its_request(chat_lm):
     submitted = []
     real_submit = engine.submit
     engine.submit = lambda *a, **k: submitted.append(real_submit(*a, **k)) or submitted[-1]
-    with live(make_app(chat_lm, engine=engine)) as url:
+    with running(make_app(chat_lm, engine=engine)) as url:
         body = {"model": NAME, "prompt": "Prince", "max_tokens": 2000, "stream": True}
         with httpx.stream("POST", url + "/v1/completions", json=body, timeout=30) as r:
             assert r.status_code == 200
@@ -348,7 +328,7 @@ def test_a_browser_chats_streams_stops_and_starts_over(chat_lm, tmp_path):
     engine_mod.Request._push = slow_push
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=DRIVER))
     try:
-        with live(make_app(chat_lm, engine=engine)) as url:
+        with running(make_app(chat_lm, engine=engine)) as url:
             driver.get(url + "/")
             wait = WebDriverWait(driver, 20)
             wait.until(lambda d: d.find_element(By.ID, "model").text == NAME)
