@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -286,6 +287,49 @@ def test_max_minutes_stops_with_a_checkpoint_and_the_budget_spans_resumes(prepar
     assert train(prepared_run, cfg)["step"] == result["step"] + 2
 
 
+def lr_rows(run: Path) -> list[dict]:
+    return [r for r in csv.DictReader(open(run / "metrics.csv")) if r["lr"]]
+
+
+def test_a_clock_budget_carries_the_schedule_to_its_minimum_inside_the_budget(prepared_run):
+    cfg = tiny_config(Path("unused"))
+    cfg.train.max_steps, cfg.train.max_minutes, cfg.train.eval_interval = 100_000, 0.15, 100_000
+    t0 = time.time()
+    result = train(prepared_run, cfg)
+    took = time.time() - t0
+    # The session's setup (before the first step) is not on the clock; the final evaluation and save are.
+    assert took <= 0.15 * 60 + 3, took
+    assert step_dirs(Run.at(prepared_run))[-1].name == f"step_{result['step']:06d}"
+    rows = lr_rows(prepared_run)
+    assert float(rows[-1]["elapsed_s"]) == pytest.approx(0.15 * 60)  # stopped by the clock: budget spent
+    assert float(rows[-1]["lr"]) == pytest.approx(cfg.train.lr * cfg.train.min_lr_ratio)
+    # It decayed along the way, not in one jump at the end: cosine, so most of the way by 90 % of the clock.
+    late = [float(r["lr"]) for r in rows if 0.85 * 9 < float(r["elapsed_s"]) < 0.95 * 9]
+    assert late and all(lr < 0.2 * cfg.train.lr for lr in late)
+
+
+def test_a_resumed_clock_budget_counts_the_earlier_minutes_and_ends_at_the_minimum(prepared_run):
+    cfg = tiny_config(Path("unused"))
+    cfg.train.max_steps, cfg.train.max_minutes, cfg.train.eval_interval = 100_000, 0.2, 20
+    cfg.train.schedule, cfg.train.keep_last = "wsd", 1000
+    first = train(prepared_run, cfg)
+    # Take the run back to its checkpoint at roughly the first third of the budget, as a kill would leave it.
+    kept = [d for d in step_dirs(Run.at(prepared_run)) if int(d.name[5:]) <= first["step"] // 3]
+    for d in step_dirs(Run.at(prepared_run)):
+        if d not in kept:
+            shutil.rmtree(d)
+    rows = lr_rows(prepared_run)
+    cut = [r for r in rows if int(r["step"]) == int(kept[-1].name[5:]) and r["val_loss"]][-1]
+    t0 = time.time()
+    second = train(prepared_run, cfg)
+    assert time.time() - t0 <= 0.2 * 60 - float(cut["elapsed_s"]) + 3  # only what was left of the budget
+    rows = lr_rows(prepared_run)
+    resumed = [r for r in rows if int(r["step"]) > int(cut["step"])]
+    assert float(resumed[0]["elapsed_s"]) >= float(cut["elapsed_s"])  # the clock went on from the checkpoint
+    assert float(rows[-1]["lr"]) == pytest.approx(cfg.train.lr * cfg.train.min_lr_ratio)
+    assert step_dirs(Run.at(prepared_run))[-1].name == f"step_{second['step']:06d}"
+
+
 def test_tensorboard_logs_train_and_val_losses(prepared_run):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -385,6 +429,24 @@ def test_schedules():
     assert lr_at(90, wsd) == pytest.approx(0.5) and lr_at(100, wsd) == pytest.approx(0.0)
     const = TrainConfig(lr=1.0, warmup_steps=10, schedule="constant")
     assert lr_at(5000, const) == 1.0
+
+
+def test_schedules_on_the_clock():
+    # Warmup stays in steps; the decay follows the share of the time budget spent, whatever max_steps says.
+    cos = TrainConfig(lr=1.0, warmup_steps=10, max_steps=10**6, min_lr_ratio=0.1)
+    assert lr_at(0, cos, progress=0.0) == pytest.approx(0.1)
+    assert lr_at(9, cos, progress=0.001) == pytest.approx(1.0, abs=1e-4)
+    # The lower of the two: the warmup ramp (0.6 at step 5) or the decay (0.122 at 90 % of the clock).
+    assert lr_at(5, cos, progress=0.1) == pytest.approx(0.6) and lr_at(5, cos, progress=0.9) == pytest.approx(
+        0.1221, abs=1e-4
+    )
+    assert lr_at(500, cos, progress=0.5) == pytest.approx(0.55) and lr_at(500, cos, progress=1.0) == 0.1
+    assert lr_at(500, cos, progress=1.7) == pytest.approx(0.1)  # past the budget: stays at the minimum
+    wsd = TrainConfig(lr=1.0, warmup_steps=10, schedule="wsd", decay_fraction=0.2, min_lr_ratio=0.0)
+    assert lr_at(500, wsd, progress=0.5) == 1.0 and lr_at(500, wsd, progress=0.8) == 1.0
+    assert lr_at(500, wsd, progress=0.9) == pytest.approx(0.5) and lr_at(500, wsd, progress=1.0) == 0.0
+    const = TrainConfig(lr=1.0, warmup_steps=10, schedule="constant")
+    assert lr_at(500, const, progress=1.0) == 1.0 and lr_at(4, const, progress=0.5) == pytest.approx(0.5)
 
 
 def test_checkpoint_keeps_config_and_tokenizer_hash(prepared_run):

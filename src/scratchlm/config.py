@@ -216,7 +216,8 @@ class TrainConfig(Checked):
     max_tokens: int = bounded(0, ge=0)
     """Stop after this many training tokens instead (sets max_steps; 0: use max_steps)."""
     max_minutes: float = bounded(0.0, ge=0)
-    """Stop after this many minutes of training, saving a checkpoint (0: no limit)."""
+    """A time budget for the whole run (0: none): the LR schedule follows the clock instead of max_steps,
+    ending with the final evaluation and checkpoint inside it. Not bit-reproducible, unlike step budgets."""
     batch_size: int = bounded(16, ge=1)
     """Sequences per micro-batch on each process."""
     grad_accum: int = bounded(1, ge=1)

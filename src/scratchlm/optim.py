@@ -52,13 +52,18 @@ def make_optimizers(model: torch.nn.Module, cfg: TrainConfig) -> list[torch.opti
     return [muon, torch.optim.AdamW([g for g in rest_groups if g["params"]], **adamw_kwargs)]
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
+def lr_at(step: int, cfg: TrainConfig, progress: float | None = None) -> float:
     """Learning rate for optimizer step `step` (0-based): linear warmup, then the chosen schedule.
 
     cosine:   decay to min_lr_ratio x lr at max_steps.
     wsd:      warmup-stable-decay; flat, then linear to min_lr_ratio x lr over the last decay_fraction.
     constant: flat after warmup.
+
+    progress: for a run with a clock budget (--train.max_minutes), the share of it spent (0 to 1); the
+    decay then follows the clock instead of step / max_steps, so it ends when the minutes run out.
     """
+    if progress is not None:
+        return _lr_on_the_clock(step, cfg, progress)
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     min_lr = cfg.lr * cfg.min_lr_ratio
@@ -72,3 +77,25 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return cfg.lr + (min_lr - cfg.lr) * progress
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
     return min_lr + 0.5 * (cfg.lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def _lr_on_the_clock(step: int, cfg: TrainConfig, progress: float) -> float:
+    """The schedule laid over a share of the time budget; warmup stays in steps.
+
+    Warmup is there to let the first updates (and Adam's moment estimates) settle, which is a number of
+    steps whatever the hardware's speed; a share of the budget would warm up for 10x more steps on a 10x
+    faster machine. The decay curve runs over the whole budget and the rate is the lower of the two, so the
+    hand-over from warmup is continuous (the decay has moved only by the warmup's sliver of the clock).
+    """
+    warm = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+    p = min(1.0, max(0.0, progress))
+    min_lr = cfg.lr * cfg.min_lr_ratio
+    if cfg.schedule == "constant":
+        decayed = cfg.lr
+    elif cfg.schedule == "wsd":
+        decay_start = 1 - cfg.decay_fraction
+        share = 1.0 if p >= 1 else max(0.0, p - decay_start) / max(1e-9, cfg.decay_fraction)
+        decayed = cfg.lr + (min_lr - cfg.lr) * min(1.0, share)
+    else:
+        decayed = min_lr + 0.5 * (cfg.lr - min_lr) * (1 + math.cos(math.pi * p))
+    return min(warm, decayed)

@@ -4,7 +4,9 @@ A stage hands `fit` its data source (a `TrainData`: global batches whose targets
 taken, and a validation score); everything else is here. Evaluation, checkpointing, plotting and logging
 happen inside the loop, the last step included. Under torchrun each process trains on its slice of one
 global batch (DDP, or FSDP2 with --train.fsdp); only rank 0 writes. The data order depends on the seed
-alone, not on the number of processes, so a checkpoint resumes exactly on any world size.
+alone, not on the number of processes, so a checkpoint resumes exactly on any world size. That holds for
+step-based runs; with --train.max-minutes the learning rate follows the clock, so such a run is not
+bit-reproducible (its steps fall elsewhere on a slower or busier machine).
 
 The loss of a step is the mean over the supervised tokens of the whole step (all micro-batches, all
 ranks), so a micro-batch with more answer tokens weighs more; in pretraining every micro-batch has the
@@ -278,6 +280,10 @@ def _loop(s: Session, data: TrainData) -> dict:
     peak = peak_flops(s.device)
     s.forward.train()
     t_start, t_log, tokens_at_log, skipped, val_loss = time.time(), time.time(), s.tokens, 0, None
+    # A clock budget (--train.max_minutes) carries the schedule instead of max_steps (see _clock_progress).
+    budget_s = tc.max_minutes * 60
+    reserve_s = None  # what an evaluation and save take: measured at this session's first, kept for the last
+    step_s = 0.0  # how long the latest step took
     bar = tqdm(
         total=tc.max_steps,
         initial=s.step,
@@ -287,7 +293,11 @@ def _loop(s: Session, data: TrainData) -> dict:
     )
     with StopFlag() as stop:
         while s.step < tc.max_steps:
-            lr = lr_at(s.step, tc)
+            t_step = time.time()
+            progress, final = None, False
+            if budget_s:
+                progress, final = _clock_progress(s, t_step - t_start, budget_s, reserve_s or 0.0, step_s)
+            lr = lr_at(s.step, tc, progress)
             for opt in s.optimizers:
                 for group in opt.param_groups:
                     group["lr"] = lr
@@ -317,7 +327,9 @@ def _loop(s: Session, data: TrainData) -> dict:
             s.step += 1
             s.tokens += trained
             elapsed = s.elapsed_before + time.time() - t_start
-            out_of_time = tc.max_minutes > 0 and elapsed >= tc.max_minutes * 60
+            step_s = time.time() - t_step
+            # `final` was planned; the second test catches a step that ran much slower than the one before.
+            out_of_time = budget_s > 0 and (final or elapsed + (reserve_s or 0.0) >= budget_s)
             stopping = any_rank(stop.stop or out_of_time, s.dist, s.device)
             last_step = s.step == tc.max_steps or stopping
 
@@ -331,8 +343,14 @@ def _loop(s: Session, data: TrainData) -> dict:
                 bar.set_postfix(postfix, refresh=False)
             bar.update(1)
 
-            if s.step % tc.eval_interval == 0 or last_step:
-                val_loss, line = _evaluate_and_save(s, data, elapsed)
+            # A clock-based run evaluates after its first step too, to learn how long the last one will take.
+            if s.step % tc.eval_interval == 0 or last_step or (budget_s and reserve_s is None):
+                t_eval = time.time()
+                # Stopped by the clock, the checkpoint counts the whole budget as spent (its rest goes to this
+                # very evaluation and save), so resuming with the same budget has nothing left to do.
+                val_loss, line = _evaluate_and_save(s, data, budget_s if out_of_time else elapsed, lr)
+                if reserve_s is None:
+                    reserve_s = rank_max(time.time() - t_eval, s.dist, s.device)
                 line = f"step {s.step:>6}/{tc.max_steps}  train {train_loss:.4f}  {line}  lr {lr:.2e}  "
                 line += f"{elapsed / 60:.1f} min"
                 bar.write(line) if bar.disable is False else rank0_print(line)
@@ -344,6 +362,22 @@ def _loop(s: Session, data: TrainData) -> dict:
     if s.tb:
         s.tb.close()
     return {"step": s.step, "val_loss": val_loss, "best_val_loss": s.best_val, "skipped_steps": skipped}
+
+
+def _clock_progress(
+    s: Session, session_s: float, budget_s: float, reserve_s: float, step_s: float
+) -> tuple[float, bool]:
+    """(share of the schedule done, whether the coming step is the last) for a run with a clock budget.
+
+    The schedule spans the training time: the budget, earlier sessions' minutes included, less the final
+    evaluation and save. The step after which another would no longer fit is the last one, and it trains
+    at the schedule's end, so the decay ends when the minutes run out. Every rank reads the slowest rank's
+    clock, so all agree on the learning rate and on which step is the last.
+    """
+    elapsed = rank_max(s.elapsed_before + session_s, s.dist, s.device)
+    train_s = max(1e-9, budget_s - reserve_s)
+    final = elapsed + 2 * step_s >= train_s  # this step, then the one after it, would run past the end
+    return (1.0 if final else min(1.0, elapsed / train_s)), final
 
 
 def _train_step(s: Session, data: TrainData) -> tuple[float, int]:
@@ -375,7 +409,7 @@ def _train_step(s: Session, data: TrainData) -> tuple[float, int]:
     return loss_sum / supervised, int(trained)
 
 
-def _evaluate_and_save(s: Session, data: TrainData, elapsed: float) -> tuple[float, str]:
+def _evaluate_and_save(s: Session, data: TrainData, elapsed: float, lr: float) -> tuple[float, str]:
     """Validation, then (rank 0) metrics, best weights, a checkpoint and the loss plot."""
     tc = s.cfg.train
     with s.autocast:
@@ -384,7 +418,7 @@ def _evaluate_and_save(s: Session, data: TrainData, elapsed: float) -> tuple[flo
     opt_state = optimizer_state(s.model, s.optimizers, tc, s.dist)
     extra = data.extra_metrics(s.model) if data.extra_metrics and s.dist.is_main else {}
     if s.dist.is_main:
-        _log(s, val_loss=val["loss"], lr=lr_at(s.step - 1, tc), elapsed_s=elapsed, **extra)
+        _log(s, val_loss=val["loss"], lr=lr, elapsed_s=elapsed, **extra)
         if val["loss"] < s.best_val:
             save_best(s.run, s.step, weights, s.cfg, s.tokenizer.hash, val["loss"])
         state = {
@@ -492,6 +526,15 @@ def all_sum(values: list[float], dist_info: Dist, device: torch.device) -> list[
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
+
+
+def rank_max(value: float, dist_info: Dist, device: torch.device) -> float:
+    """The largest value over ranks (float64): one clock reading that every rank agrees on."""
+    if not dist_info.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.item()
 
 
 def any_rank(flag: bool, dist_info: Dist, device: torch.device) -> bool:
