@@ -498,3 +498,12 @@ def test_bf16_compiled_training_learns_resumes_and_loads_as_fp32_on_cpu(prepared
     lm = load(prepared_run, device="cpu")
     assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in lm.model.parameters())
     assert isinstance(lm.generate("The", max_new_tokens=5, temperature=0.0), str)
+
+
+def test_max_steps_reached_before_the_clock_budget_still_ends_at_the_minimum(prepared_run):
+    cfg = tiny_config(Path("unused"))
+    cfg.train.max_steps, cfg.train.max_minutes, cfg.train.eval_interval = 12, 30.0, 6
+    train(prepared_run, cfg)
+    rows = [r for r in csv.DictReader(open(prepared_run / "metrics.csv")) if r["train_loss"]]
+    assert int(rows[-1]["step"]) == 12
+    assert float(rows[-1]["lr"]) == pytest.approx(cfg.train.lr * cfg.train.min_lr_ratio)

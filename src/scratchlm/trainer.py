@@ -297,6 +297,9 @@ def _loop(s: Session, data: TrainData) -> dict:
             progress, final = None, False
             if budget_s:
                 progress, final = _clock_progress(s, t_step - t_start, budget_s, reserve_s or 0.0, step_s)
+                # Whichever limit comes first carries the decay: max_steps reached before the minutes (the
+                # demo's 360 steps in a 4-minute cap) still ends at the minimum rate.
+                progress = max(progress, s.step / max(1, tc.max_steps - 1))
             lr = lr_at(s.step, tc, progress)
             for opt in s.optimizers:
                 for group in opt.param_groups:
