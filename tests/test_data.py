@@ -193,9 +193,12 @@ def test_a_200_mb_single_line_prepares_in_bounded_memory(tmp_path, tokenizer_dir
         for i in range(200):
             f.write(f"chunk {i} of a line that never ends, " * 27_000)  # ~1 MB, no newline
     shutil.copytree(tokenizer_dir, tmp_path / "run" / "tokenizer")
+    # VmHWM is this process image's own peak; ru_maxrss would carry over the forking pytest's peak across exec
+    # (Linux keeps it), which reached 400 MB in a full CI session whatever prepare did.
     child = (
-        "import resource, sys; from scratchlm.cli import main; rc = main(sys.argv[1:]); "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024); sys.exit(rc)"
+        "import re, sys; from scratchlm.cli import main; rc = main(sys.argv[1:]); "
+        "status = open('/proc/self/status').read(); "
+        "print(int(re.search(r'VmHWM:\\s+(\\d+)', status).group(1)) // 1024); sys.exit(rc)"
     )
     out = subprocess.run(
         [sys.executable, "-c", child, "prepare", str(tmp_path / "run"), "--input", str(path)],
@@ -204,7 +207,7 @@ def test_a_200_mb_single_line_prepares_in_bounded_memory(tmp_path, tokenizer_dir
     )
     assert out.returncode == 0, out.stderr
     peak_mb = int(out.stdout.split()[-1])
-    assert peak_mb < 400, peak_mb  # the line is ~200 MB of text
+    assert peak_mb < 250, peak_mb  # the line is ~200 MB of text (~100 MB measured; reading it whole: >400)
 
 
 def test_jsonl_with_dotted_field_and_bad_lines(tmp_path):
