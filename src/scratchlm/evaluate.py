@@ -182,7 +182,7 @@ def _sft_eval(lm, run: Run, cfg: EvalConfig) -> tuple[str, dict, list[tuple[str,
     """An SFT run on its validation conversations: loss per reply token, the share of greedy replies that
     end with <|end|>, and greedy replies to the first prompts as samples."""
     from .data.sft import encode_conversations, sequential_batches, split_conversations
-    from .sample import chat_reply, share_that_end
+    from .lm import greedy_reply, share_that_end
 
     tok, sc, block = lm.tokenizer, lm.config.sft, lm.model.config.block_size
     _, val = split_conversations(lm.config, run.root)
@@ -195,7 +195,7 @@ def _sft_eval(lm, run: Run, cfg: EvalConfig) -> tuple[str, dict, list[tuple[str,
     metrics["conversations"] = len(examples)
     samples = []
     for messages in prompts[:4]:
-        reply = chat_reply(lm.model, tok, messages, cfg.sample_tokens)
+        reply = greedy_reply(lm.model, tok, messages, cfg.sample_tokens).text
         samples.append((f"User: {messages[-1]['content']}\nAssistant: ", reply))
     return "sft val", metrics, samples
 

@@ -18,7 +18,9 @@ from pathlib import Path
 from . import chat_template
 from .checkpoint import Restored
 from .checkpoint import load as restore
+from .common import UserError
 from .config import SampleConfig
+from .model import GPT
 from .sample import TextStream, generate_ids, stream_text
 
 
@@ -58,10 +60,14 @@ class ReplyStream:
     finish_reason once the stream has ended. The prompt is the conversation's newest part that fits
     (`.messages`, the system message kept) rendered with <|assistant|> at the end."""
 
-    def __init__(self, lm: Restored, messages: Sequence[Mapping], cfg: SampleConfig):
+    def __init__(self, lm: Restored, messages: Sequence[Mapping], cfg: SampleConfig, fit: bool = True):
         tok = lm.tokenizer
-        budget = prompt_budget(lm.model.config.block_size, cfg.max_new_tokens)
-        self.messages, dropped = chat_template.fit_prompt(messages, tok, budget)
+        dropped = 0
+        if fit:
+            budget = prompt_budget(lm.model.config.block_size, cfg.max_new_tokens)
+            messages, dropped = chat_template.fit_prompt(messages, tok, budget)
+        # fit=False: every message; generate_ids then reads the prompt's last block_size tokens.
+        self.messages = messages
         self.prompt_ids = chat_template.render(self.messages, tok, add_generation_prompt=True).ids
         self.reply = ChatReply("", None, len(self.prompt_ids), dropped=dropped)
         self._pieces = self._generate(lm, cfg)
@@ -136,3 +142,32 @@ def load(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu") -> 
     """The model of a run, from its "best" or "last" checkpoint or a .safetensors path, on `device`."""
     r = restore(run_dir, checkpoint, device)
     return LoadedModel(r.model, r.tokenizer, r.config, r.step)
+
+
+def greedy_reply(model: GPT, tokenizer, messages: Sequence[Mapping], max_new_tokens: int) -> ChatReply:
+    """The greedy reply of a bare model (a training step's, an evaluation's) to `messages`, in eval mode.
+    A last question too long for a chat prompt is read from its end, as the model would see it, instead of
+    being refused: the share of replies that end is measured on every validation prompt."""
+    lm, cfg = (
+        Restored(model, tokenizer, None, 0),
+        SampleConfig(temperature=0.0, max_new_tokens=max_new_tokens),
+    )
+    was_training = model.training
+    model.eval()
+    try:
+        try:
+            stream = ReplyStream(lm, messages, cfg)
+        except UserError:
+            stream = ReplyStream(lm, messages, cfg, fit=False)
+        for _ in stream:
+            pass
+        return stream.reply
+    finally:
+        model.train(was_training)
+
+
+def share_that_end(model: GPT, tokenizer, prompts: Sequence[Sequence[Mapping]], max_new_tokens: int) -> float:
+    """Share of greedy replies to `prompts` that end (<|end|> or <|eos|>) within max_new_tokens: an SFT
+    model that has learnt when to stop answers 1.0."""
+    replies = [greedy_reply(model, tokenizer, m, max_new_tokens) for m in prompts]
+    return sum(r.finish_reason == "stop" for r in replies) / len(prompts)

@@ -275,34 +275,3 @@ def sample(
         )
     append_samples(run, entries)
     return texts[0] if isinstance(prompt, str) else texts
-
-
-def greedy_reply_ids(
-    model: GPT, tokenizer, messages: list[dict], max_new_tokens: int
-) -> tuple[list[int], bool]:
-    """The greedy chat reply to `messages` (ending with a user turn) as ids, and whether it ended (emitted
-    <|end|> or <|eos|>) within max_new_tokens."""
-    from .chat_template import fit_prompt, render, stop_ids
-
-    greedy = SampleConfig(temperature=0.0, max_new_tokens=max_new_tokens)
-    block = model.config.block_size
-    try:  # whole turns dropped, <|bos|> and the system prompt kept, room left for the reply (as chat does)
-        messages = fit_prompt(messages, tokenizer, block - min(max_new_tokens, block // 2))[0]
-    except UserError:  # the last question alone is too long: its end, as the model would see it
-        pass
-    ids = render(messages, tokenizer, add_generation_prompt=True).ids[-block:]
-    was_training = model.training
-    model.eval()
-    out = list(generate_ids(model, ids, greedy, set(stop_ids(tokenizer))))
-    model.train(was_training)
-    return out, len(out) < max_new_tokens
-
-
-def chat_reply(model: GPT, tokenizer, messages: list[dict], max_new_tokens: int) -> str:
-    return tokenizer.decode(greedy_reply_ids(model, tokenizer, messages, max_new_tokens)[0])
-
-
-def share_that_end(model: GPT, tokenizer, prompts: list[list[dict]], max_new_tokens: int) -> float:
-    """Share of greedy chat replies to `prompts` that end within max_new_tokens: an SFT model that has learnt
-    when to stop answers 1.0."""
-    return sum(greedy_reply_ids(model, tokenizer, m, max_new_tokens)[1] for m in prompts) / len(prompts)
