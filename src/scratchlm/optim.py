@@ -66,17 +66,22 @@ def lr_at(step: int, cfg: TrainConfig, progress: float | None = None) -> float:
         return _lr_on_the_clock(step, cfg, progress)
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    min_lr = cfg.lr * cfg.min_lr_ratio
-    if cfg.schedule == "constant":
-        return cfg.lr
     if cfg.schedule == "wsd":
         decay_start = cfg.max_steps * (1 - cfg.decay_fraction)
         if step < decay_start:
             return cfg.lr
-        progress = min(1.0, (step - decay_start) / max(1, cfg.max_steps - decay_start))
-        return cfg.lr + (min_lr - cfg.lr) * progress
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
-    return min_lr + 0.5 * (cfg.lr - min_lr) * (1 + math.cos(math.pi * progress))
+        return _decayed(cfg, min(1.0, (step - decay_start) / max(1, cfg.max_steps - decay_start)))
+    return _decayed(cfg, min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)))
+
+
+def _decayed(cfg: TrainConfig, share: float) -> float:
+    """The rate after `share` (0 to 1) of the decay phase: cosine, or wsd's linear ramp; constant stays."""
+    min_lr = cfg.lr * cfg.min_lr_ratio
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "wsd":
+        return cfg.lr + (min_lr - cfg.lr) * share
+    return min_lr + 0.5 * (cfg.lr - min_lr) * (1 + math.cos(math.pi * share))
 
 
 def _lr_on_the_clock(step: int, cfg: TrainConfig, progress: float) -> float:
@@ -89,13 +94,6 @@ def _lr_on_the_clock(step: int, cfg: TrainConfig, progress: float) -> float:
     """
     warm = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
     p = min(1.0, max(0.0, progress))
-    min_lr = cfg.lr * cfg.min_lr_ratio
-    if cfg.schedule == "constant":
-        decayed = cfg.lr
-    elif cfg.schedule == "wsd":
-        decay_start = 1 - cfg.decay_fraction
-        share = 1.0 if p >= 1 else max(0.0, p - decay_start) / max(1e-9, cfg.decay_fraction)
-        decayed = cfg.lr + (min_lr - cfg.lr) * min(1.0, share)
-    else:
-        decayed = min_lr + 0.5 * (cfg.lr - min_lr) * (1 + math.cos(math.pi * p))
-    return min(warm, decayed)
+    if cfg.schedule == "wsd" and p < 1:  # flat, then the ramp over the clock's last decay_fraction
+        p = min(1.0, max(0.0, p - (1 - cfg.decay_fraction)) / max(1e-9, cfg.decay_fraction))
+    return min(warm, _decayed(cfg, p))

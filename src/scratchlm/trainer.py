@@ -297,9 +297,6 @@ def _loop(s: Session, data: TrainData) -> dict:
             progress, final = None, False
             if budget_s:
                 progress, final = _clock_progress(s, t_step - t_start, budget_s, reserve_s or 0.0, step_s)
-                # Whichever limit comes first carries the decay: max_steps reached before the minutes (the
-                # demo's 360 steps in a 4-minute cap) still ends at the minimum rate.
-                progress = max(progress, s.step / max(1, tc.max_steps - 1))
             lr = lr_at(s.step, tc, progress)
             for opt in s.optimizers:
                 for group in opt.param_groups:
@@ -375,12 +372,15 @@ def _clock_progress(
     The schedule spans the training time: the budget, earlier sessions' minutes included, less the final
     evaluation and save. The step after which another would no longer fit is the last one, and it trains
     at the schedule's end, so the decay ends when the minutes run out. Every rank reads the slowest rank's
-    clock, so all agree on the learning rate and on which step is the last.
+    clock, so all agree on the learning rate and on which step is the last. Whichever limit comes first
+    carries the decay: max_steps reached before the minutes (the demo's 360 steps in a 4-minute cap) still
+    ends at the minimum rate.
     """
     elapsed = rank_max(s.elapsed_before + session_s, s.dist, s.device)
     train_s = max(1e-9, budget_s - reserve_s)
     final = elapsed + 2 * step_s >= train_s  # this step, then the one after it, would run past the end
-    return (1.0 if final else min(1.0, elapsed / train_s)), final
+    by_steps = s.step / max(1, s.cfg.train.max_steps - 1)
+    return (1.0 if final else max(min(1.0, elapsed / train_s), by_steps)), final
 
 
 def _train_step(s: Session, data: TrainData) -> tuple[float, int]:
