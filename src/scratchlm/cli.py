@@ -238,6 +238,26 @@ def _recipe_options(p: ArgumentParser, command: str, base: RunConfig | None) -> 
         )
 
 
+def _resume_options(p: ArgumentParser) -> None:
+    """--resume / --fresh of the commands that train (train, sft)."""
+    resume = p.add_mutually_exclusive_group()
+    resume.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest checkpoint (the default when one exists); error if none",
+    )
+    resume.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start from step 0; the old checkpoints and metrics go to RUN/previous/<time>/",
+    )
+
+
+def _resume_of(args) -> bool | None:
+    """The resume of train() and sft(): False starts over, True needs a checkpoint, None continues if any."""
+    return False if args.fresh else (True if args.resume else None)
+
+
 def build_parser(base: RunConfig | None = None) -> ArgumentParser:
     """The whole command line; `base` gives the defaults of prepare, train and tokenizer train."""
     parser = ArgumentParser(
@@ -274,17 +294,7 @@ def build_parser(base: RunConfig | None = None) -> ArgumentParser:
         default=None,
         help="model size and schedule: tiny (~1M params), small (~10M), gpt2 (124M)",
     )
-    resume = p.add_mutually_exclusive_group()
-    resume.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue from the newest checkpoint (the default when one exists); error if none",
-    )
-    resume.add_argument(
-        "--fresh",
-        action="store_true",
-        help="start from step 0; the old checkpoints and metrics go to RUN/previous/<time>/",
-    )
+    _resume_options(p)
     _recipe_options(p, "train", base)
     subcommands.add_subcommand("train", p, help="pretrain the model")
 
@@ -306,13 +316,7 @@ def build_parser(base: RunConfig | None = None) -> ArgumentParser:
     p.add_argument(
         "--val_input", action="append", default=None, metavar="FILE.jsonl", help="validation conversations"
     )
-    resume = p.add_mutually_exclusive_group()
-    resume.add_argument(
-        "--resume", action="store_true", help="continue from the newest checkpoint; error if none"
-    )
-    resume.add_argument(
-        "--fresh", action="store_true", help="start over; the old results go to RUN/previous/<time>/"
-    )
+    _resume_options(p)
     _recipe_options(p, "sft", base)
     subcommands.add_subcommand("sft", p, help="instruction tuning (SFT) of a pretrained run")
 
@@ -504,11 +508,11 @@ def main(argv: list[str] | None = None) -> int:
         elif cmd == "train":
             from .train import train
 
-            train(args.run, cfg, resume=False if args.fresh else (True if args.resume else None))
+            train(args.run, cfg, resume=_resume_of(args))
         elif cmd == "sft":
             from .sft import sft
 
-            sft(args.run, cfg, resume=False if args.fresh else (True if args.resume else None))
+            sft(args.run, cfg, resume=_resume_of(args))
         elif cmd == "eval":
             from .evaluate import evaluate
 
