@@ -44,7 +44,7 @@ import httpx
 import torch
 
 from scratchlm.checkpoint import load
-from scratchlm.config import RunConfig, preset_defaults
+from scratchlm.config import RunConfig
 from scratchlm.engine import Engine
 from scratchlm.prepare import prepare
 from scratchlm.serve.app import create_app, running
@@ -58,9 +58,7 @@ def build_run(root: Path, steps: int) -> Path:
     """A tiny-preset run on the bundled book, briefly trained (speed does not depend on quality)."""
     cfg = RunConfig()
     prepare(root, cfg, overwrite=True)
-    for key, value in preset_defaults("tiny").items():
-        section, name = key.split(".")
-        setattr(getattr(cfg, section), name, value)
+    cfg.apply_preset("tiny")
     cfg.train.max_steps, cfg.train.warmup_steps, cfg.train.eval_interval = steps, max(1, steps // 10), steps
     train(root, cfg, resume=False)
     return root

@@ -39,10 +39,7 @@ def main() -> None:
     a = p.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="bench-sft-"))
-    base_cfg = RunConfig()
-    for section, values in PRESETS[a.preset].items():
-        for key, value in values.items():
-            setattr(getattr(base_cfg, section), key, value)
+    base_cfg = RunConfig().apply_preset(a.preset)
     tc = base_cfg.train
     tc.batch_size, tc.grad_accum, tc.log_interval, tc.threads = a.batch, 1, 10, a.threads
     tc.eval_interval, tc.eval_batches, tc.warmup_steps = 10**6, 1, 10

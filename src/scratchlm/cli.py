@@ -427,11 +427,7 @@ def _base_config(run_dir: str, preset: str | None, command: str = "") -> RunConf
     cfg = run.load_config() if run.has_config() else RunConfig()
     if command == "sft" and not run.has_config():  # a new SFT run: the fine-tuning defaults
         cfg.train = dataclasses.replace(cfg.train, **SFT_TRAIN_DEFAULTS)
-    if preset:
-        for section, values in PRESETS[preset].items():
-            for key, value in values.items():
-                setattr(getattr(cfg, section), key, value)
-    return cfg
+    return cfg.apply_preset(preset) if preset else cfg
 
 
 def _parse(argv: list[str]) -> tuple[str, Namespace, RunConfig | EvalConfig | SampleConfig | None]:

@@ -378,6 +378,13 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def apply_preset(self, name: str) -> RunConfig:
+        """Set the model shape and schedule of preset `name` (what --preset does); returns self."""
+        for section, values in PRESETS[name].items():
+            for key, value in values.items():
+                setattr(getattr(self, section), key, value)
+        return self
+
     def validate(self) -> None:
         """Every section's own checks: commands call this before they write anything into the run."""
         for name in SECTION_CLASSES:
@@ -434,7 +441,3 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
-
-def preset_defaults(name: str) -> dict[str, Any]:
-    """The preset as flat dotted keys, e.g. {"model.n_layer": 4}."""
-    return {f"{section}.{k}": v for section, values in PRESETS[name].items() for k, v in values.items()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import RunConfig, preset_defaults
+from .config import RunConfig
 from .evaluate import evaluate
 from .prepare import prepare
 from .run import Run
@@ -21,9 +21,7 @@ def demo(run_dir: str | Path = "runs/demo", steps: int = 360, minutes: float = 4
     cfg = RunConfig()
     prepare(run.root, cfg, overwrite=True)  # a demo run again starts over; the earlier one is set aside
     print(f"\n== 2/4 train: the tiny preset, {steps} steps (at most {minutes:g} minutes)")
-    for key, value in preset_defaults("tiny").items():
-        section, name = key.split(".")
-        setattr(getattr(cfg, section), name, value)
+    cfg.apply_preset("tiny")
     cfg.train.max_steps, cfg.train.warmup_steps, cfg.train.eval_interval = steps, steps // 10, steps // 4
     cfg.train.max_minutes = minutes
     train(run.root, cfg, resume=False)
