@@ -1,11 +1,12 @@
-"""Quality per minute on CPU: val loss and bits per byte after a fixed training time.
+"""Quality per minute on CPU: val loss and bits per byte after a fixed training time, plan vs presets.
 
-    python bench/quality.py                          # tiny and small presets on War and Peace, 5 minutes each
-    python bench/quality.py --presets tiny --minutes 2
+    python bench/quality.py                                  # auto, tiny and small; 1 and 5 minutes each
+    python bench/quality.py --presets auto --minutes 30
     python bench/quality.py --recipe configs/shakespeare-char-cpu.yaml   # a recipe as written (its own steps)
 
-For a preset, a 20-step pilot measures steps/s and the run gets max_steps = steps/s x the time budget, so
-the learning-rate schedule completes (a run cut short by --train.max-minutes would stop mid-schedule).
+Each run is `scratchlm train RUN --preset P --train.max-minutes M --fresh` on the bundled book: the learning
+rate schedule is laid over the clock, so every preset gets a complete schedule in the same minutes; auto is
+the automatic plan for those minutes. Then `scratchlm eval` of the final checkpoint on the whole val split.
 Bits per byte are tokenizer-independent: runs with different tokenizers compare.
 """
 
@@ -27,20 +28,10 @@ def scratchlm(*args: str) -> str:
     return out.stdout
 
 
-def train_preset(run: Path, preset: str, steps: int, *extra: str) -> None:
-    scratchlm("train", str(run), "--preset", preset, "--fresh", "--train.max-steps", str(steps), *extra)
-
-
-def steps_per_second(run: Path, preset: str) -> float:
-    t = time.time()
-    train_preset(run, preset, 20, "--train.eval-interval", "1000", "--train.eval-batches", "1")
-    return 20 / (time.time() - t - 3.0)  # ~3 s of start-up (imports, data) are not training
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--presets", nargs="+", default=["tiny", "small"])
-    p.add_argument("--minutes", type=float, default=5.0)
+    p.add_argument("--presets", nargs="+", default=["auto", "tiny", "small"])
+    p.add_argument("--minutes", type=float, nargs="+", default=[1.0, 5.0])
     p.add_argument("--recipe", help="train this recipe as written instead of presets")
     p.add_argument("--workdir", default=None)
     a = p.parse_args()
@@ -55,26 +46,15 @@ def main() -> None:
     else:
         base = root / "base"
         scratchlm("prepare", str(base))
-        for preset in a.presets:
-            run = root / preset
-            subprocess.run(["cp", "-r", str(base), str(run)], check=True)
-            rate = steps_per_second(run, preset)
-            steps = max(50, int(rate * a.minutes * 60))
-            t = time.time()
-            train_preset(
-                run,
-                preset,
-                steps,
-                "--train.warmup-steps",
-                str(max(10, steps // 20)),
-                "--train.eval-interval",
-                str(steps),
-                "--train.eval-batches",  # the pilot's 1 would otherwise stick (the run's saved config)
-                "20",
-                "--train.max-minutes",
-                str(a.minutes * 1.2),
-            )
-            results.append((f"{preset} ({steps} steps)", time.time() - t, run))
+        for minutes in a.minutes:
+            for preset in a.presets:
+                run = root / f"{preset}-{minutes:g}"
+                subprocess.run(["rm", "-rf", str(run)], check=True)
+                subprocess.run(["cp", "-r", str(base), str(run)], check=True)
+                t = time.time()
+                budget = ("--train.max-minutes", str(minutes))
+                scratchlm("train", str(run), "--preset", preset, *budget, "--fresh")
+                results.append((f"{preset} ({minutes:g} min)", time.time() - t, run))
     print(f"{'run':<28} {'minutes':>8} {'val loss':>9} {'ppl':>8} {'bits/byte':>10}")
     for name, seconds, run in results:
         scratchlm("eval", str(run), "--checkpoint", "last")

@@ -25,6 +25,7 @@ from jsonargparse import (
 
 from .common import UserError
 from .config import (
+    DEMO_MINUTES,
     PRESETS,
     SECTION_CLASSES,
     SFT_TRAIN_DEFAULTS,
@@ -61,6 +62,7 @@ EXAMPLES = {
   scratchlm prepare runs/hub --input hf:owner/name --data.hf_config ja   # needs `datasets` + network""",
     "train": """examples:
   scratchlm train runs/demo --preset tiny
+  scratchlm train runs/demo --preset auto --train.max-minutes 10   # the best model for 10 minutes here
   scratchlm train runs/demo --model.n-layer 6 --train.max-steps 2000
   scratchlm train runs/demo --config configs/my-recipe.yaml --train.lr 1e-3
   scratchlm train runs/demo                 # continues from the newest checkpoint""",
@@ -97,9 +99,11 @@ EXAMPLES = {
   scratchlm tokenizer encode runs/mine "吾輩は猫である。"
   scratchlm tokenizer decode runs/mine 412 88 1093
   scratchlm tokenizer stats runs/mine --text chapter.txt""",
+    "plan": """examples:
+  scratchlm plan runs/demo --minutes 5     # what --preset auto --train.max-minutes 5 would train""",
     "demo": """examples:
   scratchlm demo                  # prepare, train, eval and sample into runs/demo
-  scratchlm demo --steps 100      # a shorter training""",
+  scratchlm demo --minutes 1      # a shorter training""",
 }
 
 
@@ -290,9 +294,10 @@ def build_parser(base: RunConfig | None = None) -> ArgumentParser:
     p.add_argument("run", help="a run directory made by `scratchlm prepare`")
     p.add_argument(
         "--preset",
-        choices=sorted(PRESETS),
+        choices=[*sorted(PRESETS), "auto"],
         default=None,
-        help="model size and schedule: tiny (~1M params), small (~10M), gpt2 (124M)",
+        help="model size and schedule: tiny (~1M params), small (~10M), gpt2 (124M), or auto: the best "
+        "shape for --train.max-minutes on this machine (see `scratchlm plan`)",
     )
     _resume_options(p)
     _recipe_options(p, "train", base)
@@ -377,10 +382,19 @@ def build_parser(base: RunConfig | None = None) -> ArgumentParser:
     p.add_argument("run", help="the new run directory")
     subcommands.add_subcommand("import", p, help="a Hugging Face GPT-2 / Llama folder → a run")
 
+    p = _subparser(
+        "plan",
+        "Print what `scratchlm train RUN --preset auto --train.max-minutes M` would train: a few seconds' "
+        "probe of this machine's speed and the run's corpus size give the model, batch, steps and memory.",
+    )
+    p.add_argument("run", help="a run directory made by `scratchlm prepare`")
+    p.add_argument("--minutes", type=float, required=True, help="the training time budget")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    subcommands.add_subcommand("plan", p, help="the model and schedule --preset auto picks for M minutes")
+
     p = _subparser("demo", "The whole pipeline on the bundled book, in a few CPU minutes.")
     p.add_argument("run", nargs="?", default="runs/demo", help="run directory (default: runs/demo)")
-    p.add_argument("--steps", type=int, default=360, help="training steps (about 3 minutes on 2 CPU cores)")
-    p.add_argument("--minutes", type=float, default=4.0, help="stop training after this many minutes anyway")
+    p.add_argument("--minutes", type=float, default=DEMO_MINUTES, help="training time; the plan fills it")
     subcommands.add_subcommand("demo", p, help="prepare, train, eval and sample on the bundled book")
 
     p = _subparser("tokenizer", "Train, try and inspect the run's tokenizer (RUN/tokenizer/).")
@@ -420,14 +434,31 @@ def normalize_option_names(argv: list[str]) -> list[str]:
     return out
 
 
-def _base_config(run_dir: str, preset: str | None, command: str = "") -> RunConfig:
+def _base_config(run_dir: str, preset: str | None, command: str = "", first=None) -> RunConfig:
+    """The run's saved settings with the preset applied: the defaults of the command's options.
+    `first`: the first parse's options, for --preset auto (its minutes, device, and whether to start over)."""
     from .run import Run
 
     run = Run.at(run_dir)
     cfg = run.load_config() if run.has_config() else RunConfig()
     if command == "sft" and not run.has_config():  # a new SFT run: the fine-tuning defaults
         cfg.train = dataclasses.replace(cfg.train, **SFT_TRAIN_DEFAULTS)
+    if preset == "auto":
+        return _auto_plan(run, cfg, first)
     return cfg.apply_preset(preset) if preset else cfg
+
+
+def _auto_plan(run, cfg: RunConfig, first) -> RunConfig:
+    """--preset auto: plan a new run for the budget; a run with checkpoints continues its planned shape."""
+    from .plan import apply_plan, make_plan
+
+    if run.has_checkpoints() and not first.fresh:
+        print(f"--preset auto: {run.root} has checkpoints, so it continues as planned (--fresh plans anew)")
+        return cfg
+    cfg.train = dataclasses.replace(cfg.train, device=first.train.device)
+    plan = make_plan(run.root, cfg, first.train.max_minutes)
+    print("\n".join(plan.lines()), flush=True)
+    return apply_plan(cfg, plan)
 
 
 def _parse(argv: list[str]) -> tuple[str, Namespace, RunConfig | EvalConfig | SampleConfig | None]:
@@ -441,7 +472,7 @@ def _parse(argv: list[str]) -> tuple[str, Namespace, RunConfig | EvalConfig | Sa
         if command in RECIPE_SECTIONS:
             # The run's saved settings (and the preset) become the defaults, so this parses twice: RUN is
             # known only after a first parse, and jsonargparse's defaults cannot depend on a parsed value.
-            base = _base_config(sub.run, sub.get("preset"), command)
+            base = _base_config(sub.run, sub.get("preset"), command, first=sub)
             ns = build_parser(base).parse_args(argv)
             sub = ns[cmd] if cmd != "tokenizer" else ns[cmd][ns[cmd].action]
     except argparse.ArgumentError as e:
@@ -467,9 +498,7 @@ def _parse(argv: list[str]) -> tuple[str, Namespace, RunConfig | EvalConfig | Sa
             return cmd, sub, _build(SampleConfig, sub)
     except SettingError as e:
         raise e.named(_option(e.name)) from None
-    if cmd == "demo" and sub.steps < 1:
-        raise UserError(f"--steps {sub.steps}: must be an integer >= 1")
-    if cmd == "demo" and not sub.minutes > 0:
+    if cmd in ("demo", "plan") and not sub.minutes > 0:
         raise UserError(f"--minutes {sub.minutes:g}: must be a number > 0")
     return command, sub, None
 
@@ -543,7 +572,11 @@ def main(argv: list[str] | None = None) -> int:
         elif cmd == "demo":
             from .demo import demo
 
-            demo(args.run, steps=args.steps, minutes=args.minutes)
+            demo(args.run, minutes=args.minutes)
+        elif cmd == "plan":
+            from .plan import print_plan
+
+            print_plan(args.run, args.minutes, args.device)
         elif cmd == "tokenizer train":
             from . import tokenizer_cmd
 

@@ -51,7 +51,8 @@ class Checked:
         for f in dataclasses.fields(self):
             bounds = f.metadata.get("bounds")
             value = getattr(self, f.name)
-            if not bounds or (value is None and "None" in str(f.type)):
+            unset = (value is None and "None" in str(f.type)) or (value == "auto" and "auto" in str(f.type))
+            if not bounds or unset:
                 continue
             integer = str(f.type).startswith("int")
             if integer:
@@ -218,8 +219,9 @@ class TrainConfig(Checked):
     max_minutes: float = bounded(0.0, ge=0)
     """A time budget for the whole run (0: none): the LR schedule follows the clock instead of max_steps,
     ending with the final evaluation and checkpoint inside it. Not bit-reproducible, unlike step budgets."""
-    batch_size: int = bounded(16, ge=1)
-    """Sequences per micro-batch on each process."""
+    batch_size: int | Literal["auto"] = bounded(16, ge=1)
+    """Sequences per micro-batch on each process; auto: the largest that fits (a probe on CUDA, the memory
+    estimate on CPU), with grad_accum set to keep batch_tokens (default 524,288) tokens per step."""
     grad_accum: int = bounded(1, ge=1)
     """Micro-batches per optimizer step (ignored when batch_tokens is set)."""
     batch_tokens: int = bounded(0, ge=0)
@@ -414,6 +416,9 @@ SECTION_CLASSES = {
     "sample": SampleConfig,
     "sft": SFTConfig,
 }
+
+# `scratchlm demo`'s training minutes: the automatic plan fills them (about 5 minutes in all on 2 cores).
+DEMO_MINUTES = 3.5
 
 # Presets set the model shape and the batch/schedule that suits it; anything can be overridden.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {

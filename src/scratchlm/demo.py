@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import RunConfig
+from .config import DEMO_MINUTES, RunConfig
 from .evaluate import evaluate
+from .plan import apply_plan, make_plan
 from .prepare import prepare
 from .run import Run
 from .sample import sample
@@ -14,17 +15,19 @@ from .train import train
 PROMPT = "Prince Andrew"
 
 
-def demo(run_dir: str | Path = "runs/demo", steps: int = 360, minutes: float = 4.0) -> None:
-    """About 3 minutes on 2 CPU cores: 360 steps of the tiny preset, cut short at `minutes` if slower."""
+def demo(run_dir: str | Path = "runs/demo", minutes: float = DEMO_MINUTES) -> None:
+    """About 5 minutes on 2 CPU cores: `minutes` of training as the automatic plan lays them out, then eval
+    and a sample."""
     run = Run.at(run_dir)
     print(f"== 1/4 prepare: the bundled book → tokenizer + token shards in {run.root}")
     cfg = RunConfig()
     prepare(run.root, cfg, overwrite=True)  # a demo run again starts over; the earlier one is set aside
-    print(f"\n== 2/4 train: the tiny preset, {steps} steps (at most {minutes:g} minutes)")
-    cfg.apply_preset("tiny")
-    cfg.train.max_steps, cfg.train.warmup_steps, cfg.train.eval_interval = steps, steps // 10, steps // 4
-    cfg.train.max_minutes = minutes
-    train(run.root, cfg, resume=False)
+    print(
+        f"\n== 2/4 train: {minutes:g} minutes, the model this machine can train best in them (--preset auto)"
+    )
+    plan = make_plan(run.root, cfg, minutes)
+    print("\n".join(plan.lines()), flush=True)
+    train(run.root, apply_plan(cfg, plan), resume=False)
     print("\n== 3/4 eval: the validation split")
     evaluate(run.root)
     print(f"\n== 4/4 sample: {PROMPT!r}")
@@ -32,8 +35,7 @@ def demo(run_dir: str | Path = "runs/demo", steps: int = 360, minutes: float = 4
     r = run.root
     steps_next = [
         (f'scratchlm sample {r} "Natasha" --temperature 0.7', "more samples"),
-        # The demo's time limit is saved with the run: lift it, or the longer run stops at the same minutes.
-        (f"scratchlm train {r} --train.max-steps 4000 --train.max-minutes 0", "train longer (continues)"),
+        (f"scratchlm train {r} --preset auto --train.max-minutes 30 --fresh", "a better model in 30 minutes"),
         (f"scratchlm serve {r}", "a web page and an OpenAI-compatible API"),
         (f"scratchlm sft {r}-chat --from {r}", "instruction-tune it (bundled Self-Instruct tasks)"),
         (f"scratchlm export {r} --format hf --out {r}-hf", "a transformers model (or --format gguf)"),

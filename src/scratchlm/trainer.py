@@ -58,6 +58,7 @@ from .config import RunConfig, TrainConfig
 from .metrics import MetricsLog, plot_loss
 from .model import GPT
 from .optim import lr_at, make_optimizers
+from .plan import auto_batch
 from .run import Run
 from .tokenizer import Tokenizer
 
@@ -195,7 +196,6 @@ def _setup(run: Run, cfg: RunConfig, command: str, held: contextlib.ExitStack) -
     _hold_run(run, dist_info, held, command)
     if tc.tensorboard and dist_info.is_main:
         _summary_writer()  # a missing package fails here, before any training
-    grad_accum = resolve_batch(tc, cfg.model.block_size, dist_info.world_size)
     if tc.threads:
         torch.set_num_threads(tc.threads)
     if tc.deterministic:
@@ -213,6 +213,12 @@ def _setup(run: Run, cfg: RunConfig, command: str, held: contextlib.ExitStack) -
         )
     seed_everything(tc.seed)
     model = GPT(cfg.model).to(device)  # fp32 master weights; autocast runs the matmuls in bf16
+    if tc.batch_size == "auto":  # resolved once; the saved config keeps the numbers, so a resume is exact
+        tc.batch_size, tc.batch_tokens = auto_batch(model, cfg, device, autocast, dist_info.world_size)
+        rank0_print(
+            f"--train.batch-size auto: {tc.batch_size} sequences a micro-batch, {tc.batch_tokens:,} a step"
+        )
+    grad_accum = resolve_batch(tc, cfg.model.block_size, dist_info.world_size)
     return Session(run, cfg, command, tokenizer, dist_info, device, model, autocast, grad_accum)
 
 

@@ -1,0 +1,398 @@
+"""The automatic plan: the model and schedule that make the most of N minutes on this machine.
+
+`scratchlm train RUN --preset auto --train.max-minutes M` and `scratchlm plan RUN --minutes M`.
+
+A few seconds' probe times a training step of each candidate shape on this machine (float32, and bfloat16
+where the hardware has it); the corpus size comes from the run's prepared data. The rule then takes the
+largest shape that still sees enough tokens per parameter in the budget and that the corpus can feed
+without being memorised, and sizes the batch for enough optimizer steps. Its constants come from sweeps
+on this project's reference machine, recorded in docs/benchmarks.md ("Issue 17").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import time
+from dataclasses import dataclass, field
+
+from .common import UserError, cpu_has_bf16, pick_device
+from .config import ModelConfig, RunConfig, TrainConfig
+from .run import Run
+
+
+@dataclass(frozen=True)
+class Shape:
+    n_layer: int
+    n_embd: int
+    n_head: int
+    block_size: int
+    lr: float  # the peak rate that suited this width in the sweeps (Muon hidden, AdamW the rest)
+
+
+# Small to large; each step roughly doubles to triples the work per token. The rates: 8e-3 for width 128
+# is the speedrun's measured best (Muon, llama flavour, QK-norm; 4e-3 and 1.2e-2 were worse); wider
+# shapes scale it by sqrt(128 / width) up to 384 (measured on War and Peace) and by 1 / width beyond,
+# which these sweeps did not reach on CPU (GPU-sized shapes: not yet measured).
+LADDER = (
+    Shape(4, 128, 4, 128, 8e-3),
+    Shape(4, 192, 6, 128, 6.5e-3),
+    Shape(6, 256, 8, 256, 5.7e-3),
+    Shape(6, 384, 6, 256, 4.6e-3),
+    Shape(8, 512, 8, 512, 3.5e-3),
+    Shape(12, 768, 12, 1024, 2.3e-3),
+    Shape(24, 1024, 16, 1024, 1.7e-3),
+)
+
+# The rule (docs/benchmarks.md, "Issue 17: the sweeps behind the plan"):
+MIN_TOKENS_PER_PARAM = 2.0  # below this, the next-smaller shape reached a lower loss in the same minutes
+# More parameters per corpus token than this and a model memorises the text: nanoGPT's 10.7M character
+# model trains well on Tiny Shakespeare's 1M characters (~10 per token), the 89M model on War and Peace
+# (~110 per token) overfit after 500 steps on the H100 here.
+MAX_PARAMS_PER_TOKEN = 16.0
+TARGET_STEPS = 1500  # optimizer steps the batch is sized for: fewer, bigger steps learned less per minute
+MIN_ROWS, MAX_ROWS = 4, 256  # micro-batch rows per step, whatever the steps target asks for
+# What every planned model is: the speedrun's sweeps (docs/benchmarks.md) found the llama flavour with
+# QK-norm and Muon ahead of gpt2 + AdamW at the same minutes (1.765 vs 1.925 nats/char in 60 s).
+PLANNED_MODEL = {"flavour": "llama", "qk_norm": True, "n_kv_head": 0, "mlp_hidden": 0}
+OPTIMIZER = "muon"
+EVAL_SHARE = 0.05  # of the budget: periodic evaluations and the final one with its checkpoint
+# What CPU training measured beyond the sum of the parts the estimate counts (docs/benchmarks.md).
+TRAINING_OVERHEAD = 200 * 2**20
+
+
+@dataclass
+class Memory:
+    """Peak resident memory of training, in bytes, by what holds it."""
+
+    baseline: int  # the process itself: Python, torch, the data's memory maps
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int  # saved for the backward pass at the micro-batch and context, logits included
+    overhead: int = 0  # what training adds beyond these: allocator caches, thread pools, checkpoint buffers
+
+    @property
+    def total(self) -> int:
+        return (
+            self.baseline + self.weights + self.gradients + self.optimizer + self.activations + self.overhead
+        )
+
+
+def estimate_memory(
+    model: ModelConfig, rows: int, optimizer: str = "adamw", bf16: bool = False, baseline: int | None = None
+) -> Memory:
+    """Peak memory of training `model` on micro-batches of `rows` x block_size tokens (float32 weights).
+
+    Activations per layer and token: the residual stream and the two norms' outputs (4C), q, k, v and the
+    attention output (4C), the MLP's input and hidden before and after the activation (2 x hidden), each
+    4 bytes (bf16 autocast keeps most of them in 2 bytes and adds bf16 copies of the matrices). The head's
+    logits are held four times at the loss's backward (logits, log-softmax, two gradients). The overhead is
+    what CPU runs measured beyond the sum (docs/benchmarks.md): 190-270 MB over four shapes.
+    """
+    n = _params(model)
+    hidden = model.ffn_hidden
+    tokens = rows * model.block_size
+    per_layer = 8 * model.n_embd + (3 if model.flavour == "llama" else 2) * hidden
+    act_bytes = 2 if bf16 else 4
+    activations = tokens * (
+        model.n_layer * per_layer * act_bytes + 4 * 4 * model.vocab_size + 4 * model.n_embd
+    )
+    matrices = n - model.vocab_size * model.n_embd * (1 if model.tie_embeddings else 2)
+    opt_state = 8 * n if optimizer == "adamw" else 4 * matrices + 8 * (n - matrices)
+    return Memory(
+        baseline=_rss() if baseline is None else baseline,
+        weights=4 * n + (2 * n if bf16 else 0),
+        gradients=4 * n,
+        optimizer=opt_state,
+        activations=activations,
+        overhead=TRAINING_OVERHEAD,
+    )
+
+
+def _params(model: ModelConfig) -> int:
+    """Parameters of the model (the same count GPT(model).num_params() gives), without building it."""
+    import torch
+
+    from .model import GPT
+
+    with torch.device("meta"):
+        return GPT(model).num_params()
+
+
+def _rss() -> int:
+    """This process's resident memory now (Linux), 0 where /proc is absent."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _available_memory() -> int | None:
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+@dataclass
+class Probe:
+    shape: Shape
+    dtype: str
+    tokens_per_s: float
+    params: int
+
+
+def probe(shape: Shape, vocab_size: int, device, rows: int = 8, seconds: float = 0.6) -> Probe:
+    """Training tokens/s of `shape` on this machine: a few real steps (forward, backward, optimizer) on
+    random tokens, float32 and, where the hardware has bfloat16, autocast bf16; the faster one."""
+    import torch
+
+    from .model import GPT
+    from .optim import make_optimizers
+
+    cfg = _model_config(shape, vocab_size)
+    best = None
+    dtypes = ["float32"] + (
+        ["bfloat16"] if device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16()) else []
+    )
+    torch.manual_seed(0)
+    model = GPT(cfg).to(device)
+    # The optimizer the plan trains with: Muon's orthogonalisation is a third of a small model's step on CPU.
+    optimizers = make_optimizers(model, TrainConfig(optimizer=OPTIMIZER, lr=1e-6))
+    x = torch.randint(0, vocab_size, (rows, shape.block_size), device=device)
+    for dtype in dtypes:
+        autocast = (
+            torch.autocast(device.type, dtype=torch.bfloat16)
+            if dtype == "bfloat16"
+            else contextlib.nullcontext()
+        )
+        steps, t0 = 0, None
+        while True:
+            with autocast:
+                _, loss = model(x, x)
+            loss.backward()
+            for opt in optimizers:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if t0 is None:  # the first step warms caches and allocators up
+                t0 = time.perf_counter()
+                continue
+            steps += 1
+            if time.perf_counter() - t0 >= seconds or steps >= 50:
+                break
+        rate = steps * rows * shape.block_size / (time.perf_counter() - t0)
+        if best is None or rate > best.tokens_per_s:
+            best = Probe(shape, dtype, rate, model.num_params())
+    return best
+
+
+def _model_config(shape: Shape, vocab_size: int) -> ModelConfig:
+    return ModelConfig(
+        vocab_size=vocab_size,
+        n_layer=shape.n_layer,
+        n_embd=shape.n_embd,
+        n_head=shape.n_head,
+        block_size=shape.block_size,
+        **PLANNED_MODEL,
+    )
+
+
+@dataclass
+class Plan:
+    minutes: float
+    device: str
+    corpus_tokens: int
+    probes: list[Probe]
+    chosen: Probe
+    rows: int
+    steps: int
+    memory: Memory
+    why: str
+    settings: dict = field(default_factory=dict)  # section -> field -> value, what --preset auto sets
+
+    @property
+    def train_tokens(self) -> int:
+        return self.steps * self.rows * self.chosen.shape.block_size
+
+    def lines(self, start: dt.datetime | None = None) -> list[str]:
+        s, m = self.chosen.shape, self.memory
+        finish = (start or dt.datetime.now()) + dt.timedelta(minutes=self.minutes)
+        epochs = self.train_tokens / max(1, self.corpus_tokens)
+        measured = ", ".join(f"{p.shape.n_layer}x{p.shape.n_embd} {p.tokens_per_s:,.0f}" for p in self.probes)
+        return [
+            f"plan for {self.minutes:g} minutes on {self.device} (measured tokens/s: {measured})",
+            f"  model: {s.n_layer} layers x {s.n_embd} wide, {s.n_head} heads, context {s.block_size}: "
+            f"{self.chosen.params:,} parameters",
+            f"  train: {self.rows} x {s.block_size} tokens a step, ~{self.steps:,} steps, "
+            f"{self.settings['train']['optimizer']} at lr {s.lr:g}, {self.chosen.dtype}, "
+            f"{self.chosen.tokens_per_s:,.0f} tokens/s",
+            f"  data:  ~{self.train_tokens:,} tokens = {epochs:.1f} epochs of the "
+            f"{self.corpus_tokens:,}-token corpus",
+            f"  memory: ~{_mb(m.total)} peak ({_mb(m.weights + m.gradients)} weights+grads, "
+            f"{_mb(m.optimizer)} optimizer, {_mb(m.activations)} activations, {_mb(m.baseline)} the process)",
+            f"  finish: ~{finish:%H:%M} ({self.why})",
+        ]
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:,.0f} MB"
+
+
+def make_plan(run_dir, cfg: RunConfig, minutes: float) -> Plan:
+    """The plan for `minutes` of training of the run in `run_dir` (prepared) on cfg.train.device."""
+    if not minutes > 0:
+        raise UserError("--preset auto plans for a time budget: give --train.max-minutes M (e.g. 5)")
+    run = Run.at(run_dir)
+    run.require_data()
+    from .data.shards import read_manifest
+
+    manifest = read_manifest(run.data_dir)
+    corpus = sum(s["tokens"] for s in manifest["splits"]["train"])
+    vocab = manifest["vocab_size"]
+    device = pick_device(cfg.train.device)
+    baseline = _rss()
+    train_s = minutes * 60 * (1 - EVAL_SHARE)
+    available = _available_memory()
+    probes: list[Probe] = []
+    chosen, why = None, "the largest shape in the ladder"
+    for shape in LADDER:
+        p = probe(shape, vocab, device)
+        probes.append(p)
+        tokens = p.tokens_per_s * train_s
+        if chosen is not None and tokens < MIN_TOKENS_PER_PARAM * p.params:
+            why = f"a larger model would see under {MIN_TOKENS_PER_PARAM:g} tokens per parameter"
+            break
+        if chosen is not None and p.params > MAX_PARAMS_PER_TOKEN * corpus:
+            why = f"a larger model would have over {MAX_PARAMS_PER_TOKEN:g} parameters per corpus token"
+            break
+        rows = _rows(tokens, shape)
+        mem = estimate_memory(_model_config(shape, vocab), rows, OPTIMIZER, p.dtype == "bfloat16", baseline)
+        if chosen is not None and available and device.type == "cpu" and mem.total > 0.8 * available:
+            why = "a larger model would not fit in memory"
+            break
+        chosen = p
+    assert chosen is not None
+    shape = chosen.shape
+    tokens = chosen.tokens_per_s * train_s
+    rows = _rows(tokens, shape)
+    steps = max(1, int(tokens / (rows * shape.block_size)))
+    bf16 = chosen.dtype == "bfloat16"
+    memory = estimate_memory(_model_config(shape, vocab), rows, OPTIMIZER, bf16, baseline)
+    settings = {
+        "model": {
+            "n_layer": shape.n_layer,
+            "n_embd": shape.n_embd,
+            "n_head": shape.n_head,
+            "block_size": shape.block_size,
+            **PLANNED_MODEL,
+        },
+        "train": {
+            "batch_size": rows,
+            "grad_accum": 1,
+            "batch_tokens": 0,
+            "lr": shape.lr,
+            "optimizer": OPTIMIZER,
+            "dtype": chosen.dtype,
+            "max_minutes": minutes,
+            "max_steps": 10 * steps + 1000,
+            "max_tokens": 0,
+            "warmup_steps": max(10, min(100, steps // 20)),
+            "min_lr_ratio": 0.0,
+            "schedule": "cosine",
+            "eval_interval": max(50, steps // 4),
+        },
+    }
+    return Plan(minutes, str(device), corpus, probes, chosen, rows, steps, memory, why, settings)
+
+
+def _rows(tokens: float, shape: Shape) -> int:
+    """Micro-batch rows so that the budget's tokens make about TARGET_STEPS optimizer steps."""
+    rows = round(tokens / TARGET_STEPS / shape.block_size)
+    return max(MIN_ROWS, min(MAX_ROWS, rows))
+
+
+def apply_plan(cfg: RunConfig, plan: Plan) -> RunConfig:
+    for section, values in plan.settings.items():
+        setattr(cfg, section, dataclasses.replace(getattr(cfg, section), **values))
+    return cfg
+
+
+def print_plan(run_dir, minutes: float, device: str = "auto") -> Plan:
+    """`scratchlm plan RUN --minutes M`: the plan alone, and the command that trains it."""
+    run = Run.at(run_dir)
+    cfg = run.load_config() if run.has_config() else RunConfig()
+    cfg.train = dataclasses.replace(cfg.train, device=device)
+    plan = make_plan(run.root, cfg, minutes)
+    print("\n".join(plan.lines()))
+    print(f"to train it: scratchlm train {run.root} --preset auto --train.max-minutes {minutes:g}")
+    return plan
+
+
+DEFAULT_BATCH_TOKENS = 524_288  # GPT-2's half a million tokens a step, when --train.batch-size auto has none
+
+
+def auto_batch(model, cfg: RunConfig, device, autocast, world_size: int = 1) -> tuple[int, int]:
+    """(rows, batch_tokens) for --train.batch-size auto: the largest power-of-two micro-batch that fits,
+    and the tokens per optimizer step (batch_tokens, or DEFAULT_BATCH_TOKENS) it is accumulated to.
+
+    CUDA: real forward+backward steps, doubling until out of memory (caught; the cache is emptied).
+    CPU: the memory estimate against 80% of the available memory (an out-of-memory there kills the process
+    instead of raising)."""
+    T = cfg.model.block_size
+    target = cfg.train.batch_tokens or DEFAULT_BATCH_TOKENS
+    most = max(1, target // (T * world_size))
+    if device.type == "cuda":
+        rows = largest_fitting(lambda b: _fits_on_gpu(model, b, T, device, autocast), most)
+    else:
+        room = 0.8 * (_available_memory() or 2**34) + _rss()
+        bf16 = cfg.train.dtype == "bfloat16"
+        rows = largest_fitting(
+            lambda b: estimate_memory(cfg.model, b, cfg.train.optimizer, bf16).total <= room, most
+        )
+    if rows == 0:
+        raise UserError(
+            f"--train.batch-size auto: not even one sequence of {T} tokens fits on {device}; "
+            "lower --model.block-size or the model's size"
+        )
+    per_micro_step = rows * T * world_size
+    return rows, max(1, target // per_micro_step) * per_micro_step
+
+
+def largest_fitting(fits, most: int) -> int:
+    """The largest power of two <= most for which fits(rows) is true (0 if not even 1 fits)."""
+    rows = 0
+    b = 1
+    while b <= most and fits(b):
+        rows, b = b, 2 * b
+    return rows
+
+
+def _fits_on_gpu(model, rows: int, T: int, device, autocast) -> bool:
+    import torch
+
+    ok = True
+    with torch.random.fork_rng(devices=[device]):  # dropout's draws must not shift the run's random stream
+        try:
+            x = torch.zeros((rows, T), dtype=torch.long, device=device)
+            with autocast:
+                _, loss = model(x, x)
+            loss.backward()
+            # The optimizer's state is allocated at the first real step: make room for AdamW's two moments.
+            n = sum(p.numel() for p in model.parameters())
+            state = torch.empty(2 * n, dtype=torch.float32, device=device)
+            del state, loss, x
+        except torch.OutOfMemoryError:
+            ok = False
+    model.zero_grad(set_to_none=True)
+    torch.cuda.empty_cache()
+    return ok

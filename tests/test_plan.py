@@ -1,0 +1,146 @@
+"""The automatic plan (--preset auto, `scratchlm plan`), the memory estimate and --train.batch-size auto."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from scratchlm import plan as planning
+from scratchlm.cli import main
+from scratchlm.config import RunConfig
+from scratchlm.prepare import prepare
+
+from .conftest import tiny_config
+
+
+@pytest.fixture
+def prepared(tiny_corpus, tmp_path) -> Path:
+    run = tmp_path / "run"
+    prepare(run, tiny_config(tiny_corpus))
+    return run
+
+
+def fake_speed(rates: dict[int, float]):
+    """A probe that reports `rates[width]` tokens/s instead of timing steps (the rule, not this machine)."""
+
+    def probe(shape, vocab, device, **kwargs):
+        cfg = planning._model_config(shape, vocab)
+        return planning.Probe(shape, "float32", rates[shape.n_embd], planning._params(cfg))
+
+    return probe
+
+
+FAST = {128: 40_000, 192: 25_000, 256: 12_000, 384: 5_000, 512: 2_000, 768: 500, 1024: 100}
+
+
+def test_more_minutes_buy_a_larger_model_until_the_corpus_is_the_limit(prepared, monkeypatch):
+    monkeypatch.setattr(planning, "probe", fake_speed(FAST))
+    monkeypatch.setattr(planning, "MAX_PARAMS_PER_TOKEN", 1e9)  # the corpus is not the limit here
+    widths = [planning.make_plan(prepared, RunConfig(), m).chosen.shape.n_embd for m in (0.2, 2, 30, 600)]
+    assert widths == sorted(widths) and widths[0] < widths[-1], widths
+    p = planning.make_plan(prepared, RunConfig(), 2)
+    # The chosen shape sees at least MIN_TOKENS_PER_PARAM tokens per parameter in the budget.
+    assert p.train_tokens >= planning.MIN_TOKENS_PER_PARAM * p.chosen.params * 0.99
+    assert p.settings["train"]["max_minutes"] == 2 and p.rows * p.steps * p.chosen.shape.block_size > 0
+
+
+def test_a_small_corpus_caps_the_model_whatever_the_minutes(prepared, monkeypatch):
+    monkeypatch.setattr(planning, "probe", fake_speed(FAST))
+    p = planning.make_plan(prepared, RunConfig(), 600)
+    assert (
+        p.chosen.params <= planning.MAX_PARAMS_PER_TOKEN * p.corpus_tokens
+        or p.chosen.shape == planning.LADDER[0]
+    )
+    assert "parameters per corpus token" in p.why
+
+
+def test_scratchlm_plan_prints_the_plan_from_a_real_probe(prepared, capsys):
+    assert main(["plan", str(prepared), "--minutes", "1"]) == 0
+    out = capsys.readouterr().out
+    for word in ("parameters", "tokens a step", "epochs", "peak", "finish", "--preset auto"):
+        assert word in out, out
+
+
+def test_preset_auto_trains_the_plan_and_a_second_call_continues_it(prepared, capsys):
+    assert main(["train", str(prepared), "--preset", "auto", "--train.max-minutes", "0.1"]) == 0
+    out = capsys.readouterr().out
+    saved = yaml.safe_load((prepared / "config.yaml").read_text())
+    assert saved["train"]["max_minutes"] == 0.1 and saved["train"]["optimizer"] == "muon"
+    assert f"{saved['model']['n_layer']} layers x {saved['model']['n_embd']} wide" in out
+    # Flags still win over the plan, and a run with checkpoints keeps its shape instead of planning anew.
+    assert main(["train", str(prepared), "--preset", "auto", "--train.max-minutes", "0.2"]) == 0
+    assert "continues as planned" in capsys.readouterr().out
+    assert yaml.safe_load((prepared / "config.yaml").read_text())["model"] == saved["model"]
+
+
+def test_preset_auto_without_minutes_is_one_line(prepared, capsys):
+    assert main(["train", str(prepared), "--preset", "auto"]) == 2
+    assert "--train.max-minutes" in capsys.readouterr().err
+
+
+def test_largest_fitting_batch_stops_at_the_first_that_does_not_fit():
+    assert planning.largest_fitting(lambda b: b <= 40, 256) == 32
+    assert planning.largest_fitting(lambda b: True, 100) == 64
+    assert planning.largest_fitting(lambda b: False, 100) == 0
+
+
+def test_batch_size_auto_on_cpu_keeps_tokens_per_step(prepared, capsys):
+    assert (
+        main(
+            [
+                "train",
+                str(prepared),
+                "--train.batch-size",
+                "auto",
+                "--train.batch-tokens",
+                "2048",
+                "--train.max-steps",
+                "2",
+            ]
+        )
+        == 0
+    )
+    saved = yaml.safe_load((prepared / "config.yaml").read_text())["train"]
+    assert isinstance(saved["batch_size"], int) and saved["batch_tokens"] == 2048
+    assert "tokens per step" in capsys.readouterr().out
+
+
+MEASURE = """
+import dataclasses, json, sys
+from scratchlm import plan, trainer  # what the train command has imported when the plan measures itself
+from scratchlm.cli import main
+from scratchlm.run import Run
+run, layers, width, block, rows, optimizer = sys.argv[1], *map(int, sys.argv[2:6]), sys.argv[6]
+baseline = plan._rss()
+cfg = Run.at(run).load_config()
+model = dataclasses.replace(cfg.model, n_layer=layers, n_embd=width, n_head=width // 64, block_size=block)
+main(["train", run, "--fresh", f"--model.n_layer={layers}", f"--model.n_embd={width}",
+      f"--model.n_head={width // 64}", f"--model.block_size={block}", f"--train.batch_size={rows}",
+      f"--train.optimizer={optimizer}", "--train.max_steps=2", "--train.eval_batches=1"])
+model.vocab_size = Run.at(run).load_config().model.vocab_size
+estimate = plan.estimate_memory(model, rows, optimizer, False, baseline).total
+peak = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print(json.dumps({"estimate": estimate, "peak": peak}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads peak RSS from /proc (Linux)")
+@pytest.mark.parametrize(
+    "shape", [(4, 256, 256, 32, "adamw"), (6, 384, 256, 32, "adamw"), (8, 512, 512, 8, "muon")]
+)
+def test_memory_estimate_is_within_25_percent_of_the_measured_peak(prepared, shape):
+    """Shapes whose training state is several times the process's own ~250 MB, so the check has teeth."""
+    out = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(prepared), *map(str, shape)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    r = json.loads(out.strip().splitlines()[-1])
+    assert 0.75 <= r["estimate"] / r["peak"] <= 1.25, r
+    assert r["peak"] > 3 * 250 * 2**20  # the model, not the Python process, dominates what was measured
