@@ -135,6 +135,9 @@ def scratchlm_run(
     val = text[cut:]
     ids = lm.tokenizer.encode(val)
     loss = nats_per_char(lambda x: lm.model(x)[0], ids, lm.config.model.block_size, len(val) - 1)
+    print(
+        f"\nsample (temperature 0.8): {lm.generate('ROMEO:', max_new_tokens=300, temperature=0.8, seed=1)!r}"
+    )
     rows = read_metrics(run / "metrics.csv")
     last = rows[-1] if rows else {}
     step = int(last.get("step", 0))
@@ -159,6 +162,7 @@ def main() -> None:
     )
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--keep", type=Path, help="keep scratchlm's run here (default: a temporary folder)")
     a = p.parse_args()
     if not a.input.exists():
         sys.exit(
@@ -169,7 +173,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="scratchlm-speedrun-") as tmp:
         if not a.skip_reference:
             results.append(reference(text, a.seconds, a.seed))
-        results.append(scratchlm_run(a.input, text, a.config, a.seconds, a.set, Path(tmp)))
+        results.append(scratchlm_run(a.input, text, a.config, a.seconds, a.set, a.keep or Path(tmp)))
     print(f"\n{'run':<44} {'params':>9} {'steps':>6} {'tokens':>10} {'wall s':>7} {'val nats/char':>14}")
     for r in results:
         print(

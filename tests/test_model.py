@@ -146,3 +146,22 @@ def test_dropout_is_active_in_training_only_and_free_at_zero(flavour):
         evaluated, _ = model.eval()(x)
         assert torch.equal(trained, evaluated) == (p == 0.0)
         assert any(isinstance(m, torch.nn.Dropout) for m in model.modules()) == (p > 0)
+
+
+def test_qk_norm_under_bf16_autocast_keeps_the_fused_kernel():
+    """Under bf16 autocast q and k are bf16: float32 gains would send rms_norm to its slow unfused path
+    (with a warning); the result matches float32 to bf16 precision."""
+    import warnings
+
+    cfg = ModelConfig(
+        flavour="llama", qk_norm=True, vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=32
+    )
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    x = torch.randint(0, 64, (2, 16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low, _ = model(x)
+    full, _ = model(x)
+    assert (low.float() - full).abs().max() < 0.1

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from scratchlm import plan as planning
@@ -144,3 +146,43 @@ def test_memory_estimate_is_within_25_percent_of_the_measured_peak(prepared, sha
     r = json.loads(out.strip().splitlines()[-1])
     assert 0.75 <= r["estimate"] / r["peak"] <= 1.25, r
     assert r["peak"] > 3 * 250 * 2**20  # the model, not the Python process, dominates what was measured
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_batch_size_auto_on_cuda_finds_a_batch_that_trains(prepared, capsys):
+    """The OOM-safe probe: doubling real steps until one does not fit, then training at the result."""
+    args = [
+        "train",
+        str(prepared),
+        "--train.device",
+        "cuda",
+        "--train.batch-size",
+        "auto",
+        "--train.max-steps",
+        "2",
+    ]
+    assert main([*args, "--train.batch-tokens", str(2**20)]) == 0
+    saved = yaml.safe_load((prepared / "config.yaml").read_text())["train"]
+    assert saved["batch_size"] >= 1 and saved["batch_tokens"] % (saved["batch_size"] * 64) == 0
+
+
+def test_batch_probe_takes_out_of_memory_as_does_not_fit():
+    """The CUDA probe's step, on any machine: a model that runs out of memory above 16 rows."""
+    from scratchlm.config import ModelConfig
+    from scratchlm.model import GPT
+
+    class Bounded(GPT):
+        def forward(self, idx, targets=None, cache=None):
+            if idx.size(0) > 16:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return super().forward(idx, targets, cache)
+
+    model = Bounded(ModelConfig(vocab_size=64, block_size=8, n_layer=1, n_head=1, n_embd=16))
+    before = torch.random.get_rng_state()
+    fits = planning.largest_fitting(
+        lambda b: planning._fits_on_gpu(model, b, 8, torch.device("cpu"), contextlib.nullcontext()), 1024
+    )
+    assert fits == 16
+    assert all(p.grad is None for p in model.parameters())  # the probe leaves no gradients behind
+    assert torch.equal(before, torch.random.get_rng_state())  # nor a shifted random stream
