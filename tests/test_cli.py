@@ -196,7 +196,12 @@ def test_llama_with_a_gelu_choice_is_a_user_error(trained_run, capsys):
             "--train.compile maybe: must be true or false or null",
         ),
         (["train", "RUN", "--bogus"], "unrecognized arguments: --bogus (see scratchlm train --help)"),
-        (["demo", "RUN", "--steps", "0"], "--steps 0: must be an integer >= 1"),
+        (["demo", "RUN", "--minutes", "0"], "--minutes 0: must be a number > 0"),
+        (["plan", "RUN", "--minutes", "-1"], "--minutes -1: must be a number > 0"),
+        (
+            ["train", "RUN", "--train.batch-size", "big"],
+            "--train.batch-size big: must be an integer or 'auto'",
+        ),
     ],
 )
 def test_bad_option_values_are_one_line_exit_2(tmp_path, capsys, argv, message):

@@ -186,8 +186,9 @@ def _one_line(message: str, in_file: bool = False) -> str:
         choices = re.match(r"typing\.Literal\[(.*)\]$", expected)
         want = _KINDS.get(expected) or (f"one of {choices.group(1)}" if choices else expected)
         return f"{_option(key, in_file)} {value.strip()}: must be {want}"
+    literal = re.sub(r"typing\.Literal\[([^\]]*)\]", r"\1", message)  # int | Literal['auto'] -> 'auto'
     m = re.match(
-        r'Parser key "([^"]+)":.*Union subtypes.*Subtypes: \[(.*?)\].*Given value: (.*)', message, re.S
+        r'Parser key "([^"]+)":.*Union subtypes.*Subtypes: \[(.*?)\].*Given value: (.*)', literal, re.S
     )
     if m:  # e.g. --train.compile, a bool | None
         key, subtypes, value = m.groups()

@@ -243,7 +243,8 @@ class Plan:
             f"  data:  ~{self.train_tokens:,} tokens = {epochs:.1f} epochs of the "
             f"{self.corpus_tokens:,}-token corpus",
             f"  memory: ~{_mb(m.total)} peak ({_mb(m.weights + m.gradients)} weights+grads, "
-            f"{_mb(m.optimizer)} optimizer, {_mb(m.activations)} activations, {_mb(m.baseline)} the process)",
+            f"{_mb(m.optimizer)} optimizer, {_mb(m.activations)} activations, "
+            f"{_mb(m.baseline + m.overhead)} the process and runtime)",
             f"  finish: ~{finish:%H:%M} ({self.why})",
         ]
 
