@@ -268,8 +268,9 @@ def test_python_page_runs_as_written_at_smoke_scale(tmp_path, monkeypatch, capsy
     # The page's sizes and lengths, shrunk; each replacement must apply, so an edited page fails here
     # instead of silently running something else.
     small = {
-        "max_steps=2000": "max_steps=8",
-        "eval_interval=250": "eval_interval=4",
+        "max_steps=200,": "max_steps=8,",
+        "eval_interval=50,": "eval_interval=4,",
+        "warmup_steps=20,": "warmup_steps=2,",
         "n_layer=12, n_head=12, n_embd=768": "n_layer=1, n_head=2, n_embd=32",
         "max_new_tokens=300": "max_new_tokens=5",
         '"../shared/data/tinyshakespeare.txt"': repr(str(tmp_path / "input.txt")),
