@@ -43,17 +43,18 @@ def cli(*args) -> None:
     assert main([str(a) for a in args]) == 0, args
 
 
-def _flags(*groups: str) -> list[str]:
-    return [w for g in groups for w in g.split()]
-
-
 def shrunk(steps: int = 6, every: int = 3) -> list[str]:
-    return _flags(
-        "--model.n-layer 1 --model.n-head 2 --model.n-kv-head 0 --model.n-embd 32 --model.block-size 32",
-        "--train.batch-size 4 --train.grad-accum 1 --train.batch-tokens 0 --train.warmup-steps 1",
-        "--train.eval-batches 2 --train.max-minutes 0 --train.device cpu --train.compile false",
-        f"--train.log-interval 1 --train.threads 1 --train.max-steps {steps} --train.eval-interval {every}",
-    )
+    """Flags after --config that make any recipe a seconds-long CPU run: the recipe's data, tokenizer kind,
+    flavour, optimizer, LR and schedule stay; its size, batch, length and device give way."""
+    return " ".join(
+        [
+            "--model.n-layer 1 --model.n-head 2 --model.n-kv-head 0 --model.n-embd 32 --model.block-size 32",
+            "--train.batch-size 4 --train.grad-accum 1 --train.batch-tokens 0 --train.warmup-steps 1",
+            "--train.eval-batches 2 --train.max-minutes 0 --train.device cpu --train.compile false",
+            "--train.log-interval 1 --train.threads 1",
+            f"--train.max-steps {steps} --train.eval-interval {every}",
+        ]
+    ).split()
 
 
 def recipe(path: Path) -> dict:
@@ -119,7 +120,7 @@ def test_every_config_parses_with_its_own_values_for_each_command_that_reads_it(
         # the sizes the configs' headers and the recipe pages state
         ("gpt2-124m-gpu.yaml", 124.5e6),
         ("war-and-peace-gpt2.yaml", 89.0e6),
-        ("gutenberg-pretrain.yaml", 134.2e6),
+        ("gutenberg-pretrain.yaml", 134.1e6),
         ("japanese-english.yaml", 23.0e6),
         ("war-and-peace-tiny.yaml", 1.33e6),
     ],

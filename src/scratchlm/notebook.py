@@ -52,7 +52,8 @@ def train_text(
     preset: "tiny", "small" or "gpt2", applied before the sections below.
     data, tokenizer, model, train, sample: a section's settings, as its dataclass (e.g. a
         `scratchlm.GPTConfig`) or a dict of the fields to change, e.g. train=dict(max_steps=500, lr=1e-3).
-    fresh: start over; the run's earlier checkpoints and metrics are set aside in RUN/previous/<time>/.
+    fresh: start over; the run's earlier checkpoints and metrics are set aside in RUN/previous/<time>/
+        (the tokenizer is kept when its settings are unchanged, as `prepare --overwrite` does).
 
     Called again on a trained run with the same text and data settings, it continues the run (a larger
     train max_steps trains on; the same one has nothing left to do). Other text or data settings on a
