@@ -4,6 +4,7 @@
     lm = scratchlm.load("runs/demo")
     print(lm.generate("Prince Andrew", max_new_tokens=50))
     print(lm.chat([{"role": "user", "content": "Hi"}]).text)   # a model made by `scratchlm sft`
+    lm = scratchlm.train_text(open("book.txt").read(), "runs/nb", train=dict(max_steps=300))  # prepare+train
 
 The stages are plain functions in their modules: `scratchlm.prepare.prepare`, `scratchlm.train.train`,
 `scratchlm.evaluate.evaluate`, `scratchlm.sample.sample`. Heavy modules (torch) load on first use, so
@@ -13,13 +14,14 @@ The stages are plain functions in their modules: `scratchlm.prepare.prepare`, `s
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["GPT", "GPTConfig", "RunConfig", "load"]
+__all__ = ["GPT", "GPTConfig", "RunConfig", "load", "train_text"]
 
 _LAZY = {
     "GPT": ("model", "GPT"),
     "GPTConfig": ("model", "GPTConfig"),
     "RunConfig": ("config", "RunConfig"),
     "load": ("lm", "load"),
+    "train_text": ("notebook", "train_text"),
 }
 
 

@@ -83,8 +83,16 @@ def rank0_print(*args, **kwargs) -> None:
 
 
 def is_interactive() -> bool:
-    """A progress bar only for a person at a terminal; plain lines under CI and in logs."""
-    return sys.stderr.isatty() and not os.environ.get("CI")
+    """A progress bar only for a person at a terminal or in a Jupyter notebook; plain lines under CI and in
+    logs. The bars are tqdm.auto's: a widget in Jupyter (with ipywidgets installed), text elsewhere."""
+    return (sys.stderr.isatty() or in_notebook()) and not os.environ.get("CI")
+
+
+def in_notebook() -> bool:
+    """Running in a Jupyter (or Colab) kernel, whose stderr is no terminal but shows a progress bar."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython and hasattr(ipython, "get_ipython") else None
+    return getattr(shell, "kernel", None) is not None  # a terminal IPython has no kernel
 
 
 _UMASK = os.umask(0)

@@ -28,7 +28,7 @@ from typing import Protocol
 
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from .checkpoint import (
     check_resumable,

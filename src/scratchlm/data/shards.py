@@ -88,7 +88,7 @@ class Progress:
         self.done, self.t0, self.last = 0, time.perf_counter(), time.perf_counter()
         self.bar = None
         if is_interactive():
-            from tqdm import tqdm
+            from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total, unit="B", unit_scale=True, desc="encode", smoothing=0.1)
 

@@ -134,7 +134,7 @@ class Tokenizer:
         out: list[list[int]] = [[] for _ in texts]
         # ~1M characters per call keeps every core busy while the bar still moves.
         step = max(1, len(pieces) * (1 << 20) // max(1, total))
-        from tqdm import tqdm
+        from tqdm.auto import tqdm
 
         with tqdm(
             total=total,
