@@ -56,6 +56,12 @@ MAX_PARAMS_PER_TOKEN = 16.0
 # Optimizer steps the batch is sized for: in the speedrun 333 steps of 32 rows beat 593 of 12 (Muon's
 # per-step cost is fixed, bigger batches amortise it).
 TARGET_STEPS = 400
+# ...but no more tokens a step than this: the 30-minute plan on War and Peace took 22k and did no better
+# than 5 minutes at 5.4k (docs/benchmarks.md). A bound, not yet swept.
+MAX_STEP_TOKENS = 8192
+# Epochs over the corpus past which the val loss stopped improving (War and Peace, 30 minutes: best at
+# ~5 epochs, worse after); the plan says so, since the best checkpoint is what eval and sample use.
+USEFUL_EPOCHS = 5
 MIN_ROWS, MAX_ROWS = 4, 256  # micro-batch rows per step, whatever the steps target asks for
 # What every planned model is: the speedrun's sweeps (docs/benchmarks.md) found the llama flavour with
 # QK-norm and Muon ahead of gpt2 + AdamW at the same minutes (1.765 vs 1.925 nats/char in 60 s).
@@ -241,7 +247,13 @@ class Plan:
             f"{self.settings['train']['optimizer']} at lr {s.lr:g}, {self.chosen.dtype}, "
             f"{self.chosen.tokens_per_s:,.0f} tokens/s",
             f"  data:  ~{self.train_tokens:,} tokens = {epochs:.1f} epochs of the "
-            f"{self.corpus_tokens:,}-token corpus",
+            f"{self.corpus_tokens:,}-token corpus"
+            + (
+                f" (past ~{USEFUL_EPOCHS} epochs the val loss stops improving: more text would help more "
+                "than more minutes; the best checkpoint is kept)"
+                if epochs > USEFUL_EPOCHS
+                else ""
+            ),
             f"  memory: ~{_mb(m.total)} peak ({_mb(m.weights + m.gradients)} weights+grads, "
             f"{_mb(m.optimizer)} optimizer, {_mb(m.activations)} activations, "
             f"{_mb(m.baseline + m.overhead)} the process and runtime)",
@@ -322,7 +334,7 @@ def make_plan(run_dir, cfg: RunConfig, minutes: float) -> Plan:
 
 def _rows(tokens: float, shape: Shape) -> int:
     """Micro-batch rows so that the budget's tokens make about TARGET_STEPS optimizer steps."""
-    rows = round(tokens / TARGET_STEPS / shape.block_size)
+    rows = min(round(tokens / TARGET_STEPS / shape.block_size), MAX_STEP_TOKENS // shape.block_size)
     return max(MIN_ROWS, min(MAX_ROWS, rows))
 
 
