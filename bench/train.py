@@ -152,16 +152,18 @@ def largest_batch(step, a) -> int:
     """The largest micro-batch of --batch, 2x, 4x, ... (up to --max-batch) whose training step fits."""
     import torch
 
-    fits, batch = 0, a.batch
-    while batch <= a.max_batch:
+    from scratchlm.plan import largest_fitting
+
+    def fits(batch: int) -> bool:
         try:
             for _ in range(2):  # the second step holds the optimizer state as well
                 step(batch)
             torch.cuda.synchronize()
         except torch.OutOfMemoryError:
-            break
-        fits, batch = batch, batch * 2
-    return fits
+            return False
+        return True
+
+    return largest_fitting(fits, a.max_batch, start=a.batch)
 
 
 def main() -> None:

@@ -451,15 +451,13 @@ def _base_config(run_dir: str, preset: str | None, command: str = "", first=None
 
 def _auto_plan(run, cfg: RunConfig, first) -> RunConfig:
     """--preset auto: plan a new run for the budget; a run with checkpoints continues its planned shape."""
-    from .plan import apply_plan, make_plan
+    from .plan import follow_plan
 
     if run.has_checkpoints() and not first.fresh:
         print(f"--preset auto: {run.root} has checkpoints, so it continues as planned (--fresh plans anew)")
         return cfg
     cfg.train = dataclasses.replace(cfg.train, device=first.train.device)
-    plan = make_plan(run.root, cfg, first.train.max_minutes)
-    print("\n".join(plan.lines()), flush=True)
-    return apply_plan(cfg, plan)
+    return follow_plan(run.root, cfg, first.train.max_minutes)
 
 
 def _parse(argv: list[str]) -> tuple[str, Namespace, RunConfig | EvalConfig | SampleConfig | None]:

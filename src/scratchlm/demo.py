@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .config import DEMO_MINUTES, RunConfig
 from .evaluate import evaluate
-from .plan import apply_plan, make_plan
+from .plan import follow_plan
 from .prepare import prepare
 from .run import Run
 from .sample import sample
@@ -25,9 +25,7 @@ def demo(run_dir: str | Path = "runs/demo", minutes: float = DEMO_MINUTES) -> No
     print(
         f"\n== 2/4 train: {minutes:g} minutes, the model this machine can train best in them (--preset auto)"
     )
-    plan = make_plan(run.root, cfg, minutes)
-    print("\n".join(plan.lines()), flush=True)
-    train(run.root, apply_plan(cfg, plan), resume=False)
+    train(run.root, follow_plan(run.root, cfg, minutes), resume=False)
     print("\n== 3/4 eval: the validation split")
     evaluate(run.root)
     print(f"\n== 4/4 sample: {PROMPT!r}")

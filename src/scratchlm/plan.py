@@ -133,19 +133,18 @@ def _params(model: ModelConfig) -> int:
 
 def _rss() -> int:
     """This process's resident memory now (Linux), 0 where /proc is absent."""
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return _proc_bytes("/proc/self/status", "VmRSS:") or 0
 
 
 def _available_memory() -> int | None:
+    return _proc_bytes("/proc/meminfo", "MemAvailable:")
+
+
+def _proc_bytes(path: str, key: str) -> int | None:
+    """A "key: N kB" line of a /proc file, in bytes (None where the file or the line is absent)."""
     try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemAvailable:"):
+        for line in open(path):
+            if line.startswith(key):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
@@ -206,15 +205,19 @@ def probe(shape: Shape, vocab_size: int, device, rows: int = 8, seconds: float =
     return best
 
 
-def _model_config(shape: Shape, vocab_size: int) -> ModelConfig:
-    return ModelConfig(
-        vocab_size=vocab_size,
-        n_layer=shape.n_layer,
-        n_embd=shape.n_embd,
-        n_head=shape.n_head,
-        block_size=shape.block_size,
+def _model_fields(shape: Shape) -> dict:
+    """The model settings of a ladder shape, as --preset auto sets them."""
+    return {
+        "n_layer": shape.n_layer,
+        "n_embd": shape.n_embd,
+        "n_head": shape.n_head,
+        "block_size": shape.block_size,
         **PLANNED_MODEL,
-    )
+    }
+
+
+def _model_config(shape: Shape, vocab_size: int) -> ModelConfig:
+    return ModelConfig(vocab_size=vocab_size, **_model_fields(shape))
 
 
 @dataclass
@@ -297,22 +300,12 @@ def make_plan(run_dir, cfg: RunConfig, minutes: float) -> Plan:
         if chosen is not None and available and device.type == "cpu" and mem.total > 0.8 * available:
             why = "a larger model would not fit in memory"
             break
-        chosen = p
+        chosen, chosen_tokens, chosen_rows, memory = p, tokens, rows, mem
     assert chosen is not None
-    shape = chosen.shape
-    tokens = chosen.tokens_per_s * train_s
-    rows = _rows(tokens, shape)
-    steps = max(1, int(tokens / (rows * shape.block_size)))
-    bf16 = chosen.dtype == "bfloat16"
-    memory = estimate_memory(_model_config(shape, vocab), rows, OPTIMIZER, bf16, baseline)
+    shape, rows = chosen.shape, chosen_rows
+    steps = max(1, int(chosen_tokens / (rows * shape.block_size)))
     settings = {
-        "model": {
-            "n_layer": shape.n_layer,
-            "n_embd": shape.n_embd,
-            "n_head": shape.n_head,
-            "block_size": shape.block_size,
-            **PLANNED_MODEL,
-        },
+        "model": _model_fields(shape),
         "train": {
             "batch_size": rows,
             "grad_accum": 1,
@@ -344,6 +337,13 @@ def apply_plan(cfg: RunConfig, plan: Plan) -> RunConfig:
     return cfg
 
 
+def follow_plan(run_dir, cfg: RunConfig, minutes: float) -> RunConfig:
+    """cfg with the plan for `minutes` applied, the plan printed first (--preset auto, the demo)."""
+    plan = make_plan(run_dir, cfg, minutes)
+    print("\n".join(plan.lines()), flush=True)
+    return apply_plan(cfg, plan)
+
+
 def print_plan(run_dir, minutes: float, device: str = "auto") -> Plan:
     """`scratchlm plan RUN --minutes M`: the plan alone, and the command that trains it."""
     run = Run.at(run_dir)
@@ -371,10 +371,11 @@ def auto_batch(model, cfg: RunConfig, device, autocast, world_size: int = 1) -> 
     if device.type == "cuda":
         rows = largest_fitting(lambda b: _fits_on_gpu(model, b, T, device, autocast), most)
     else:
-        room = 0.8 * (_available_memory() or 2**34) + _rss()
+        baseline = _rss()
+        room = 0.8 * (_available_memory() or 2**34) + baseline
         bf16 = cfg.train.dtype == "bfloat16"
         rows = largest_fitting(
-            lambda b: estimate_memory(cfg.model, b, cfg.train.optimizer, bf16).total <= room, most
+            lambda b: estimate_memory(cfg.model, b, cfg.train.optimizer, bf16, baseline).total <= room, most
         )
     if rows == 0:
         raise UserError(
@@ -385,10 +386,11 @@ def auto_batch(model, cfg: RunConfig, device, autocast, world_size: int = 1) -> 
     return rows, max(1, target // per_micro_step) * per_micro_step
 
 
-def largest_fitting(fits, most: int) -> int:
-    """The largest power of two <= most for which fits(rows) is true (0 if not even 1 fits)."""
+def largest_fitting(fits, most: int, start: int = 1) -> int:
+    """The largest of start, 2 x start, 4 x start... <= most for which fits(rows) is true, doubling until
+    one does not (0 if not even `start` fits)."""
     rows = 0
-    b = 1
+    b = start
     while b <= most and fits(b):
         rows, b = b, 2 * b
     return rows
