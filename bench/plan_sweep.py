@@ -69,16 +69,21 @@ def main() -> None:
         if not a.run:
             with contextlib.redirect_stdout(io.StringIO()):
                 prepare(base, RunConfig())
-        print(f"{'shape':<20} {'min':>5} {'rows':>5} {'params':>11} {'dtype':>9} {'tok/s':>8} "
-              f"{'tok/param':>9} {'wall':>5} {'bits/byte':>9}", flush=True)
+        print(
+            f"{'shape':<20} {'min':>5} {'rows':>5} {'params':>11} {'dtype':>9} {'tok/s':>8} "
+            f"{'tok/param':>9} {'wall':>5} {'bits/byte':>9}",
+            flush=True,
+        )
         for minutes in a.minutes:
             for i in a.shapes:
                 for rows in a.rows:
                     r = one(base, work, ladder[i], minutes, rows or None)
                     ratio = r["tokens_per_s"] * minutes * 60 / r["params"]
-                    print(f"{r['shape']:<20} {minutes:>5g} {r['rows']:>5} {r['params']:>11,} {r['dtype']:>9} "
-                          f"{r['tokens_per_s']:>8,.0f} {ratio:>9.1f} {r['wall_min']:>5.1f} {r['bpb']:>9.4f}",
-                          flush=True)
+                    print(
+                        f"{r['shape']:<20} {minutes:>5g} {r['rows']:>5} {r['params']:>11,} {r['dtype']:>9} "
+                        f"{r['tokens_per_s']:>8,.0f} {ratio:>9.1f} {r['wall_min']:>5.1f} {r['bpb']:>9.4f}",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

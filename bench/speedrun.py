@@ -3,6 +3,7 @@
     python bench/speedrun.py                                  # 60 s each, the shipped speedrun config
     python bench/speedrun.py --seconds 60 --config configs/shakespeare-char-speedrun.yaml --set train.lr=3e-3
     python bench/speedrun.py --skip-reference                 # scratchlm only (e.g. while sweeping a lever)
+    python bench/speedrun.py --nproc 2                        # scratchlm as 2 processes (torchrun, DDP)
 
 Both runs train for the same seconds in this process's machine state, one after the other, and are scored
 the same way: nats per character over the whole last 10% of the text (non-overlapping windows of each
@@ -101,7 +102,7 @@ def reference(text: str, seconds: float, seed: int) -> dict:
 
 
 def scratchlm_run(
-    text_path: Path, text: str, config: str, seconds: float, sets: list[str], workdir: Path
+    text_path: Path, text: str, config: str, seconds: float, sets: list[str], workdir: Path, nproc: int = 1
 ) -> dict:
     import scratchlm
     from scratchlm.metrics import read_metrics
@@ -112,9 +113,12 @@ def scratchlm_run(
     prep = [*cmd, "prepare", str(run), "--config", config, f"--data.inputs=[{text_path}]", "--overwrite"]
     subprocess.run(prep, check=True, capture_output=True)
     t = time.perf_counter()
+    # Several processes (torchrun, DDP over gloo) split each step's rows between the cores.
+    torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "-m", "scratchlm"]
+    launch = cmd if nproc == 1 else torchrun
     subprocess.run(
         [
-            *cmd,
+            *launch,
             "train",
             str(run),
             "--config",
@@ -138,7 +142,8 @@ def scratchlm_run(
     rows = read_metrics(run / "metrics.csv")
     last = rows[-1] if rows else {}
     step = int(last.get("step", 0))
-    tokens = step * lm.config.train.batch_size * lm.config.train.grad_accum * lm.config.model.block_size
+    tc = lm.config.train
+    tokens = step * (tc.batch_tokens or nproc * tc.batch_size * tc.grad_accum * lm.config.model.block_size)
     return {
         "name": f"scratchlm ({Path(config).name})",
         "steps": step,
@@ -158,6 +163,7 @@ def main() -> None:
         "--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a setting"
     )
     p.add_argument("--skip-reference", action="store_true")
+    p.add_argument("--nproc", type=int, default=1, help="train scratchlm in this many processes (torchrun)")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--keep", type=Path, help="keep scratchlm's run here (default: a temporary folder)")
     a = p.parse_args()
@@ -170,7 +176,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="scratchlm-speedrun-") as tmp:
         if not a.skip_reference:
             results.append(reference(text, a.seconds, a.seed))
-        results.append(scratchlm_run(a.input, text, a.config, a.seconds, a.set, a.keep or Path(tmp)))
+        results.append(scratchlm_run(a.input, text, a.config, a.seconds, a.set, a.keep or Path(tmp), a.nproc))
     print(f"\n{'run':<44} {'params':>9} {'steps':>6} {'tokens':>10} {'wall s':>7} {'val nats/char':>14}")
     for r in results:
         print(

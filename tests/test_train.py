@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from scratchlm.checkpoint import step_dirs
 from scratchlm.common import UserError, cpu_has_bf16
 from scratchlm.config import RunConfig, TrainConfig
-from scratchlm.optim import lr_at
+from scratchlm.optim import StackedMuon, lr_at
 from scratchlm.run import Run
 from scratchlm.train import train
 
@@ -254,6 +254,27 @@ def test_muon_trains(prepared_run):
     assert got[30] < got[1] - 0.8
 
 
+def test_stacked_muon_steps_exactly_as_torch_muon():
+    """Ours orthogonalises same-shaped matrices in one batched run; the weights and state must not notice."""
+    shapes = [(96, 32), (32, 32), (96, 32), (32, 80), (32, 32)]  # repeated shapes, tall, wide and square
+    torch.manual_seed(0)
+    start = [torch.randn(s) * 0.02 for s in shapes]
+    ours = [torch.nn.Parameter(w.clone()) for w in start]
+    theirs = [torch.nn.Parameter(w.clone()) for w in start]
+    kwargs = dict(lr=1e-2, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    opt_ours, opt_theirs = StackedMuon(ours, **kwargs), torch.optim.Muon(theirs, **kwargs)
+    for _ in range(3):
+        for a, b in zip(ours, theirs, strict=True):
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        opt_ours.step()
+        opt_theirs.step()
+    for a, b, w in zip(ours, theirs, start, strict=True):
+        assert not torch.equal(a, w)  # they moved
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    torch.testing.assert_close(opt_ours.state_dict()["state"], opt_theirs.state_dict()["state"])
+
+
 def test_batch_tokens_sets_gradient_accumulation(prepared_run, capsys):
     cfg = tiny_config(Path("unused"))
     cfg.train.max_steps, cfg.train.batch_size, cfg.train.batch_tokens = 2, 4, 4 * 64 * 3
@@ -306,6 +327,24 @@ def test_a_clock_budget_carries_the_schedule_to_its_minimum_inside_the_budget(pr
     # It decayed along the way, not in one jump at the end: cosine, so most of the way by 90 % of the clock.
     late = [float(r["lr"]) for r in rows if 0.85 * 9 < float(r["elapsed_s"]) < 0.95 * 9]
     assert late and all(lr < 0.2 * cfg.train.lr for lr in late)
+
+
+def test_a_slow_first_step_does_not_end_a_clock_budget_early(prepared_run, monkeypatch):
+    """torch.compile's first step takes ~30 s here: as the step time, it ended 1-minute runs at step 2."""
+    from scratchlm.model import GPT
+
+    forward, calls = GPT.forward, {"n": 0}
+
+    def compiling_first(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            time.sleep(3.0)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(GPT, "forward", compiling_first)
+    cfg = tiny_config(Path("unused"))
+    cfg.train.max_steps, cfg.train.max_minutes, cfg.train.eval_interval = 100_000, 0.15, 100_000
+    assert train(prepared_run, cfg)["step"] > 10
 
 
 def test_a_resumed_clock_budget_counts_the_earlier_minutes_and_ends_at_the_minimum(prepared_run):

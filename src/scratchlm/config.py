@@ -445,4 +445,3 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         },
     },
 }
-

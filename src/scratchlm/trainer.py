@@ -289,7 +289,8 @@ def _loop(s: Session, data: TrainData) -> dict:
     # A clock budget (--train.max_minutes) carries the schedule instead of max_steps (see _clock_progress).
     budget_s = tc.max_minutes * 60
     reserve_s = None  # what an evaluation and save take: measured at this session's first, kept for the last
-    step_s = 0.0  # how long the latest step took
+    step_s = 0.0  # how long the latest step took; 0 after a session's first (see below)
+    first_step = s.step + 1
     bar = tqdm(
         total=tc.max_steps,
         initial=s.step,
@@ -333,7 +334,9 @@ def _loop(s: Session, data: TrainData) -> dict:
             s.step += 1
             s.tokens += trained
             elapsed = s.elapsed_before + time.time() - t_start
-            step_s = time.time() - t_step
+            # A session's first step also compiles (30 s on 2 cores) and warms caches: taken as the step
+            # time, it would make the clock end a 60-second run after its second step.
+            step_s = time.time() - t_step if s.step > first_step else 0.0
             # `final` was planned; the second test catches a step that ran much slower than the one before.
             out_of_time = budget_s > 0 and (final or elapsed + (reserve_s or 0.0) >= budget_s)
             stopping = any_rank(stop.stop or out_of_time, s.dist, s.device)

@@ -302,6 +302,7 @@ def from_hf_model(hf_model, vocab_multiple: int = 64):
 # llama.cpp's converter, which prefers it to tokenizer.json for Llama-family vocabularies.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 
+
 def start_id(tokenizer) -> int:
     """The token `scratchlm sample` puts before every prompt (<|bos|>, which starts every training
     document). Exports declare it as the BOS id, so transformers' generate() from nothing and llama.cpp's
