@@ -48,7 +48,9 @@ def make_optimizers(model: torch.nn.Module, cfg: TrainConfig) -> list[torch.opti
         {"params": [p for n, p in rest if p.dim() < 2 or _is_embedding(n)], "weight_decay": 0.0},
     ]
     # match_rms_adamw scales Muon's update to AdamW's RMS, so the same lr and weight decay apply to both.
-    muon = StackedMuon(hidden, lr=cfg.lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw")
+    # FSDP's sharded DTensors keep torch's per-matrix Muon (the stacked ops have no tested sharding rules).
+    muon_cls = torch.optim.Muon if sharded else StackedMuon
+    muon = muon_cls(hidden, lr=cfg.lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw")
     return [muon, torch.optim.AdamW([g for g in rest_groups if g["params"]], **adamw_kwargs)]
 
 
