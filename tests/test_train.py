@@ -329,6 +329,14 @@ def test_a_clock_budget_carries_the_schedule_to_its_minimum_inside_the_budget(pr
     assert late and all(lr < 0.2 * cfg.train.lr for lr in late)
 
 
+def test_max_steps_reached_before_the_clock_says_so(prepared_run, capsys):
+    """A preset's 2,000 steps end a 30-minute budget after 6 minutes: the user is told, not left guessing."""
+    cfg = tiny_config(Path("unused"))
+    cfg.train.max_steps, cfg.train.max_minutes = 3, 10.0
+    assert train(prepared_run, cfg)["step"] == 3
+    assert "reached --train.max-steps 3 after 0.0 of the 10 minutes" in capsys.readouterr().out
+
+
 def test_a_slow_first_step_does_not_end_a_clock_budget_early(prepared_run, monkeypatch):
     """torch.compile's first step takes ~30 s here: as the step time, it ended 1-minute runs at step 2."""
     from scratchlm.model import GPT

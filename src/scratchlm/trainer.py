@@ -368,6 +368,12 @@ def _loop(s: Session, data: TrainData) -> dict:
                 rank0_print(f"stopped at step {s.step}; `scratchlm {s.command} {run.root}` resumes")
                 break
     bar.close()
+    spent_s = s.elapsed_before + time.time() - t_start
+    if budget_s and s.step >= tc.max_steps and spent_s < 0.9 * budget_s:
+        rank0_print(
+            f"reached --train.max-steps {tc.max_steps} after {spent_s / 60:.1f} of the {tc.max_minutes:g} "
+            f"minutes; raise --train.max-steps to train for the whole budget"
+        )
     if s.tb:
         s.tb.close()
     return {"step": s.step, "val_loss": val_loss, "best_val_loss": s.best_val, "skipped_steps": skipped}
