@@ -19,13 +19,12 @@ step 120 max_batch python3 bench/train.py --device cuda --preset gpt2 --vocab 50
   --find-max-batch --activation gelu_tanh
 step 100 pytest_gpu python3 -m pytest -q -m gpu -p no:cacheprovider
 step 170 wp_gpt2 python3 - <<'PY'
-from scratchlm.config import RunConfig
-from scratchlm.evaluate import evaluate
-from scratchlm.prepare import prepare
-from scratchlm.train import train
-cfg = RunConfig()
+from scratchlm.config import PRESETS, RunConfig
+from scratchlm.commands.eval import evaluate
+from scratchlm.commands.prepare import prepare
+from scratchlm.commands.train import train
+cfg = RunConfig.from_dict(PRESETS["gpt2"])
 prepare("/tmp/wp", cfg)
-cfg.apply_preset("gpt2")
 # One book is ~1M tokens: 32k tokens a step, a short warmup, and a time cap as a safety net.
 cfg.train.device, cfg.train.grad_accum, cfg.train.warmup_steps, cfg.train.lr = "cuda", 2, 30, 6e-4
 cfg.train.max_steps, cfg.train.max_minutes, cfg.train.eval_interval = 800, 2.0, 100

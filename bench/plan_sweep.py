@@ -20,11 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from scratchlm import plan as planning
+from scratchlm import planning
+from scratchlm.commands.prepare import prepare
+from scratchlm.commands.train import train
 from scratchlm.config import RunConfig
 from scratchlm.evaluate import evaluate
-from scratchlm.prepare import prepare
-from scratchlm.train import train
 
 
 def one(base: Path, work: Path, shape: planning.Shape, minutes: float, rows: int | None) -> dict:

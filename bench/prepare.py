@@ -27,7 +27,7 @@ os.sched_setaffinity(0, cores)
 t0 = time.perf_counter()
 if mode == "prepare":
     from scratchlm.config import RunConfig
-    from scratchlm.prepare import prepare
+    from scratchlm.commands.prepare import prepare
     cfg = RunConfig()
     cfg.data.inputs = [corpus]
     prepare(run, cfg)

@@ -44,11 +44,11 @@ import httpx
 import torch
 
 from scratchlm.checkpoint import load
-from scratchlm.config import RunConfig
+from scratchlm.commands.prepare import prepare
+from scratchlm.commands.train import train
+from scratchlm.config import PRESETS, RunConfig
 from scratchlm.engine import Engine
-from scratchlm.prepare import prepare
 from scratchlm.serve.app import create_app, running
-from scratchlm.train import train
 
 NAME = "bench"
 PROMPTS = ["Prince Andrew", "Natasha", "The old count", "Pierre looked at", "It was", "Moscow"]
@@ -56,9 +56,8 @@ PROMPTS = ["Prince Andrew", "Natasha", "The old count", "Pierre looked at", "It 
 
 def build_run(root: Path, steps: int) -> Path:
     """A tiny-preset run on the bundled book, briefly trained (speed does not depend on quality)."""
-    cfg = RunConfig()
+    cfg = RunConfig.from_dict(PRESETS["tiny"])
     prepare(root, cfg, overwrite=True)
-    cfg.apply_preset("tiny")
     cfg.train.max_steps, cfg.train.warmup_steps, cfg.train.eval_interval = steps, max(1, steps // 10), steps
     train(root, cfg, resume=False)
     return root

@@ -18,10 +18,10 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from scratchlm.commands.prepare import prepare
+from scratchlm.commands.sft import sft
+from scratchlm.commands.train import train
 from scratchlm.config import PRESETS, SFT_TRAIN_DEFAULTS, RunConfig
-from scratchlm.prepare import prepare
-from scratchlm.sft import sft
-from scratchlm.train import train
 
 
 def speeds(run: Path, after_step: int) -> list[float]:
@@ -39,7 +39,7 @@ def main() -> None:
     a = p.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="bench-sft-"))
-    base_cfg = RunConfig().apply_preset(a.preset)
+    base_cfg = RunConfig.from_dict(PRESETS[a.preset])
     tc = base_cfg.train
     tc.batch_size, tc.grad_accum, tc.log_interval, tc.threads = a.batch, 1, 10, a.threads
     tc.eval_interval, tc.eval_batches, tc.warmup_steps = 10**6, 1, 10

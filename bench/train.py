@@ -152,7 +152,7 @@ def largest_batch(step, a) -> int:
     """The largest micro-batch of --batch, 2x, 4x, ... (up to --max-batch) whose training step fits."""
     import torch
 
-    from scratchlm.plan import largest_fitting
+    from scratchlm.planning import largest_fitting
 
     def fits(batch: int) -> bool:
         try:

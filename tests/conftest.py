@@ -44,8 +44,8 @@ def tiny_corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run_template(tmp_path_factory, tiny_corpus) -> Path:
-    from scratchlm.prepare import prepare
-    from scratchlm.train import train
+    from scratchlm.commands.prepare import prepare
+    from scratchlm.commands.train import train
 
     run = tmp_path_factory.mktemp("runs") / "tiny"
     cfg = tiny_config(tiny_corpus)

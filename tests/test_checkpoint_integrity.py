@@ -13,10 +13,10 @@ import torch
 import scratchlm.checkpoint as checkpoint
 from scratchlm.checkpoint import damage, load, save_checkpoint, step_dirs, weights_of
 from scratchlm.cli import main
+from scratchlm.commands.train import train
 from scratchlm.config import RunConfig
 from scratchlm.model import GPT
 from scratchlm.run import Run
-from scratchlm.train import train
 
 from .conftest import tiny_config
 

@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from scratchlm.commands.prepare import prepare
 from scratchlm.common import UserError
 from scratchlm.config import DataConfig, RunConfig, TokenizerConfig
 from scratchlm.data import sources
 from scratchlm.data.clean import DocCleaner
 from scratchlm.data.corpus import Corpus, bundled_corpus, clean, read_text
 from scratchlm.data.shards import ShardWriter, open_split, read_manifest, token_dtype
-from scratchlm.prepare import prepare
 from scratchlm.tokenizer import Tokenizer, train_tokenizer
 
 from .conftest import shared_file

@@ -50,7 +50,7 @@ def tiny_config(corpus: Path) -> RunConfig:
 @pytest.fixture(scope="session")
 def prepared(tmp_path_factory, tiny_corpus) -> dict[str, Path]:
     """Prepared (tokenizer + shards) but untrained runs, one per tokenizer kind."""
-    from scratchlm.prepare import prepare
+    from scratchlm.commands.prepare import prepare
 
     out = {}
     for name in (*KINDS, "bpe-nfkc"):

@@ -12,10 +12,10 @@ import pytest
 import torch
 import yaml
 
-from scratchlm import plan as planning
+from scratchlm import planning
 from scratchlm.cli import main
+from scratchlm.commands.prepare import prepare
 from scratchlm.config import RunConfig
-from scratchlm.prepare import prepare
 
 from .conftest import tiny_config
 
@@ -114,7 +114,7 @@ def test_batch_size_auto_on_cpu_keeps_tokens_per_step(prepared, capsys):
 
 MEASURE = """
 import dataclasses, json, sys
-from scratchlm import plan, trainer  # what the train command has imported when the plan measures itself
+from scratchlm import planning as plan, trainer  # what `train` has imported when the plan measures itself
 from scratchlm.cli import main
 from scratchlm.run import Run
 run, layers, width, block, rows, optimizer = sys.argv[1], *map(int, sys.argv[2:6]), sys.argv[6]

@@ -21,13 +21,13 @@ import yaml
 
 from scratchlm.checkpoint import read_metadata, save_checkpoint, step_dirs
 from scratchlm.cli import main
+from scratchlm.commands.prepare import prepare
+from scratchlm.commands.train import train
 from scratchlm.common import UserError
 from scratchlm.config import RunConfig
 from scratchlm.model import GPT
-from scratchlm.prepare import prepare
 from scratchlm.run import Run
 from scratchlm.tokenizer import META_FILE, Tokenizer
-from scratchlm.train import train
 
 from .conftest import tiny_config
 
@@ -142,7 +142,7 @@ def test_a_start_that_fails_keeps_everything_even_with_fresh(prepared_run, tiny_
 
 
 def test_a_second_writer_fails_at_once_naming_the_holder(prepared_run, tiny_corpus):
-    from scratchlm.tokenizer_cmd import train_command
+    from scratchlm.commands.tokenizer import train as train_command
 
     cfg = short(tiny_corpus, 3, 3)
     with Run.at(prepared_run).writer_lock("train"):
@@ -258,7 +258,7 @@ def test_prepare_refuses_tokenizer_settings_that_differ_from_the_runs_tokenizer(
 
 
 def test_tokenizer_train_overwrite_sets_the_trained_model_aside_with_its_tokenizer(trained_run):
-    from scratchlm.tokenizer_cmd import train_command
+    from scratchlm.commands.tokenizer import train as train_command
 
     run = Run.at(trained_run)
     old_hash, steps = Tokenizer.load(run.tokenizer_dir).hash, steps_of(trained_run)

@@ -14,10 +14,10 @@ import torch
 from scratchlm.chat_template import render, stop_ids
 from scratchlm.checkpoint import load, step_dirs
 from scratchlm.cli import main
+from scratchlm.commands.sft import sft
 from scratchlm.config import SFT_TRAIN_DEFAULTS, RunConfig, SampleConfig
 from scratchlm.run import Run
 from scratchlm.sample import generate_ids
-from scratchlm.sft import sft
 from scratchlm.trainer import Session, TrainData, _train_step
 
 QA = [
@@ -95,7 +95,8 @@ def _session_and_data(trained_run, tmp_path, micro_batches: int, rows: int = 2) 
     """A session as fit() builds it, with the SFT data of QA, without training."""
     import contextlib
 
-    from scratchlm.sft import _copy_tokenizer, sft_data
+    from scratchlm.finetuning import copy_tokenizer as _copy_tokenizer
+    from scratchlm.finetuning import sft_data
     from scratchlm.trainer import _setup
 
     run = Run.at(tmp_path / "chat")

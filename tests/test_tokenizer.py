@@ -363,7 +363,7 @@ def test_fallback_mask_marks_only_byte_tokens(tok):
 
 
 def test_stats_counts_tokens_bytes_and_byte_fallback(saved, tmp_path, capsys):
-    from scratchlm.tokenizer_cmd import stats
+    from scratchlm.commands.tokenizer import stats
 
     (tmp_path / "run" / "tokenizer").mkdir(parents=True)
     for f in saved["unigram"].iterdir():
@@ -406,9 +406,9 @@ def test_cli_tokenizer_train_takes_a_recipe(tmp_path):
 
 def test_prepare_with_a_char_tokenizer_gives_a_small_vocabulary(tmp_path):
     """The Tiny Shakespeare recipe's setting: one token per character seen, plus specials and bytes."""
+    from scratchlm.commands.prepare import prepare
     from scratchlm.config import RunConfig
     from scratchlm.data.shards import open_split
-    from scratchlm.prepare import prepare
 
     text = _english()[:20_000]
     (tmp_path / "book.txt").write_text(text, encoding="utf-8")

@@ -17,11 +17,11 @@ import torch
 from safetensors.torch import load_file
 
 from scratchlm.checkpoint import step_dirs
+from scratchlm.commands.train import train
 from scratchlm.common import UserError, cpu_has_bf16
 from scratchlm.config import RunConfig, TrainConfig
 from scratchlm.optim import StackedMuon, lr_at
 from scratchlm.run import Run
-from scratchlm.train import train
 
 from .conftest import tiny_config
 
@@ -63,7 +63,7 @@ def final_weights(run: Path, step: int) -> dict[str, torch.Tensor]:
 
 @pytest.fixture
 def prepared_run(tiny_corpus, tmp_path) -> Path:
-    from scratchlm.prepare import prepare
+    from scratchlm.commands.prepare import prepare
 
     run = tmp_path / "run"
     prepare(run, tiny_config(tiny_corpus))
@@ -150,7 +150,7 @@ GOLDEN_CASES = {"gpt2-adamw": ("gpt2", "adamw"), "llama-muon": ("llama", "muon")
 
 def golden_losses(corpus: Path, run: Path, flavour: str, optimizer: str) -> dict[str, list[float]]:
     """20 steps of a tiny model on one CPU thread in float32: the train loss of every step, the val loss."""
-    from scratchlm.prepare import prepare
+    from scratchlm.commands.prepare import prepare
 
     cfg = tiny_config(corpus)
     cfg.tokenizer.kind = "char"  # counted, so no tokenizer library's threads or version moves the ids
@@ -406,7 +406,7 @@ def test_resume_refuses_a_changed_model_but_takes_a_changed_dropout(prepared_run
 def test_resume_refuses_a_changed_tokenizer(prepared_run, tiny_corpus):
     import shutil
 
-    from scratchlm.prepare import prepare
+    from scratchlm.commands.prepare import prepare
 
     cfg = tiny_config(tiny_corpus)
     cfg.train.max_steps = 3

@@ -1,55 +1,70 @@
-"""The `scratchlm` command: one subcommand per stage. It parses, then calls one function.
+"""The `scratchlm` command, built from the command functions (commands/) and the config dataclasses.
 
-Settings come from the dataclasses in config.py through jsonargparse, merged in this order:
-built-in defaults < the run's saved config.yaml < --preset < --config FILE.yaml < --section.option flags
-(a --config file is applied where it stands, so flags before it give way to it, as jsonargparse does).
+Each command's options come from its function's signature and docstring, and the flags of its settings
+sections from the dataclasses in config.py (jsonargparse). The CLI parses only what was given and calls the
+function with it, so `scratchlm train RUN --train.lr 1e-3` and `scratchlm.train(RUN, train=dict(lr=1e-3))`
+resolve the same settings (settings.resolve) and write the same config.yaml.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import importlib
+import inspect
 import re
 import sys
+import typing
+from collections import abc
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
-from jsonargparse import (
-    ActionConfigFile,
-    ArgumentParser,
-    DefaultHelpFormatter,
-    Namespace,
-    set_parsing_settings,
-)
+from jsonargparse import ArgumentParser, DefaultHelpFormatter, set_parsing_settings
 
 from .common import UserError
-from .config import (
-    DEMO_MINUTES,
-    PRESETS,
-    SECTION_CLASSES,
-    SFT_TRAIN_DEFAULTS,
-    EvalConfig,
-    RunConfig,
-    SampleConfig,
-    SettingError,
-)
+from .config import SECTION_CLASSES, EvalConfig, SampleConfig
+from .settings import COMMAND_SECTIONS, FLAGS, FLAT_FLAGS
 
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
-
-# The sections each command that takes a --config recipe reads; one recipe may hold them all.
-RECIPE_SECTIONS = {
-    "prepare": ("data", "tokenizer"),
-    "train": ("model", "train"),
-    "sft": ("train", "sft"),
-    "tokenizer train": ("data", "tokenizer"),
+# name → "module:function" under scratchlm.commands; the table the CLI is built from and dispatches by.
+COMMANDS: dict[str, str] = {
+    "prepare": "prepare:prepare",
+    "train": "train:train",
+    "sft": "sft:sft",
+    "eval": "eval:evaluate",
+    "sample": "sample:sample",
+    "chat": "chat:chat",
+    "serve": "serve:serve",
+    "export": "export:export",
+    "import": "import_hf:import_hf",
+    "plan": "plan:plan",
+    "demo": "demo:demo",
+    "tokenizer train": "tokenizer:train",
+    "tokenizer encode": "tokenizer:encode",
+    "tokenizer decode": "tokenizer:decode",
+    "tokenizer stats": "tokenizer:stats",
 }
-
-
-class _Formatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Keeps the line breaks of the examples in --help."""
-
+SUMMARIES = {
+    "prepare": "corpus → tokenizer → token shards",
+    "train": "pretrain the model",
+    "sft": "instruction tuning (SFT) of a pretrained run",
+    "eval": "loss, perplexity, bits per byte",
+    "sample": "generate text",
+    "chat": "talk to the model",
+    "serve": "OpenAI-compatible API + web chat page",
+    "export": "to Hugging Face transformers or GGUF (llama.cpp)",
+    "import": "a Hugging Face GPT-2 / Llama folder → a run",
+    "plan": "the model and schedule --preset auto picks for M minutes",
+    "demo": "prepare, train, eval and sample on the bundled book",
+    "tokenizer": "train / encode / decode / stats of the tokenizer",
+}
+# The flat settings dataclass of the commands whose options are unprefixed (--temperature, --stride).
+FLAT_SECTIONS = {"sample": SampleConfig, "chat": SampleConfig, "eval": EvalConfig}
+# Parameters spelt otherwise on the command line.
+FLAG_NAMES = {"recipe": "config", "base": "from"}
+PYTHON_ONLY = {"config", "origin", "top", "settings"}
 
 EXAMPLES = {
     "prepare": """examples:
@@ -107,61 +122,21 @@ EXAMPLES = {
 }
 
 
-def _own_sections(path: str, sections: tuple[str, ...]) -> dict:
-    """The sections of recipe `path` that a command reads. One recipe may hold every section of RunConfig
-    (train ignores its data: part), but a section or key that RunConfig lacks is a typo, in any section."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            recipe = yaml.safe_load(f) or {}
-    except OSError as e:
-        raise ValueError(e.strerror) from None
-    except yaml.MarkedYAMLError as e:
-        raise ValueError(f"not valid YAML: {e.problem} (line {e.problem_mark.line + 1})") from None
-    if not isinstance(recipe, dict):
-        raise ValueError("expected sections such as 'model:' and 'train:' at the top level")
-    for section, options in recipe.items():
-        if section not in SECTION_CLASSES:
-            raise ValueError(f"unknown section '{section}' (known: {', '.join(SECTION_CLASSES)})")
-        if options is not None and not isinstance(options, dict):
-            raise ValueError(f"section '{section}' must hold option: value lines")
-        fields = {f.name for f in dataclasses.fields(SECTION_CLASSES[section])}
-        for key in options or {}:
-            if key not in fields:
-                raise ValueError(f"unknown key '{section}.{key}'")
-    return {k: v or {} for k, v in recipe.items() if k in sections}
+def command_function(name: str) -> Callable:
+    module, function = COMMANDS[name].split(":")
+    return getattr(importlib.import_module(f"scratchlm.commands.{module}"), function)
 
 
-def _recipe_file(sections: tuple[str, ...]) -> type[ActionConfigFile]:
-    class RecipeFile(ActionConfigFile):
-        """--config FILE.yaml: jsonargparse's config file option, applied where it stands on the command
-        line, given the command's own sections of the recipe; its errors name the file."""
-
-        def __call__(self, parser, cfg, values, option_string=None):
-            try:
-                own = _own_sections(values, sections)
-                super().__call__(parser, cfg, yaml.safe_dump(own), option_string)
-            except (argparse.ArgumentError, TypeError, ValueError) as e:
-                raise argparse.ArgumentError(None, f"--config {values}: {_one_line(str(e), True)}") from None
-
-    return RecipeFile
-
-
-@contextmanager
-def _optionals_as_positionals(on: bool):
-    set_parsing_settings(parse_optionals_as_positionals=on)
-    try:
-        yield
-    finally:
-        set_parsing_settings(parse_optionals_as_positionals=False)
+class _Formatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Keeps the line breaks of the examples in --help."""
 
 
 class _PromptParser(ArgumentParser):
     """`sample RUN --max-new-tokens 20 "Prince"`: argparse gives an optional positional PROMPT its empty
     default as soon as an option follows RUN (jsonargparse has no intermixed parsing), so PROMPT is the
-    option --prompt, which
-    jsonargparse's parse_optionals_as_positionals also takes by position. The setting is global, so it is
-    on only while this parser parses: elsewhere a stray word would silently become some option's value.
-    Help leaves it off; it would list every option as a further positional."""
+    option --prompt, which jsonargparse's parse_optionals_as_positionals also takes by position. The setting
+    is global, so it is on only while this parser parses: elsewhere a stray word would silently become some
+    option's value. Help leaves it off; it would list every option as a further positional."""
 
     def parse_args(self, *args, **kwargs):
         with _optionals_as_positionals(True):
@@ -174,6 +149,149 @@ class _PromptParser(ArgumentParser):
     def format_help(self) -> str:
         with _optionals_as_positionals(False):
             return super().format_help()
+
+
+@contextmanager
+def _optionals_as_positionals(on: bool):
+    set_parsing_settings(parse_optionals_as_positionals=on)
+    try:
+        yield
+    finally:
+        set_parsing_settings(parse_optionals_as_positionals=False)
+
+
+def _docs(fn: Callable) -> tuple[str, dict[str, str]]:
+    """The description (first paragraph) and the per-parameter help of a command function's docstring."""
+    import docstring_parser
+
+    doc = docstring_parser.parse(inspect.getdoc(fn) or "")
+    description = " ".join(filter(None, [doc.short_description, doc.long_description])).split("\n\n")[0]
+    return " ".join(description.split()), {p.arg_name: " ".join(p.description.split()) for p in doc.params}
+
+
+def _is_bool(annotation) -> bool:
+    return annotation is bool or set(typing.get_args(annotation)) == {bool, type(None)}
+
+
+def _is_list(annotation) -> bool:
+    kinds = (list, abc.Sequence)
+    return typing.get_origin(annotation) in kinds or any(
+        typing.get_origin(a) in kinds for a in typing.get_args(annotation)
+    )
+
+
+def _add_parameter(p: ArgumentParser, name: str, param: inspect.Parameter, annotation, help: str) -> None:
+    """One function parameter as an argument: positional before `*`, an option after it; bools are switches,
+    lists repeat (--input A --input B), everything else is typed and checked by jsonargparse."""
+    flag = "--" + FLAG_NAMES.get(name, name)
+    required = param.default is inspect.Parameter.empty
+    if name == "prompt":  # an option that _PromptParser also takes by position
+        p.add_argument(flag, dest=name, default=None, metavar="PROMPT", help=help)
+    elif param.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD:
+        nargs = "+" if _is_list(annotation) else (None if required else "?")
+        p.add_argument(name, nargs=nargs, help=help + ("" if required else f" (default: {param.default})"))
+    elif _is_bool(annotation):
+        p.add_argument(flag, dest=name, action="store_true", default=None, help=help)
+    elif _is_list(annotation):
+        p.add_argument(flag, dest=name, action="append", default=None, metavar="PATH", help=help)
+    elif name == "recipe":
+        p.add_argument(flag, dest=name, default=None, metavar="FILE.yaml", help=help)
+    else:
+        default = None if required else param.default
+        p.add_argument(flag, dest=name, type=annotation, required=required, default=default, help=help)
+
+
+def _command_parser(name: str, fn: Callable) -> ArgumentParser:
+    description, docs = _docs(fn)
+    parser_class = _PromptParser if name == "sample" else ArgumentParser
+    p = parser_class(
+        prog=f"scratchlm {name}",
+        description=description,
+        epilog=EXAMPLES.get(name.split()[0]),
+        formatter_class=_Formatter,
+    )
+    hints = typing.get_type_hints(fn)
+    sections = COMMAND_SECTIONS.get(name, ()) if name not in FLAT_SECTIONS else ()
+    for pname, param in inspect.signature(fn).parameters.items():
+        if pname in PYTHON_ONLY or pname in sections or param.kind is inspect.Parameter.VAR_KEYWORD:
+            continue
+        _add_parameter(p, pname, param, hints.get(pname), docs.get(pname, ""))
+    if "recipe" in inspect.signature(fn).parameters:
+        p.add_argument(
+            "--print_config", action="store_true", help="print the resolved settings as YAML and exit"
+        )
+    for section in sections:
+        p.add_class_arguments(SECTION_CLASSES[section], section)
+    if name in FLAT_SECTIONS:
+        p.add_class_arguments(FLAT_SECTIONS[name], None)
+    return p
+
+
+def build_parser() -> ArgumentParser:
+    """The whole command line, one subcommand per entry of COMMANDS."""
+    parser = ArgumentParser(
+        prog="scratchlm",
+        formatter_class=_Formatter,
+        description="Train your own small GPT from scratch on your own text.",
+        exit_on_error=False,  # errors come to main() as exceptions: one line, not the whole usage
+    )
+    subcommands = parser.add_subcommands(dest="command")
+    groups: dict[str, ArgumentParser] = {}
+    for name in COMMANDS:
+        group, _, action = name.partition(" ")
+        p = _command_parser(name, command_function(name))
+        if not action:
+            subcommands.add_subcommand(name, p, help=SUMMARIES[name])
+            continue
+        if group not in groups:
+            groups[group] = ArgumentParser(
+                prog=f"scratchlm {group}",
+                description=SUMMARIES[group],
+                epilog=EXAMPLES.get(group),
+                formatter_class=_Formatter,
+            )
+            subcommands.add_subcommand(group, groups[group], help=SUMMARIES[group])
+            groups[group].add_subcommands(dest="action")
+        groups[group]._subcommands_action.add_subcommand(action, p, help=p.description)
+    return parser
+
+
+def normalize_option_names(argv: list[str]) -> list[str]:
+    """Accept --model.n-layer as well as --model.n_layer: jsonargparse names options after the dataclass
+    fields and has no dash aliases for them."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--") and len(arg) > 2:
+            name, eq, value = arg[2:].partition("=")
+            arg = "--" + name.replace("-", "_") + eq + value
+        out.append(arg)
+    return out
+
+
+def parse(argv: list[str]) -> tuple[str, dict]:
+    """The command and the keyword arguments of its function: only what the command line gave."""
+    argv = normalize_option_names(argv)
+    try:
+        ns = build_parser().parse_args(argv, defaults=False).as_dict()
+    except argparse.ArgumentError as e:
+        message = _one_line(str(e))
+        # A bad value names its option already; other mistakes (an unknown option) point to the help.
+        hint = "" if message.startswith("--") else f" (see scratchlm {_command_of(argv)}--help)"
+        raise UserError(message + hint) from None
+    name = ns.pop("command")
+    given = ns.get(name) or {}
+    if "action" in given:  # tokenizer train|encode|...
+        action = given["action"]
+        name, given = f"{name} {action}", given.get(action) or {}
+    given = {k: v for k, v in given.items() if v is not None and not k.startswith("__")}
+    if name in FLAT_SECTIONS:
+        given["origin"] = FLAT_FLAGS
+    elif "origin" in inspect.signature(command_function(name)).parameters:
+        given["origin"] = FLAGS
+    for run in [given.get("run")] + list(given.get("runs") or []):
+        if run and Path(run).is_file():
+            raise UserError(f"{run}: is a file, not a run directory")
+    return name, given
 
 
 def _one_line(message: str, in_file: bool = False) -> str:
@@ -210,390 +328,27 @@ _KINDS = {
 }
 
 
-def _subparser(name: str, description: str, parser_class=ArgumentParser) -> ArgumentParser:
-    return parser_class(
-        prog=f"scratchlm {name}",
-        description=description,
-        epilog=EXAMPLES.get(name),
-        formatter_class=_Formatter,
-        # --print_config is ours (see _recipe_options): jsonargparse's prints while parsing, before the
-        # run's saved settings are known, and only the command's own sections.
-        print_config=None,
-    )
-
-
-def _recipe_options(p: ArgumentParser, command: str, base: RunConfig | None) -> None:
-    """--config, --print_config and the --section.option flags of a command that reads a recipe.
-
-    `base` (the run's saved config.yaml with the preset applied) becomes the flags' defaults.
-    """
-    sections = RECIPE_SECTIONS[command]
-    p.add_argument(
-        "--config",
-        action=_recipe_file(sections),
-        metavar="FILE.yaml",
-        help=f"recipe: YAML with {' and '.join(sections)} (and other) sections; flags after it override it",
-    )
-    p.add_argument("--print_config", action="store_true", help="print the merged settings as YAML and exit")
-    for section in sections:
-        p.add_class_arguments(SECTION_CLASSES[section], section)
-    if base is not None:
-        p.set_defaults(
-            {f"{s}.{k}": v for s in sections for k, v in dataclasses.asdict(getattr(base, s)).items()}
-        )
-
-
-def _resume_options(p: ArgumentParser) -> None:
-    """--resume / --fresh of the commands that train (train, sft)."""
-    resume = p.add_mutually_exclusive_group()
-    resume.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue from the newest checkpoint (the default when one exists); error if none",
-    )
-    resume.add_argument(
-        "--fresh",
-        action="store_true",
-        help="start from step 0; the old checkpoints and metrics go to RUN/previous/<time>/",
-    )
-
-
-def _resume_of(args) -> bool | None:
-    """The resume of train() and sft(): False starts over, True needs a checkpoint, None continues if any."""
-    return False if args.fresh else (True if args.resume else None)
-
-
-def build_parser(base: RunConfig | None = None) -> ArgumentParser:
-    """The whole command line; `base` gives the defaults of prepare, train and tokenizer train."""
-    parser = ArgumentParser(
-        prog="scratchlm",
-        formatter_class=_Formatter,
-        description="Train your own small GPT from scratch on your own text.",
-        exit_on_error=False,  # errors come to main() as exceptions: one line, not the whole usage
-    )
-    subcommands = parser.add_subcommands(dest="command")
-
-    p = _subparser("prepare", "Read a corpus, train a tokenizer and write train/val token shards into RUN.")
-    p.add_argument("run", help="run directory (created if missing)")
-    p.add_argument(
-        "--input",
-        action="append",
-        default=None,
-        metavar="PATH",
-        help="text/.gz/.jsonl/.parquet file, directory, glob, save_to_disk folder or hf:NAME; repeatable "
-        "(default: the bundled book)",
-    )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="prepare a run that has been trained: its checkpoints and metrics go to RUN/previous/<time>/",
-    )
-    _recipe_options(p, "prepare", base)
-    subcommands.add_subcommand("prepare", p, help="corpus → tokenizer → token shards")
-
-    p = _subparser("train", "Train (or continue training) the run's model.")
-    p.add_argument("run", help="a run directory made by `scratchlm prepare`")
-    p.add_argument(
-        "--preset",
-        choices=[*sorted(PRESETS), "auto"],
-        default=None,
-        help="model size and schedule: tiny (~1M params), small (~10M), gpt2 (124M), or auto: the best "
-        "shape for --train.max-minutes on this machine (see `scratchlm plan`)",
-    )
-    _resume_options(p)
-    _recipe_options(p, "train", base)
-    subcommands.add_subcommand("train", p, help="pretrain the model")
-
-    p = _subparser(
-        "sft",
-        "Instruction-tune a pretrained run on conversations (JSONL) into a new run RUN: a copy of the base's "
-        "tokenizer, its best weights as the start, the loss on the assistant replies only.",
-    )
-    p.add_argument("run", help="the fine-tuned run's directory (new, or one to continue)")
-    p.add_argument("--from", dest="base_run", default=None, metavar="BASE_RUN", help="the pretrained run")
-    p.add_argument(
-        "--input",
-        action="append",
-        default=None,
-        metavar="FILE.jsonl",
-        help="conversations: messages, Alpaca, prompt/completion or mapped fields; repeatable; hf:NAME "
-        "(default: the bundled Self-Instruct seed tasks)",
-    )
-    p.add_argument(
-        "--val_input", action="append", default=None, metavar="FILE.jsonl", help="validation conversations"
-    )
-    _resume_options(p)
-    _recipe_options(p, "sft", base)
-    subcommands.add_subcommand("sft", p, help="instruction tuning (SFT) of a pretrained run")
-
-    p = _subparser(
-        "eval",
-        "Loss, perplexity and bits per byte with a sliding window; fixed-seed samples; eval.json and "
-        "report.md in each RUN; a comparison table for several runs.",
-    )
-    p.add_argument("runs", nargs="+", help="one or more trained run directories")
-    p.add_class_arguments(EvalConfig, None)
-    subcommands.add_subcommand("eval", p, help="loss, perplexity, bits per byte")
-
-    p = _subparser(
-        "sample", "Continue PROMPT with the run's model, streaming it to the terminal.", _PromptParser
-    )
-    p.add_argument("run", help="a trained run directory")
-    p.add_argument(
-        "--prompt",
-        default=None,
-        metavar="PROMPT",
-        help="text to continue, also given by position: sample RUN PROMPT ('' starts from <|bos|>)",
-    )
-    p.add_argument("--prompts_file", default=None, help='one prompt per line (or .jsonl with "prompt")')
-    p.add_argument("--checkpoint", default="best", help="best, last, or a path to a .safetensors file")
-    p.add_class_arguments(SampleConfig, None)
-    subcommands.add_subcommand("sample", p, help="generate text")
-
-    p = _subparser("serve", "An OpenAI-compatible HTTP API (/v1/...) and a chat page (/) for a run's model.")
-    p.add_argument("run", help="a trained run directory")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it to the network)")
-    p.add_argument("--port", type=int, default=8000, help="TCP port")
-    p.add_argument("--api_key", default=None, help="require Authorization: Bearer KEY on /v1/ requests")
-    p.add_argument("--max_batch", type=int, default=16, help="sequences decoded together")
-    p.add_argument("--checkpoint", default="best", help="best, last, or a path to a .safetensors file")
-    subcommands.add_subcommand("serve", p, help="OpenAI-compatible API + web chat page")
-    p = _subparser(
-        "chat",
-        "Chat with the run's model in the terminal, replies streamed; a base model (not made by "
-        "`scratchlm sft`) continues each line as text instead. Piped input: one user turn per line.",
-    )
-    p.add_argument("run", help="a trained run directory")
-    p.add_argument("--checkpoint", default="best", help="best, last, or a path to a .safetensors file")
-    p.add_argument("--system", default=None, help="system prompt (default: the one the run was tuned with)")
-    p.add_class_arguments(SampleConfig, None)
-    subcommands.add_subcommand("chat", p, help="talk to the model")
-
-    p = _subparser("export", "Write the run's model as a Hugging Face folder or a GGUF file.")
-    p.add_argument("run", help="a trained run directory")
-    p.add_argument("--format", required=True, help="hf (GPT2LMHeadModel / LlamaForCausalLM folder) or gguf")
-    p.add_argument("--out", required=True, help="output folder (hf) or .gguf file")
-    p.add_argument("--checkpoint", default="best", help="best, last, or a path to a .safetensors file")
-    p.add_argument("--dtype", default="f32", help="hf: f32, f16 or bf16; gguf: f32, f16 or q8_0")
-    p.add_argument("--force", action="store_true", help="replace --out if an earlier export wrote it")
-    subcommands.add_subcommand("export", p, help="to Hugging Face transformers or GGUF (llama.cpp)")
-
-    p = _subparser("import", "Turn a Hugging Face GPT-2 or Llama folder into a scratchlm run.")
-    p.add_argument("hf_dir", help="a folder with config.json, model.safetensors and tokenizer files")
-    p.add_argument("run", help="the new run directory")
-    subcommands.add_subcommand("import", p, help="a Hugging Face GPT-2 / Llama folder → a run")
-
-    p = _subparser(
-        "plan",
-        "Print what `scratchlm train RUN --preset auto --train.max-minutes M` would train: a few seconds' "
-        "probe of this machine's speed and the run's corpus size give the model, batch, steps and memory.",
-    )
-    p.add_argument("run", help="a run directory made by `scratchlm prepare`")
-    p.add_argument("--minutes", type=float, required=True, help="the training time budget")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    subcommands.add_subcommand("plan", p, help="the model and schedule --preset auto picks for M minutes")
-
-    p = _subparser("demo", "The whole pipeline on the bundled book, in a few CPU minutes.")
-    p.add_argument("run", nargs="?", default="runs/demo", help="run directory (default: runs/demo)")
-    p.add_argument("--minutes", type=float, default=DEMO_MINUTES, help="training time; the plan fills it")
-    subcommands.add_subcommand("demo", p, help="prepare, train, eval and sample on the bundled book")
-
-    p = _subparser("tokenizer", "Train, try and inspect the run's tokenizer (RUN/tokenizer/).")
-    subcommands.add_subcommand("tokenizer", p, help="train / encode / decode / stats of the tokenizer")
-    tok_commands = p.add_subcommands(dest="action")
-    q = _subparser("tokenizer train", "Train RUN's tokenizer on the inputs.")
-    q.add_argument("run", help="run directory (created if missing)")
-    q.add_argument("--input", action="append", default=None, metavar="PATH", help="as for `prepare`")
-    q.add_argument("--overwrite", action="store_true", help="replace the run's existing tokenizer")
-    _recipe_options(q, "tokenizer train", base)
-    tok_commands.add_subcommand("train", q, help="train the tokenizer only")
-    q = _subparser("tokenizer encode", "Print the ids of TEXT.")
-    q.add_argument("run", help="a run directory with a tokenizer")
-    q.add_argument("text", help="text to encode")
-    q.add_argument("--allow_special", action="store_true", help='turn "<|eos|>" etc. into special ids')
-    tok_commands.add_subcommand("encode", q, help="text → ids")
-    q = _subparser("tokenizer decode", "Print the text of IDS.")
-    q.add_argument("run", help="a run directory with a tokenizer")
-    q.add_argument("ids", nargs="+", help="token ids (spaces or commas between them)")
-    tok_commands.add_subcommand("decode", q, help="ids → text")
-    q = _subparser("tokenizer stats", "Tokens, bytes and characters per token…")
-    q.add_argument("run", help="a run directory with a tokenizer")
-    q.add_argument("--text", default=None, help="measure this UTF-8 file (default: the run's inputs)")
-    tok_commands.add_subcommand("stats", q, help="compression, byte-fallback rate, longest tokens")
-    return parser
-
-
-def normalize_option_names(argv: list[str]) -> list[str]:
-    """Accept --model.n-layer as well as --model.n_layer: jsonargparse names options after the dataclass
-    fields and has no dash aliases for them."""
-    out = []
-    for arg in argv:
-        if arg.startswith("--") and len(arg) > 2:
-            name, eq, value = arg[2:].partition("=")
-            arg = "--" + name.replace("-", "_") + eq + value
-        out.append(arg)
-    return out
-
-
-def _base_config(run_dir: str, preset: str | None, command: str = "", first=None) -> RunConfig:
-    """The run's saved settings with the preset applied: the defaults of the command's options.
-    `first`: the first parse's options, for --preset auto (its minutes, device, and whether to start over)."""
-    from .run import Run
-
-    run = Run.at(run_dir)
-    cfg = run.load_config() if run.has_config() else RunConfig()
-    if command == "sft" and not run.has_config():  # a new SFT run: the fine-tuning defaults
-        cfg.train = dataclasses.replace(cfg.train, **SFT_TRAIN_DEFAULTS)
-    if preset == "auto":
-        return _auto_plan(run, cfg, first)
-    return cfg.apply_preset(preset) if preset else cfg
-
-
-def _auto_plan(run, cfg: RunConfig, first) -> RunConfig:
-    """--preset auto: plan a new run for the budget; a run with checkpoints continues its planned shape."""
-    from .plan import follow_plan
-
-    if run.has_checkpoints() and not first.fresh:
-        print(f"--preset auto: {run.root} has checkpoints, so it continues as planned (--fresh plans anew)")
-        return cfg
-    cfg.train = dataclasses.replace(cfg.train, device=first.train.device)
-    return follow_plan(run.root, cfg, first.train.max_minutes)
-
-
-def _parse(argv: list[str]) -> tuple[str, Namespace, RunConfig | EvalConfig | SampleConfig | None]:
-    """The command, its parsed arguments and its settings, every value checked against its range."""
-    argv = normalize_option_names(argv)
-    try:
-        ns = build_parser().parse_args(argv)
-        cmd = ns.command
-        sub = ns[cmd] if cmd != "tokenizer" else ns[cmd][ns[cmd].action]
-        command = cmd if cmd != "tokenizer" else f"tokenizer {ns[cmd].action}"
-        if command in RECIPE_SECTIONS:
-            # The run's saved settings (and the preset) become the defaults, so this parses twice: RUN is
-            # known only after a first parse, and jsonargparse's defaults cannot depend on a parsed value.
-            base = _base_config(sub.run, sub.get("preset"), command, first=sub)
-            ns = build_parser(base).parse_args(argv)
-            sub = ns[cmd] if cmd != "tokenizer" else ns[cmd][ns[cmd].action]
-    except argparse.ArgumentError as e:
-        message = _one_line(str(e))
-        # A bad value names its option already; other mistakes (an unknown option) point to the help.
-        hint = "" if message.startswith("--") else f" (see scratchlm {_command_of(argv)}--help)"
-        raise UserError(message + hint) from None
-    for run in [sub.get("run")] + list(sub.get("runs") or []):
-        if run and Path(run).is_file():
-            raise UserError(f"{run}: is a file, not a run directory")
-    if command in RECIPE_SECTIONS:
-        sections = {}
-        for s in RECIPE_SECTIONS[command]:
-            try:
-                sections[s] = _build(SECTION_CLASSES[s], sub[s])
-            except SettingError as e:
-                raise e.named(_option(f"{s}.{e.name}")) from None
-        return command, sub, dataclasses.replace(base, **sections)
-    try:
-        if cmd == "eval":
-            return cmd, sub, _build(EvalConfig, sub)
-        if cmd in ("sample", "chat"):
-            return cmd, sub, _build(SampleConfig, sub)
-    except SettingError as e:
-        raise e.named(_option(e.name)) from None
-    if cmd in ("demo", "plan") and not sub.minutes > 0:
-        raise UserError(f"--minutes {sub.minutes:g}: must be a number > 0")
-    return command, sub, None
-
-
-def _build(cls, ns: Namespace):
-    """The dataclass from its parsed options, without jsonargparse's own keys (__path__ of --model FILE)."""
-    return cls(**{f.name: ns[f.name] for f in dataclasses.fields(cls)})
-
-
 def _command_of(argv: list[str]) -> str:
     """`train ` or `tokenizer train ` from the start of argv, for the --help hint of an error."""
     words = argv[: 2 if argv[:1] == ["tokenizer"] else 1]
     return "".join(w + " " for w in words if not w.startswith("-"))
 
 
+def run_command(name: str, kwargs: dict) -> None:
+    """Call the command's function (or, with --print_config, print the settings it would run with)."""
+    fn = command_function(name)
+    if kwargs.pop("print_config", False):
+        settings_for = sys.modules[fn.__module__].settings_for
+        cfg = settings_for(**kwargs)
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True), end="")
+        return
+    fn(**kwargs)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        cmd, args, cfg = _parse(argv)
-        if cmd == "sft":  # the command's own spellings of sft.base, sft.inputs and sft.val_inputs
-            cfg.sft.base = args.base_run or cfg.sft.base
-            cfg.sft.inputs = list(args.input or cfg.sft.inputs)
-            cfg.sft.val_inputs = list(args.val_input or cfg.sft.val_inputs)
-        if args.get("print_config"):
-            print(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True), end="")
-        elif cmd == "prepare":
-            from .prepare import prepare
-
-            if args.input:
-                cfg.data.inputs = list(args.input)
-            prepare(args.run, cfg, overwrite=args.overwrite)
-        elif cmd == "train":
-            from .train import train
-
-            train(args.run, cfg, resume=_resume_of(args))
-        elif cmd == "sft":
-            from .sft import sft
-
-            sft(args.run, cfg, resume=_resume_of(args))
-        elif cmd == "eval":
-            from .evaluate import evaluate
-
-            evaluate(list(args.runs), cfg)
-        elif cmd == "sample":
-            from .sample import read_prompts, sample
-
-            if (args.prompt is None) == (args.prompts_file is None):
-                raise UserError(
-                    "give a PROMPT or --prompts_file FILE (one of them; quote a PROMPT with spaces)"
-                )
-            prompts = args.prompt if args.prompts_file is None else read_prompts(args.prompts_file)
-            sample(args.run, prompts, cfg, checkpoint=args.checkpoint)
-        elif cmd == "serve":
-            from .serve import serve
-
-            serve(args.run, args.host, args.port, args.api_key, args.max_batch, args.checkpoint)
-        elif cmd == "chat":
-            from .chat import chat
-
-            chat(args.run, cfg, checkpoint=args.checkpoint, system=args.system)
-        elif cmd == "export":
-            from .export import export
-
-            out = export(args.run, args.format, args.out, args.checkpoint, args.dtype, args.force)
-            print(f"wrote {out}")
-        elif cmd == "import":
-            from .export import import_run
-
-            run = import_run(args.hf_dir, args.run)
-            print(f"imported {args.hf_dir} into {run}")
-        elif cmd == "demo":
-            from .demo import demo
-
-            demo(args.run, minutes=args.minutes)
-        elif cmd == "plan":
-            from .plan import print_plan
-
-            print_plan(args.run, args.minutes, args.device)
-        elif cmd == "tokenizer train":
-            from . import tokenizer_cmd
-
-            if args.input:
-                cfg.data.inputs = list(args.input)
-            tokenizer_cmd.train_command(args.run, cfg, overwrite=args.overwrite)
-        elif cmd == "tokenizer encode":
-            from . import tokenizer_cmd
-
-            tokenizer_cmd.encode_command(args.run, args.text, allow_special=args.allow_special)
-        elif cmd == "tokenizer decode":
-            from . import tokenizer_cmd
-
-            tokenizer_cmd.decode_command(args.run, args.ids)
-        elif cmd == "tokenizer stats":
-            from . import tokenizer_cmd
-
-            tokenizer_cmd.stats(args.run, text=args.text)
+        run_command(*parse(argv))
     except UserError as e:
         print(f"scratchlm: error: {e}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ Each dataclass is flat, and each field's docstring is its `--help` text (jsonarg
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import operator
 from dataclasses import dataclass, field
@@ -43,9 +44,25 @@ def bounded(
     return field(default=default, metadata={"bounds": bounds})
 
 
+class FrozenError(AttributeError):
+    """A resolved config was assigned to: settings are resolved once (settings.resolve), never rewritten."""
+
+
 class Checked:
     """Checks each `bounded` field on construction: the one check behind flags, --config files, a run's
-    saved config.yaml, checkpoints and the Python API (fields changed later by assignment are trusted)."""
+    saved config.yaml, checkpoints and the Python API. A config built by hand may be changed by assignment
+    (settings.resolve rebuilds and checks it again); a resolved one is frozen and refuses assignment."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self.__dict__.get("_frozen"):
+            raise FrozenError(
+                f"{type(self).__name__}.{name}: resolved settings are frozen; use dataclasses.replace or "
+                "pass the change to the command (e.g. train=dict(...))"
+            )
+        super().__setattr__(name, value)
+
+    def _freeze(self) -> None:
+        object.__setattr__(self, "_frozen", True)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -367,8 +384,9 @@ SFT_TRAIN_DEFAULTS: dict[str, Any] = {
 
 
 @dataclass
-class RunConfig:
-    """Everything one run is made with; saved as RUN/config.yaml."""
+class RunConfig(Checked):
+    """Everything one run is made with; saved as RUN/config.yaml. `settings.resolve` builds the frozen one
+    every command uses."""
 
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -380,12 +398,20 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def apply_preset(self, name: str) -> RunConfig:
-        """Set the model shape and schedule of preset `name` (what --preset does); returns self."""
-        for section, values in PRESETS[name].items():
-            for key, value in values.items():
-                setattr(getattr(self, section), key, value)
-        return self
+    def frozen(self) -> RunConfig:
+        """A checked copy that refuses assignment (what settings.resolve returns)."""
+        copy = RunConfig.from_dict(self.to_dict())
+        for name in SECTION_CLASSES:
+            getattr(copy, name)._freeze()
+        copy._freeze()
+        return copy
+
+    def replace(self, **sections: dict[str, Any]) -> RunConfig:
+        """A new, frozen config with some fields changed, checked as any: cfg.replace(train=dict(lr=1e-3))."""
+        d = self.to_dict()
+        for name, values in sections.items():
+            d[name] = {**d[name], **values}
+        return RunConfig.from_dict(d).frozen()
 
     def validate(self) -> None:
         """Every section's own checks: commands call this before they write anything into the run."""
@@ -395,17 +421,39 @@ class RunConfig:
                 check()
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+    def from_dict(cls, d: dict[str, Any], source: str = "") -> RunConfig:
+        """Build and check every section; an unknown section or key (a typo) is an error naming `source`."""
+        check_keys(d, source)
         kwargs = {}
         for name, section_cls in SECTION_CLASSES.items():
-            values = d.get(name) or {}
-            known = {f.name for f in dataclasses.fields(section_cls)}
-            # Keys from other versions are ignored so old run directories still load.
             try:
-                kwargs[name] = section_cls(**{k: v for k, v in values.items() if k in known})
+                kwargs[name] = section_cls(**(d.get(name) or {}))
             except SettingError as e:
                 raise e.named(f"{name}.{e.name}") from None
         return cls(**kwargs)
+
+
+def check_keys(d: Any, source: str = "", sections: tuple[str, ...] | None = None) -> None:
+    """The one unknown-key check of settings from any source (a run's config.yaml, a recipe, a checkpoint,
+    keyword arguments): a misspelt key is an error naming where it is, never silently dropped."""
+    where = f"{source}: " if source else ""
+    if not isinstance(d, dict):
+        raise UserError(f"{where}expected sections such as 'model:' and 'train:' at the top level")
+    for section, values in d.items():
+        if section not in SECTION_CLASSES or (sections is not None and section not in sections):
+            known = sections or tuple(SECTION_CLASSES)
+            raise UserError(f"{where}unknown section '{section}'{did_you_mean(section, known)}")
+        if values is not None and not isinstance(values, dict):
+            raise UserError(f"{where}section '{section}' must hold option: value lines")
+        fields = [f.name for f in dataclasses.fields(SECTION_CLASSES[section])]
+        for key in values or {}:
+            if key not in fields:
+                raise UserError(f"{where}unknown key '{section}.{key}'{did_you_mean(key, fields)}")
+
+
+def did_you_mean(word: str, known) -> str:
+    close = difflib.get_close_matches(str(word), list(known), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(known)})"
 
 
 SECTION_CLASSES = {

@@ -1,4 +1,4 @@
-"""`scratchlm sft RUN --from BASE_RUN --input FILE.jsonl`: instruction tuning with the shared loop.
+"""Instruction tuning with the shared loop: what `scratchlm sft RUN --from BASE_RUN --input FILE.jsonl` runs.
 
 A fine-tuned model is a run of its own: RUN gets a copy of BASE_RUN's tokenizer, starts from BASE_RUN's best
 weights (train.init_from) and keeps its own checkpoints, metrics and report, so the base stays untouched
@@ -23,15 +23,13 @@ from .evaluate import batches_loss
 from .lm import share_that_end
 from .run import Run
 from .tokenizer import Tokenizer
-from .trainer import Session, TrainData, fit
+from .trainer import Session, TrainData
 
 STATS_FILE = "sft_data.json"
 
 
-def sft(run_dir: str | Path, cfg: RunConfig, resume: bool | None = None) -> dict:
-    """Fine-tune cfg.sft.base's model on cfg.sft.inputs into run_dir (resume as in `train`)."""
-    run = Run.at(run_dir)
-    base = cfg.sft.base
+def check_target(run: Run, base: str, fresh: bool) -> Run:
+    """The base run as a Run, once RUN and BASE are known to make sense together for fine-tuning."""
     if not base:
         raise UserError(f"give the pretrained run to start from: scratchlm sft {run.root} --from BASE_RUN")
     base_run = Run.at(base)
@@ -40,26 +38,28 @@ def sft(run_dir: str | Path, cfg: RunConfig, resume: bool | None = None) -> dict
     if base_run.root.resolve() == run.root.resolve():
         raise UserError(f"{run.root}: SFT writes a new run beside its base; give another directory for RUN")
     if run.has_config():
-        saved = run.load_config().sft.base
+        saved = run.base
         if not saved:
             raise UserError(
                 f"{run.root}: a pretraining run; SFT makes a new run from it: scratchlm sft NEW_RUN --from "
                 f"{run.root}"
             )
-        if Path(saved).resolve() != base_run.root.resolve() and resume is not False:
+        if Path(saved).resolve() != base_run.root.resolve() and not fresh:
             raise UserError(
                 f"{run.root}: fine-tuned from {saved}, not {base}; add --fresh to start it over from {base}, "
                 "or give a new RUN"
             )
+    return base_run
+
+
+def base_sections(base_run: Run) -> dict[str, dict]:
+    """What a fine-tuned run inherits from its base's best checkpoint: model, tokenizer and data settings."""
     weights = resolve_weights(base_run, "best")
-    base_cfg = RunConfig.from_dict(json.loads(read_metadata(weights)["config"]))
-    cfg.model, cfg.tokenizer, cfg.data = base_cfg.model, base_cfg.tokenizer, base_cfg.data
-    cfg.train.init_from = str(base)
-    _copy_tokenizer(base_run, run)
-    return fit(run.root, cfg, sft_data, resume, command="sft")
+    saved = RunConfig.from_dict(json.loads(read_metadata(weights)["config"]), str(weights))
+    return {name: asdict(getattr(saved, name)) for name in ("model", "tokenizer", "data")}
 
 
-def _copy_tokenizer(base: Run, run: Run) -> None:
+def copy_tokenizer(base: Run, run: Run) -> None:
     """RUN/tokenizer is BASE's: copied under a temporary name and renamed, so it is whole or absent."""
     want = Tokenizer.load(base.tokenizer_dir).hash
     if run.tokenizer_dir.is_dir():
@@ -95,11 +95,12 @@ def sft_data(s: Session) -> TrainData:
     rank0_print(describe(examples.stats))
     batches = PackedBatches(examples, s.global_batch, block, tc.seed, pad_id=tok.pad_id)
     per_epoch = batches.rows_per_epoch()
+    steps = tc.max_steps
     if sc.epochs > 0:
-        tc.max_steps = max(1, math.ceil(sc.epochs * per_epoch / (s.global_batch * s.grad_accum)))
+        steps = max(1, math.ceil(sc.epochs * per_epoch / (s.global_batch * s.grad_accum)))
         rank0_print(
             f"{per_epoch} packed rows of {block} tokens per epoch ({100 * batches.fill():.0f}% filled): "
-            f"{sc.epochs:g} epochs = {tc.max_steps} steps"
+            f"{sc.epochs:g} epochs = {steps} steps"
         )
     token_bytes = tok.token_bytes()
     stats = {
@@ -107,7 +108,7 @@ def sft_data(s: Session) -> TrainData:
         "val": asdict(val_examples.stats),
         "rows_per_epoch": per_epoch,
         "fill": batches.fill(),
-        "steps": tc.max_steps,
+        "steps": steps,
     }
 
     def validate(model) -> dict:
@@ -122,4 +123,11 @@ def sft_data(s: Session) -> TrainData:
     def on_start() -> None:
         atomic_write_text(s.run.root / STATS_FILE, json.dumps(stats, indent=2) + "\n")
 
-    return TrainData(batches, validate, pad_id=tok.pad_id, extra_metrics=replies_that_end, on_start=on_start)
+    return TrainData(
+        batches,
+        validate,
+        pad_id=tok.pad_id,
+        extra_metrics=replies_that_end,
+        on_start=on_start,
+        max_steps=steps,
+    )

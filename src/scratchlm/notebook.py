@@ -7,8 +7,8 @@
 
 It runs the stages `scratchlm prepare` and `scratchlm train` run, with their files in RUN, then returns
 `scratchlm.load(RUN)`. The progress bar is tqdm.auto's: a widget in Jupyter (with ipywidgets), text in a
-terminal. Like demo.py it sits above the stages and calls them; nothing imports it but the package's lazy
-attribute.
+terminal. It sits above the commands and calls them (prepare, then train, with one resolved config);
+nothing imports it but the package's lazy attribute.
 """
 
 from __future__ import annotations
@@ -20,14 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from .common import UserError, atomic_write_text
-from .config import PRESETS, SECTION_CLASSES, RunConfig
+from .config import RunConfig
 from .lm import LoadedModel, load
-from .prepare import prepare
 from .run import Run
-from .train import train as pretrain
+from .settings import resolve
 
 TEXT_FILE = "input.txt"  # a text given as a string is kept here, in the run, as the corpus prepare reads
-_SECTIONS = ("data", "tokenizer", "model", "train", "sample")
+ORIGIN = "scratchlm.train_text()"
 _PATH_SUFFIXES = (".txt", ".md", ".text", ".gz", ".jsonl", ".ndjson", ".parquet")
 
 
@@ -59,57 +58,36 @@ def train_text(
     train max_steps trains on; the same one has nothing left to do). Other text or data settings on a
     trained run are refused unless fresh=True, so a result is never overwritten by accident.
     """
+    from .commands.prepare import prepare
+    from .commands.train import train as pretrain
+
     run = Run.at(run_dir)
-    sections = dict(data=data, tokenizer=tokenizer, model=model, train=train, sample=sample)
-    cfg = _settings(run, config, preset, sections)
     new_text = _text_given(text)
     text_path = run.root / TEXT_FILE
-    cfg.data.inputs = [str(text_path)] if new_text is not None else [str(p) for p in _paths(text)]
+    inputs = [str(text_path)] if new_text is not None else [str(p) for p in _paths(text)]
+    data = {**_fields(data), "inputs": inputs}
+    sections = dict(data=data, tokenizer=tokenizer, model=model, train=train, sample=sample)
+    cfg = resolve(run, "train_text", config=config, preset=preset, overrides=sections, origin=ORIGIN)
 
-    trained = run.has_checkpoints() and (run.data_dir / "manifest.json").is_file()
-    if trained and not fresh:
+    if run.has_checkpoints() and run.has_data() and not fresh:
         _check_same_data(run, cfg, new_text, text_path)
     else:
         if new_text is not None:
             atomic_write_text(text_path, new_text)
         prepare(run.root, cfg, overwrite=fresh)
-    pretrain(run.root, cfg, resume=False if fresh else None)
+    pretrain(run.root, cfg, fresh=fresh)
     return load(run.root)
 
 
-def _settings(run: Run, config: RunConfig | None, preset: str | None, sections: dict) -> RunConfig:
-    if config is not None and not isinstance(config, RunConfig):
-        raise UserError(f"train_text(config=...): expected a RunConfig, got {type(config).__name__}")
-    if config is not None:
-        cfg = RunConfig.from_dict(config.to_dict())  # a copy: the caller's object stays as it was
-    else:
-        cfg = run.load_config() if run.has_config() else RunConfig()
-    if preset is not None:
-        if preset not in PRESETS:
-            raise UserError(f"train_text(preset={preset!r}): use one of {', '.join(sorted(PRESETS))}")
-        cfg.apply_preset(preset)
-    for name in _SECTIONS:
-        value = sections[name]
-        if value is None:
-            continue
-        cls = SECTION_CLASSES[name]
-        if isinstance(value, cls):
-            setattr(cfg, name, dataclasses.replace(value))
-        elif isinstance(value, Mapping):
-            known = {f.name for f in dataclasses.fields(cls)}
-            unknown = sorted(set(value) - known)
-            if unknown:
-                names = ", ".join(sorted(known))
-                raise UserError(f"train_text({name}=...): unknown setting {unknown[0]!r}; known: {names}")
-            try:
-                setattr(cfg, name, dataclasses.replace(getattr(cfg, name), **value))
-            except UserError as e:
-                raise UserError(f"train_text({name}=...): {e}") from None
-        else:
-            raise UserError(
-                f"train_text({name}=...): expected a {cls.__name__} or a dict, got {type(value).__name__}"
-            )
-    return cfg
+def _fields(section: Any) -> dict:
+    """A section given as its dataclass or as a dict, as a dict (checked later with the others)."""
+    if section is None:
+        return {}
+    if dataclasses.is_dataclass(section):
+        return dataclasses.asdict(section)
+    if isinstance(section, Mapping):
+        return dict(section)
+    raise UserError(f"{ORIGIN}: data=...: expected a DataConfig or a dict, got {type(section).__name__}")
 
 
 def _text_given(text) -> str | None:

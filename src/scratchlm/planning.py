@@ -12,7 +12,6 @@ on this project's reference machine, recorded in docs/benchmarks.md ("Issue 17")
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as dt
 import time
 from dataclasses import dataclass, field
@@ -329,30 +328,6 @@ def _rows(tokens: float, shape: Shape) -> int:
     """Micro-batch rows so that the budget's tokens make about TARGET_STEPS optimizer steps."""
     rows = min(round(tokens / TARGET_STEPS / shape.block_size), MAX_STEP_TOKENS // shape.block_size)
     return max(MIN_ROWS, min(MAX_ROWS, rows))
-
-
-def apply_plan(cfg: RunConfig, plan: Plan) -> RunConfig:
-    for section, values in plan.settings.items():
-        setattr(cfg, section, dataclasses.replace(getattr(cfg, section), **values))
-    return cfg
-
-
-def follow_plan(run_dir, cfg: RunConfig, minutes: float) -> RunConfig:
-    """cfg with the plan for `minutes` applied, the plan printed first (--preset auto, the demo)."""
-    plan = make_plan(run_dir, cfg, minutes)
-    print("\n".join(plan.lines()), flush=True)
-    return apply_plan(cfg, plan)
-
-
-def print_plan(run_dir, minutes: float, device: str = "auto") -> Plan:
-    """`scratchlm plan RUN --minutes M`: the plan alone, and the command that trains it."""
-    run = Run.at(run_dir)
-    cfg = run.load_config() if run.has_config() else RunConfig()
-    cfg.train = dataclasses.replace(cfg.train, device=device)
-    plan = make_plan(run.root, cfg, minutes)
-    print("\n".join(plan.lines()))
-    print(f"to train it: scratchlm train {run.root} --preset auto --train.max-minutes {minutes:g}")
-    return plan
 
 
 DEFAULT_BATCH_TOKENS = 524_288  # GPT-2's half a million tokens a step, when --train.batch-size auto has none

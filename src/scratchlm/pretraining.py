@@ -1,26 +1,12 @@
-"""`scratchlm train`: pretraining on the run's token shards, with the shared loop of `trainer.py`."""
+"""Pretraining data for the shared loop of `trainer.py`: random windows of the run's token shards, and the
+validation split scored in order (what `scratchlm train` fits on)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from .config import RunConfig
 from .data.loader import RandomWindows
 from .data.shards import open_split
 from .evaluate import evaluate_loss
-from .run import Run
-from .trainer import Session, TrainData, fit
-
-
-def train(run_dir: str | Path, cfg: RunConfig, resume: bool | None = None) -> dict:
-    """Pretrain the run's model on RUN/data.
-
-    resume: None continues from the newest checkpoint if there is one; True requires one; False starts over.
-    The process-wide torch settings that training changes (threads, deterministic kernels, TF32) are put
-    back afterwards, so a notebook or script that calls train() keeps its own.
-    """
-    Run.at(run_dir).require_data()
-    return fit(run_dir, cfg, pretraining_data, resume, command="train")
+from .trainer import Session, TrainData
 
 
 def pretraining_data(s: Session) -> TrainData:

@@ -49,30 +49,53 @@ class Run:
     loss_plot_path = property(lambda self: self.root / "loss.png")
     samples_path = property(lambda self: self.root / "samples.txt")
     eval_path = property(lambda self: self.root / "eval.json")
+    report_path = property(lambda self: self.root / "report.md")
+    manifest_path = property(lambda self: self.root / "data" / "manifest.json")
     previous_dir = property(lambda self: self.root / "previous")
     lock_path = property(lambda self: self.root / ".lock")
 
     def has_config(self) -> bool:
         return self.config_path.is_file()
 
+    def is_run(self) -> bool:
+        """A scratchlm run: its config.yaml beside what prepare or train made (a config.yaml alone may be a
+        recipe in a project folder)."""
+        made = self.checkpoints_dir.is_dir() or self.tokenizer_dir.is_dir() or self.has_data()
+        return self.has_config() and made
+
     def load_config(self) -> RunConfig:
         if not self.has_config():
             raise UserError(
                 f"{self.root}: not a scratchlm run (no config.yaml); run `scratchlm prepare {self.root}`"
             )
-        with open(self.config_path, encoding="utf-8") as f:
-            saved = yaml.safe_load(f) or {}
         try:
-            return RunConfig.from_dict(saved)
+            with open(self.config_path, encoding="utf-8") as f:
+                saved = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"{self.config_path}: not valid YAML ({' '.join(str(e).split())})") from None
+        try:
+            return RunConfig.from_dict(saved, str(self.config_path))
         except SettingError as e:
             raise UserError(f"{self.config_path}: {e}") from None
+
+    def config_or_default(self) -> RunConfig:
+        """The run's saved settings, or the defaults for a run not made yet."""
+        return self.load_config() if self.has_config() else RunConfig()
+
+    @property
+    def base(self) -> str:
+        """The run an SFT run was tuned from ('' for a pretraining run)."""
+        return self.load_config().sft.base if self.has_config() else ""
+
+    def has_data(self) -> bool:
+        return self.manifest_path.is_file()
 
     def save_config(self, cfg: RunConfig) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.config_path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     def require_data(self) -> None:
-        if not (self.data_dir / "manifest.json").is_file():
+        if not self.has_data():
             raise UserError(f"{self.root}: no prepared data; run `scratchlm prepare {self.root}` first")
 
     def has_checkpoints(self) -> bool:

@@ -4,32 +4,51 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import DEMO_MINUTES, RunConfig
-from .evaluate import evaluate
-from .plan import follow_plan
-from .prepare import prepare
-from .run import Run
-from .sample import sample
-from .train import train
+from ..common import UserError
+from ..config import DEMO_MINUTES, RunConfig
+from ..run import Run
+from ..settings import resolve, with_tokenizer_vocab
 
 PROMPT = "Prince Andrew"
 
 
-def demo(run_dir: str | Path = "runs/demo", minutes: float = DEMO_MINUTES) -> None:
-    """About 5 minutes on 2 CPU cores: `minutes` of training as the automatic plan lays them out, then eval
-    and a sample."""
-    run = Run.at(run_dir)
+def demo(run: str | Path = "runs/demo", *, minutes: float = DEMO_MINUTES) -> None:
+    """The whole pipeline on the bundled book, in a few CPU minutes: `minutes` of training as the automatic
+    plan lays them out, then eval and a sample (about 5 minutes in all on 2 CPU cores).
+
+    Args:
+        run: run directory (default: runs/demo)
+        minutes: training time; the plan fills it
+    """
+    from ..data.prepare import prepare_run
+    from ..evaluate import evaluate
+    from ..planning import make_plan
+    from ..pretraining import pretraining_data
+    from ..sample import sample
+    from ..trainer import fit
+
+    if not minutes > 0:
+        raise UserError(f"--minutes {minutes:g}: must be a number > 0")
+    run = Run.at(run)
     print(f"== 1/4 prepare: the bundled book → tokenizer + token shards in {run.root}")
-    cfg = RunConfig()
-    prepare(run.root, cfg, overwrite=True)  # a demo run again starts over; the earlier one is set aside
+    cfg = resolve(run, "prepare", config=RunConfig())
+    with run.writer_lock("demo"):
+        prepare_run(run, cfg, overwrite=True)  # a demo run again starts over; the earlier one is set aside
     print(
         f"\n== 2/4 train: {minutes:g} minutes, the model this machine can train best in them (--preset auto)"
     )
-    train(run.root, follow_plan(run.root, cfg, minutes), resume=False)
+    plan = make_plan(run.root, run.load_config(), minutes)
+    print("\n".join(plan.lines()), flush=True)
+    cfg = with_tokenizer_vocab(run, resolve(run, "train", preset=plan.settings))
+    fit(run.root, cfg, pretraining_data, resume=False, command="train")
     print("\n== 3/4 eval: the validation split")
     evaluate(run.root)
     print(f"\n== 4/4 sample: {PROMPT!r}")
     sample(run.root, PROMPT)
+    _print_next_steps(run)
+
+
+def _print_next_steps(run: Run) -> None:
     r = run.root
     steps_next = [
         (f'scratchlm sample {r} "Natasha" --temperature 0.7', "more samples"),

@@ -4,48 +4,98 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from .common import UserError, rank0_print
-from .config import RunConfig
-from .data.corpus import Corpus, clean, read_text
-from .run import Run
-from .tokenizer import Tokenizer, exists, measure, train_on_corpus
+from ..common import UserError, rank0_print
+from ..config import RunConfig
+from ..data.corpus import Corpus, clean, read_text
+from ..run import Run
+from ..settings import resolve
+from ..tokenizer import Tokenizer, exists, measure, train_on_corpus
 
 
-def train_command(run_dir: str | Path, cfg: RunConfig, overwrite: bool = False) -> Tokenizer:
-    """Train the run's tokenizer on cfg.data.inputs and record the settings in RUN/config.yaml."""
-    run = Run.at(run_dir)
-    cfg.validate()
-    with run.writer_lock("tokenizer train"):
-        if exists(run.tokenizer_dir) and not overwrite:
+def settings_for(
+    run: str | Path,
+    config: RunConfig | None = None,
+    *,
+    input: Sequence[str] | None = None,
+    recipe: str | None = None,
+    data: Mapping[str, Any] | None = None,
+    tokenizer: Mapping[str, Any] | None = None,
+    origin: str = "scratchlm tokenizer train",
+    **_: Any,
+) -> RunConfig:
+    """The settings `tokenizer train` runs with (--print_config prints them)."""
+    data = dict(data or {})
+    if input:
+        data["inputs"] = [str(p) for p in ([input] if isinstance(input, (str, Path)) else input)]
+    overrides = {"data": data, "tokenizer": tokenizer}
+    return resolve(run, "tokenizer train", config=config, recipe=recipe, overrides=overrides, origin=origin)
+
+
+def train(
+    run: str | Path,
+    config: RunConfig | None = None,
+    *,
+    input: Sequence[str] | None = None,
+    overwrite: bool = False,
+    recipe: str | None = None,
+    data: Mapping[str, Any] | None = None,
+    tokenizer: Mapping[str, Any] | None = None,
+    origin: str = "scratchlm tokenizer train",
+) -> Tokenizer:
+    """Train RUN's tokenizer on the inputs and record the settings in RUN/config.yaml.
+
+    Args:
+        run: run directory (created if missing)
+        input: as for `prepare`; repeatable
+        overwrite: replace the run's existing tokenizer
+        recipe: a YAML recipe whose data and tokenizer sections apply
+    """
+    cfg = settings_for(run, config, input=input, recipe=recipe, data=data, tokenizer=tokenizer, origin=origin)
+    target = Run.at(run)
+    with target.writer_lock("tokenizer train"):
+        if exists(target.tokenizer_dir) and not overwrite:
             raise UserError(
-                f"{run.tokenizer_dir} already holds a tokenizer; pass --overwrite to replace it "
+                f"{target.tokenizer_dir} already holds a tokenizer; pass --overwrite to replace it "
                 "(then run `scratchlm prepare` again: shards and checkpoints belong to the old one)"
             )
         tok = train_on_corpus(Corpus(cfg.data), cfg)  # the same text as `prepare` trains on
         # The old checkpoints only make sense with the old tokenizer: both are set aside together.
-        if run.has_checkpoints() and (aside := run.set_aside(tokenizer=True)):
+        if target.has_checkpoints() and (aside := target.set_aside(tokenizer=True)):
             rank0_print(f"set the run's earlier results and tokenizer aside in {aside}")
-        tok.save(run.tokenizer_dir)
-        cfg.model.vocab_size = tok.vocab_size
-        run.save_config(cfg)
+        tok.save(target.tokenizer_dir)
+        target.save_config(cfg.replace(model={"vocab_size": tok.vocab_size}))
     rank0_print(
-        f"saved {run.tokenizer_dir} ({tok.kind}, {tok.vocab_size} tokens, "
+        f"saved {target.tokenizer_dir} ({tok.kind}, {tok.vocab_size} tokens, "
         f"{tok.meta['corpus_chars']:,} characters read)"
     )
     return tok
 
 
-def encode_command(run_dir: str | Path, text: str, allow_special: bool = False) -> list[int]:
-    ids = Tokenizer.load(Run.at(run_dir).tokenizer_dir).encode(text, allow_special=allow_special)
+def encode(run: str | Path, text: str, allow_special: bool = False) -> list[int]:
+    """Print the ids of TEXT.
+
+    Args:
+        run: a run directory with a tokenizer
+        text: text to encode
+        allow_special: turn "<|eos|>" etc. into special ids
+    """
+    ids = Tokenizer.load(Run.at(run).tokenizer_dir).encode(text, allow_special=allow_special)
     print(" ".join(map(str, ids)))
     return ids
 
 
-def decode_command(run_dir: str | Path, ids: list[str]) -> str:
-    tok = Tokenizer.load(Run.at(run_dir).tokenizer_dir)
+def decode(run: str | Path, ids: list[str]) -> str:
+    """Print the text of IDS.
+
+    Args:
+        run: a run directory with a tokenizer
+        ids: token ids (spaces or commas between them)
+    """
+    tok = Tokenizer.load(Run.at(run).tokenizer_dir)
     values = []
     for raw in ids:
         for part in raw.replace(",", " ").split():
@@ -65,14 +115,19 @@ def _texts(run: Run, text: str | None) -> Iterator[str]:
             raise UserError(f"--text {text}: no such file")
         yield clean(read_text(Path(text)), gutenberg=False)
         return
-    cfg = run.load_config() if run.has_config() else RunConfig()
-    for doc in Corpus(cfg.data).documents(Counter()):
+    for doc in Corpus(run.config_or_default().data).documents(Counter()):
         yield from doc.pieces()
 
 
-def stats(run_dir: str | Path, text: str | None = None, top: int = 20) -> dict:
-    """How the tokenizer cuts a text (the run's corpus by default), and its longest tokens."""
-    run = Run.at(run_dir)
+def stats(run: str | Path, text: str | None = None, top: int = 20) -> dict:
+    """Tokens, bytes and characters per token, the byte-fallback rate and the longest tokens of a text.
+
+    Args:
+        run: a run directory with a tokenizer
+        text: measure this UTF-8 file (default: the run's inputs)
+        top: how many of the longest tokens to list
+    """
+    run = Run.at(run)
     tok = Tokenizer.load(run.tokenizer_dir)
     result = measure(tok, _texts(run, text), top)
     fallback_line = (

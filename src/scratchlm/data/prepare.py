@@ -1,18 +1,18 @@
-"""`scratchlm prepare`: corpus → cleaned documents → tokenizer → train/val token shards."""
+"""Preparing a run's data: corpus → cleaned documents → tokenizer → train/val token shards (what
+`scratchlm prepare` runs once its settings are resolved)."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from pathlib import Path
 
-from .common import UserError, rank0_print
-from .config import RunConfig, TokenizerConfig
-from .data.corpus import Corpus
-from .data.shards import write_shards
-from .run import Run
-from .tokenizer import Tokenizer, train_on_corpus
-from .tokenizer import exists as tokenizer_exists
+from ..common import UserError, rank0_print
+from ..config import RunConfig, TokenizerConfig
+from ..run import Run
+from ..tokenizer import Tokenizer, train_on_corpus
+from ..tokenizer import exists as tokenizer_exists
+from .corpus import Corpus
+from .shards import write_shards
 
 REPORT_LINES = {
     "binary_files_skipped": "binary files skipped",
@@ -44,20 +44,14 @@ def tokenizer_changes(run: Run, wanted: TokenizerConfig) -> list[str]:
     ]
 
 
-def prepare(run_dir: str | Path, cfg: RunConfig | None = None, overwrite: bool = False) -> dict:
-    """Read the inputs, train a tokenizer (unless the run has one) and write the token shards.
+def prepare_run(run: Run, cfg: RunConfig, overwrite: bool) -> dict:
+    """Read the inputs, train a tokenizer (unless the run has one) and write the token shards; the caller
+    holds the run's writer lock.
 
     A run that has been trained keeps its data: overwrite=True sets its checkpoints and metrics aside in
     RUN/previous/ first (and its tokenizer, when the tokenizer settings changed and a new one is trained).
+    config.yaml is written last, with the model's vocabulary size set from the tokenizer.
     """
-    run = Run.at(run_dir)
-    cfg = cfg or (run.load_config() if run.has_config() else RunConfig())
-    cfg.validate()
-    with run.writer_lock("prepare"):
-        return _prepare(run, cfg, overwrite)
-
-
-def _prepare(run: Run, cfg: RunConfig, overwrite: bool) -> dict:
     corpus = Corpus(cfg.data)
     changes = tokenizer_changes(run, cfg.tokenizer)
     if changes and not overwrite:
@@ -67,7 +61,7 @@ def _prepare(run: Run, cfg: RunConfig, overwrite: bool) -> dict:
             "results aside and train a new tokenizer"
         )
     # An imported run has a checkpoint but no data yet: preparing its first data replaces nothing.
-    if run.has_checkpoints() and (run.data_dir / "manifest.json").is_file() and not overwrite:
+    if run.has_checkpoints() and run.has_data() and not overwrite:
         raise UserError(
             f"{run.root} already has checkpoints trained on its data; prepare a new run directory for other "
             f"data, or `scratchlm prepare {run.root} --overwrite` to set them aside and start the run over"
@@ -84,7 +78,7 @@ def _prepare(run: Run, cfg: RunConfig, overwrite: bool) -> dict:
         rank0_print(f"set the run's earlier results aside in {aside}")
     if retrain:
         tokenizer.save(run.tokenizer_dir)
-    cfg.model.vocab_size = tokenizer.vocab_size
+    cfg = cfg.replace(model={"vocab_size": tokenizer.vocab_size})
 
     report: Counter = Counter()
     sources: list[dict] = []

@@ -1,0 +1,29 @@
+"""`scratchlm plan RUN --minutes M`: what `train RUN --preset auto --train.max-minutes M` would train."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..common import UserError
+from ..run import Run
+
+
+def plan(run: str | Path, *, minutes: float, device: str = "auto"):
+    """Print what `scratchlm train RUN --preset auto --train.max-minutes M` would train: a few seconds'
+    probe of this machine's speed and the run's corpus size give the model, batch, steps and memory.
+
+    Args:
+        run: a run directory made by `scratchlm prepare`
+        minutes: the training time budget
+        device: auto, cpu, cuda, cuda:N or mps
+    """
+    from ..planning import make_plan
+
+    if not minutes > 0:
+        raise UserError(f"--minutes {minutes:g}: must be a number > 0")
+    target = Run.at(run)
+    cfg = target.config_or_default().replace(train={"device": device})
+    made = make_plan(target.root, cfg, minutes)
+    print("\n".join(made.lines()))
+    print(f"to train it: scratchlm train {target.root} --preset auto --train.max-minutes {minutes:g}")
+    return made

@@ -1,0 +1,109 @@
+"""`scratchlm sft RUN --from BASE_RUN --input FILE.jsonl`: instruction-tune a base run into a new one."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..common import UserError
+from ..config import RunConfig
+from ..run import Run
+from ..settings import announce_changes, resolve
+
+
+def _paths(value: str | Sequence[str] | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [str(value)] if isinstance(value, (str, Path)) else [str(p) for p in value]
+
+
+def settings_for(
+    run: str | Path,
+    config: RunConfig | None = None,
+    *,
+    base: str | None = None,
+    input: Sequence[str] | None = None,
+    val_input: Sequence[str] | None = None,
+    recipe: str | None = None,
+    resume: bool | None = None,
+    fresh: bool = False,
+    train: Mapping[str, Any] | None = None,
+    sft: Mapping[str, Any] | None = None,
+    origin: str = "scratchlm.sft()",
+    **_: Any,
+) -> RunConfig:
+    """The settings `sft` runs with (--print_config prints them): the SFT defaults for a new run, and the
+    base's model, tokenizer and data sections, which a fine-tuned run keeps."""
+    from ..finetuning import base_sections, check_target
+
+    target = Run.at(run)
+    sft = dict(sft or {})
+    for key, value in (
+        ("base", base and str(base)),
+        ("inputs", _paths(input)),
+        ("val_inputs", _paths(val_input)),
+    ):
+        if value:
+            sft[key] = value
+    cfg = resolve(
+        target, "sft", config=config, recipe=recipe, overrides={"train": train, "sft": sft}, origin=origin
+    )
+    base_run = check_target(target, cfg.sft.base, fresh or resume is False)
+    return cfg.replace(**base_sections(base_run), train={"init_from": cfg.sft.base})
+
+
+def sft(
+    run: str | Path,
+    config: RunConfig | None = None,
+    *,
+    base: str | None = None,
+    input: Sequence[str] | None = None,
+    val_input: Sequence[str] | None = None,
+    recipe: str | None = None,
+    resume: bool | None = None,
+    fresh: bool = False,
+    train: Mapping[str, Any] | None = None,
+    sft: Mapping[str, Any] | None = None,
+    origin: str = "scratchlm.sft()",
+) -> dict:
+    """Instruction-tune a pretrained run on conversations (JSONL) into a new run RUN: a copy of the base's
+    tokenizer, its best weights as the start, the loss on the assistant replies only.
+
+    Args:
+        run: the fine-tuned run's directory (new, or one to continue)
+        config: a whole RunConfig to start from (Python only)
+        base: the pretrained run (--from BASE_RUN)
+        input: conversations: messages, Alpaca, prompt/completion or mapped fields; repeatable; hf:NAME
+            (default: the bundled Self-Instruct seed tasks)
+        val_input: validation conversations; repeatable
+        recipe: a YAML recipe whose train and sft sections apply (flags and keywords override it)
+        resume: True: continue from the newest checkpoint, an error if there is none; default: continue
+            when there is one
+        fresh: start from step 0; the old checkpoints and metrics go to RUN/previous/<time>/
+        train: training settings to change, e.g. dict(max_steps=200)
+        sft: SFT settings to change, e.g. dict(epochs=2)
+    """
+    from ..finetuning import copy_tokenizer, sft_data
+    from ..trainer import fit
+
+    if resume and fresh:
+        raise UserError("--resume and --fresh: give one of them")
+    target = Run.at(run)
+    cfg = settings_for(
+        target.root,
+        config,
+        base=base,
+        input=input,
+        val_input=val_input,
+        recipe=recipe,
+        resume=resume,
+        fresh=fresh,
+        train=train,
+        sft=sft,
+        origin=origin,
+    )
+    if not fresh:
+        announce_changes(target, cfg)
+    copy_tokenizer(Run.at(cfg.sft.base), target)
+    return fit(target.root, cfg, sft_data, False if fresh else resume, command="sft")

@@ -1,0 +1,101 @@
+"""`scratchlm train RUN`: pretrain (or continue training) the run's model on its token shards."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from ..common import UserError
+from ..config import RunConfig
+from ..run import Run
+from ..settings import announce_changes, resolve, with_tokenizer_vocab
+
+
+def settings_for(
+    run: str | Path,
+    config: RunConfig | None = None,
+    *,
+    preset: str | None = None,
+    recipe: str | None = None,
+    resume: bool | None = None,
+    fresh: bool = False,
+    model: Mapping[str, Any] | None = None,
+    train: Mapping[str, Any] | None = None,
+    origin: str = "scratchlm.train()",
+    **_: Any,
+) -> RunConfig:
+    """The settings `train` runs with (--print_config prints them); --preset auto plans here."""
+    target = Run.at(run)
+    overrides = {"model": model, "train": train}
+    if preset == "auto":
+        preset = _auto_preset(target, config, recipe, overrides, origin, fresh or resume is False)
+    cfg = resolve(
+        target, "train", config=config, preset=preset, recipe=recipe, overrides=overrides, origin=origin
+    )
+    return with_tokenizer_vocab(target, cfg)
+
+
+def _auto_preset(target: Run, config, recipe, overrides, origin: str, fresh: bool) -> dict | None:
+    """--preset auto: the plan for the budget on this machine; a run with checkpoints continues its shape."""
+    from ..planning import make_plan
+
+    if target.has_checkpoints() and not fresh:
+        print(
+            f"--preset auto: {target.root} has checkpoints, so it continues as planned (--fresh plans anew)"
+        )
+        return None
+    target.require_data()
+    asked = resolve(target, "train", config=config, recipe=recipe, overrides=overrides, origin=origin)
+    plan = make_plan(target.root, asked, asked.train.max_minutes)
+    print("\n".join(plan.lines()), flush=True)
+    return plan.settings
+
+
+def train(
+    run: str | Path,
+    config: RunConfig | None = None,
+    *,
+    preset: Literal["tiny", "small", "gpt2", "auto"] | None = None,
+    recipe: str | None = None,
+    resume: bool | None = None,
+    fresh: bool = False,
+    model: Mapping[str, Any] | None = None,
+    train: Mapping[str, Any] | None = None,
+    origin: str = "scratchlm.train()",
+) -> dict:
+    """Train (or continue training) the run's model.
+
+    Args:
+        run: a run directory made by `scratchlm prepare`
+        config: a whole RunConfig to start from (Python only; default: the run's config.yaml)
+        preset: model size and schedule: tiny (~1M params), small (~10M), gpt2 (124M), or auto: the best
+            shape for --train.max-minutes on this machine (see `scratchlm plan`)
+        recipe: a YAML recipe whose model and train sections apply (flags and keywords override it)
+        resume: True: continue from the newest checkpoint, an error if there is none; default: continue
+            when there is one
+        fresh: start from step 0; the old checkpoints and metrics go to RUN/previous/<time>/
+        model: model settings to change, e.g. dict(n_layer=6)
+        train: training settings to change, e.g. dict(max_steps=500, lr=1e-3)
+    """
+    from ..pretraining import pretraining_data
+    from ..trainer import fit
+
+    if resume and fresh:
+        raise UserError("--resume and --fresh: give one of them")
+    target = Run.at(run)
+    target.require_data()
+    cfg = settings_for(
+        target.root,
+        config,
+        preset=preset,
+        recipe=recipe,
+        resume=resume,
+        fresh=fresh,
+        model=model,
+        train=train,
+        origin=origin,
+    )
+    if not fresh:
+        announce_changes(target, cfg)
+    return fit(target.root, cfg, pretraining_data, False if fresh else resume, command="train")
