@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from scratchlm.cli import main
+from scratchlm.config import RunConfig
 
 COMMANDS = ["prepare", "train", "eval", "sample", "demo"]
 
@@ -63,29 +64,26 @@ def test_train_without_prepare_says_what_to_do(tmp_path, capsys):
     assert "scratchlm prepare" in capsys.readouterr().err
 
 
-def test_settings_merge_preset_file_and_flags(trained_run, tmp_path, monkeypatch):
-    import scratchlm.train as train_mod
+def resolved(argv: list[str], capsys) -> RunConfig:
+    """The settings a command would run with (--print_config resolves them as the command does)."""
+    assert main([*argv, "--print_config"]) == 0
+    return RunConfig.from_dict(yaml.safe_load(capsys.readouterr().out))
 
-    seen = {}
-    monkeypatch.setattr(train_mod, "train", lambda run, cfg, resume: seen.setdefault("cfg", cfg))
+
+def test_settings_merge_preset_file_and_flags(trained_run, tmp_path, capsys):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({"model": {"n_layer": 3}, "train": {"lr": 0.005}}))
     argv = ["train", str(trained_run), "--preset", "small", "--config", str(recipe), "--train.max-steps", "7"]
-    assert main(argv) == 0
-    cfg = seen["cfg"]
+    cfg = resolved(argv, capsys)
     assert cfg.model.n_embd == 384  # from the preset
     assert cfg.model.n_layer == 3 and cfg.train.lr == 0.005  # the file overrides the preset
     assert cfg.train.max_steps == 7  # a flag overrides the file; dashes work like underscores
     assert cfg.data.inputs == yaml.safe_load((trained_run / "config.yaml").read_text())["data"]["inputs"]
 
 
-def test_saved_run_config_is_the_default(trained_run, monkeypatch):
-    import scratchlm.train as train_mod
-
-    seen = {}
-    monkeypatch.setattr(train_mod, "train", lambda run, cfg, resume: seen.setdefault("cfg", cfg))
-    assert main(["train", str(trained_run)]) == 0
-    assert seen["cfg"].model.n_layer == 2 and seen["cfg"].train.max_steps == 60
+def test_saved_run_config_is_the_default(trained_run, capsys):
+    cfg = resolved(["train", str(trained_run)], capsys)
+    assert cfg.model.n_layer == 2 and cfg.train.max_steps == 60
 
 
 def test_bad_model_shape_is_a_user_error(trained_run, capsys):
@@ -112,15 +110,11 @@ def test_sample_cli_is_deterministic(trained_run):
     assert a.returncode == 0 and a.stdout == b.stdout and a.stdout.startswith("The")
 
 
-def test_a_recipe_holds_every_section_and_each_command_takes_its_own(trained_run, tmp_path, monkeypatch):
-    import scratchlm.train as train_mod
-
-    seen = {}
-    monkeypatch.setattr(train_mod, "train", lambda run, cfg, resume: seen.setdefault("cfg", cfg))
+def test_a_recipe_holds_every_section_and_each_command_takes_its_own(trained_run, tmp_path, capsys):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({"data": {"val_fraction": 0.2}, "model": {"n_layer": 5}}))
-    assert main(["train", str(trained_run), f"--config={recipe}"]) == 0
-    assert seen["cfg"].model.n_layer == 5 and seen["cfg"].data.val_fraction != 0.2
+    cfg = resolved(["train", str(trained_run), f"--config={recipe}"], capsys)
+    assert cfg.model.n_layer == 5 and cfg.data.val_fraction != 0.2
 
 
 @pytest.mark.parametrize(
@@ -143,11 +137,8 @@ def test_recipe_values_are_type_checked(trained_run, tmp_path):
 
 
 @pytest.mark.parametrize("recipe", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")))
-def test_shipped_recipes_parse(recipe, trained_run, monkeypatch):
-    import scratchlm.train as train_mod
-
-    monkeypatch.setattr(train_mod, "train", lambda run, cfg, resume: None)
-    assert main(["train", str(trained_run), "--config", str(recipe)]) == 0
+def test_shipped_recipes_parse(recipe, trained_run, capsys):
+    resolved(["train", str(trained_run), "--config", str(recipe)], capsys)
 
 
 def test_llama_with_a_gelu_choice_is_a_user_error(trained_run, capsys):
@@ -239,27 +230,24 @@ def test_unknown_key_in_a_recipe_names_the_file_and_the_key(tmp_path, capsys):
     for command in ("train", "prepare"):  # a typo in any section is caught, whichever command reads it
         assert main([command, str(tmp_path / "run"), "--config", str(recipe)]) == 2
         err = capsys.readouterr().err
-        assert err == f"scratchlm: error: --config {recipe}: unknown key 'model.n_layr'\n"
+        assert err == f"scratchlm: error: {recipe}: unknown key 'model.n_layr' (did you mean 'n_layer'?)\n"
 
 
 def test_a_recipe_value_out_of_range_is_one_line(tmp_path, capsys):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("train:\n  batch_size: 0\n")
     assert main(["train", str(tmp_path / "run"), "--config", str(recipe)]) == 2
-    assert capsys.readouterr().err == "scratchlm: error: --train.batch-size 0: must be an integer >= 1\n"
+    message = f"scratchlm: error: {recipe}: train.batch_size 0: must be an integer >= 1\n"
+    assert capsys.readouterr().err == message  # the file and the key that hold the value
 
 
-def test_flags_before_a_recipe_give_way_to_it_flags_after_win(tmp_path, monkeypatch):
-    import scratchlm.train as train_mod
-
-    seen = []
-    monkeypatch.setattr(train_mod, "train", lambda run, cfg, resume: seen.append(cfg))
+def test_flags_override_a_recipe_wherever_they_stand(tmp_path, capsys):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("model:\n  n_layer: 3\n")
     run = str(tmp_path / "run")
-    assert main(["train", run, "--model.n-layer", "5", "--config", str(recipe)]) == 0
-    assert main(["train", run, "--config", str(recipe), "--model.n-layer", "5"]) == 0
-    assert [cfg.model.n_layer for cfg in seen] == [3, 5]
+    first = resolved(["train", run, "--model.n-layer", "5", "--config", str(recipe)], capsys)
+    last = resolved(["train", run, "--config", str(recipe), "--model.n-layer", "5"], capsys)
+    assert first.model.n_layer == last.model.n_layer == 5
 
 
 def test_a_bad_value_in_a_runs_saved_config_names_the_file(trained_run, capsys):
@@ -273,9 +261,9 @@ def test_a_bad_value_in_a_runs_saved_config_names_the_file(trained_run, capsys):
 
 @pytest.mark.parametrize("flag", ["--print_config", "--print-config"])
 def test_print_config_shows_the_merged_settings(trained_run, tmp_path, monkeypatch, capsys, flag):
-    import scratchlm.train as train_mod
+    import scratchlm.trainer as trainer
 
-    monkeypatch.setattr(train_mod, "train", lambda *a, **k: pytest.fail("--print_config must not train"))
+    monkeypatch.setattr(trainer, "fit", lambda *a, **k: pytest.fail("--print_config must not train"))
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("model:\n  n_layer: 3\n")
     argv = ["train", str(trained_run), "--preset", "small", "--config", str(recipe), "--train.max-steps", "7"]
@@ -343,11 +331,11 @@ def test_ctrl_c_in_sample_exits_130_without_a_traceback(trained_run):
 
 
 def test_a_second_ctrl_c_in_train_exits_130_without_a_traceback(trained_run, monkeypatch, capsys):
-    import scratchlm.train as train_mod
+    import scratchlm.trainer as trainer
 
     def interrupted(*args, **kwargs):  # what train's StopFlag raises on the second Ctrl-C
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_mod, "train", interrupted)
+    monkeypatch.setattr(trainer, "fit", interrupted)
     assert main(["train", str(trained_run)]) == 130
     assert capsys.readouterr().err.strip() == "scratchlm: interrupted"

@@ -23,12 +23,13 @@ import torch
 import yaml
 
 import scratchlm
-from scratchlm.cli import RECIPE_SECTIONS, main
+from scratchlm.cli import main
 from scratchlm.common import UserError
 from scratchlm.config import RunConfig
 from scratchlm.data.corpus import bundled_corpus, clean, read_text
 from scratchlm.model import GPT
 from scratchlm.run import Run
+from scratchlm.settings import COMMAND_SECTIONS, RECIPE_COMMANDS
 from scratchlm.tokenizer import Tokenizer
 
 from .conftest import SHARED_DATA, shared_file
@@ -104,12 +105,12 @@ def test_every_config_parses_with_its_own_values_for_each_command_that_reads_it(
     assert any(f"configs/{config.name}" in line for line in comments), f"{config}: no command names it"
     for named in re.findall(r"configs/([\w.-]+\.yaml)", "\n".join(comments)):
         assert (ROOT / "configs" / named).is_file(), f"{config} names configs/{named}, which is missing"
-    commands = [c for c, sections in RECIPE_SECTIONS.items() if set(sections) & set(values)]
+    commands = [c for c in RECIPE_COMMANDS if set(COMMAND_SECTIONS[c]) & set(values)]
     for command in commands:
         argv = [*command.split(), str(tmp_path / "run"), "--config", str(config), "--print_config"]
         assert main(argv) == 0, argv
         merged = yaml.safe_load(capsys.readouterr().out)
-        for section in RECIPE_SECTIONS[command]:
+        for section in COMMAND_SECTIONS[command]:
             for key, value in (values.get(section) or {}).items():
                 assert merged[section][key] == value, (command, section, key)
 

@@ -46,6 +46,8 @@ COMMAND_SECTIONS: dict[str, tuple[str, ...]] = {
     "chat": ("sample",),
     "serve": ("sample",),
 }
+# The commands that take a recipe file (--config) and print their settings (--print_config).
+RECIPE_COMMANDS = ("prepare", "tokenizer train", "train", "sft")
 
 
 @dataclasses.dataclass

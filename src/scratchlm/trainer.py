@@ -58,7 +58,7 @@ from .config import RunConfig, TrainConfig
 from .metrics import MetricsLog, plot_loss
 from .model import GPT
 from .optim import lr_at, make_optimizers
-from .plan import auto_batch
+from .planning import auto_batch
 from .run import Run
 from .tokenizer import Tokenizer
 

@@ -35,8 +35,6 @@ def settings_for(
 ) -> RunConfig:
     """The settings `sft` runs with (--print_config prints them): the SFT defaults for a new run, and the
     base's model, tokenizer and data sections, which a fine-tuned run keeps."""
-    from ..finetuning import base_sections, check_target
-
     target = Run.at(run)
     sft = dict(sft or {})
     for key, value in (
@@ -49,8 +47,14 @@ def settings_for(
     cfg = resolve(
         target, "sft", config=config, recipe=recipe, overrides={"train": train, "sft": sft}, origin=origin
     )
-    base_run = check_target(target, cfg.sft.base, fresh or resume is False)
-    return cfg.replace(**base_sections(base_run), train={"init_from": cfg.sft.base})
+    return with_base(cfg) if cfg.sft.base and Run.at(cfg.sft.base).has_checkpoints() else cfg
+
+
+def with_base(cfg: RunConfig) -> RunConfig:
+    """A fine-tuned run keeps its base's model, tokenizer and data settings and starts from its weights."""
+    from ..finetuning import base_sections
+
+    return cfg.replace(**base_sections(Run.at(cfg.sft.base)), train={"init_from": cfg.sft.base})
 
 
 def sft(
@@ -84,7 +88,7 @@ def sft(
         train: training settings to change, e.g. dict(max_steps=200)
         sft: SFT settings to change, e.g. dict(epochs=2)
     """
-    from ..finetuning import copy_tokenizer, sft_data
+    from ..finetuning import check_target, copy_tokenizer, sft_data
     from ..trainer import fit
 
     if resume and fresh:
@@ -103,6 +107,7 @@ def sft(
         sft=sft,
         origin=origin,
     )
+    cfg = with_base(cfg) if check_target(target, cfg.sft.base, fresh or resume is False) else cfg
     if not fresh:
         announce_changes(target, cfg)
     copy_tokenizer(Run.at(cfg.sft.base), target)
