@@ -41,7 +41,7 @@ from .tokenizer import Tokenizer
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 MANIFEST = "manifest.json"
-WEIGHTS, STATE, BEST = "model.safetensors", "state.pt", "best.safetensors"
+WEIGHTS, STATE = "model.safetensors", "state.pt"
 
 
 def _metadata(cfg: RunConfig, step: int, tokenizer_hash: str, **extra) -> dict[str, str]:
@@ -243,8 +243,8 @@ def save_checkpoint(
     train_state: dict,
     keep_last: int,
 ) -> Path:
-    final = run.checkpoints_dir / f"step_{step:06d}"
-    tmp = run.checkpoints_dir / f".tmp-step_{step:06d}"
+    final = run.step_dir(step)
+    tmp = final.with_name(f".tmp-{final.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
@@ -283,13 +283,13 @@ def save_best(
     tokenizer_hash: str,
     val_loss: float,
 ) -> None:
-    path = run.checkpoints_dir / BEST
+    path = run.best_path
     try:
         with atomic_path(path) as tmp:
             save_file(weights, str(tmp), metadata=_metadata(cfg, step, tokenizer_hash, val_loss=val_loss))
             record = _seal(tmp)
         # A crash right here leaves a record of the old file: a false alarm that falls back to "last".
-        _record(run.checkpoints_dir, {BEST: record})
+        _record(run.checkpoints_dir, {path.name: record})
     except OSError as e:  # the previous best.safetensors is untouched
         raise UserError(
             f"{path}: could not write the best weights ({e.strerror or e}); fix the cause and resume"
@@ -313,7 +313,7 @@ def resolve_weights(run: Run, which: str = "last") -> Path:
     checkpoint named by path is an error (the user asked for that one)."""
     damaged_best = None
     if which == "best":
-        path = run.checkpoints_dir / BEST
+        path = run.best_path
         if path.is_file():
             problem = damage(path)
             if problem is None:

@@ -51,6 +51,11 @@ class Run:
     eval_path = property(lambda self: self.root / "eval.json")
     report_path = property(lambda self: self.root / "report.md")
     manifest_path = property(lambda self: self.root / "data" / "manifest.json")
+    best_path = property(lambda self: self.root / "checkpoints" / "best.safetensors")
+
+    def step_dir(self, step: int) -> Path:
+        """The checkpoint folder of `step` (checkpoint.py writes it atomically)."""
+        return self.checkpoints_dir / f"step_{step:06d}"
     previous_dir = property(lambda self: self.root / "previous")
     lock_path = property(lambda self: self.root / ".lock")
 
