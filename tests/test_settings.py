@@ -24,7 +24,8 @@ def prepared_pair(trained_run_template, tmp_path):
     runs = []
     for name in ("cli", "api"):
         dst = tmp_path / name
-        shutil.copytree(trained_run_template, dst, ignore=shutil.ignore_patterns("checkpoints", "metrics.csv"))
+        untrained = shutil.ignore_patterns("checkpoints", "metrics.csv")
+        shutil.copytree(trained_run_template, dst, ignore=untrained)
         runs.append(dst)
     return runs
 

@@ -189,7 +189,7 @@ def _add_parameter(p: ArgumentParser, name: str, param: inspect.Parameter, annot
         p.add_argument(flag, dest=name, default=None, metavar="PROMPT", help=help)
     elif param.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD:
         nargs = "+" if _is_list(annotation) else (None if required else "?")
-        p.add_argument(name, nargs=nargs, help=help + ("" if required else f" (default: {param.default})"))
+        p.add_argument(name, nargs=nargs, help=help)
     elif _is_bool(annotation):
         p.add_argument(flag, dest=name, action="store_true", default=None, help=help)
     elif _is_list(annotation):
@@ -201,6 +201,17 @@ def _add_parameter(p: ArgumentParser, name: str, param: inspect.Parameter, annot
         p.add_argument(flag, dest=name, type=annotation, required=required, default=default, help=help)
 
 
+def _parameter_types(fn: Callable) -> dict[str, object]:
+    """The parameters' annotations, evaluated (the modules use `from __future__ import annotations`); the
+    return annotation is left alone, since it may name a class imported only for type checking."""
+    names = {**vars(typing), **fn.__globals__}
+    return {
+        name: eval(param.annotation, names) if isinstance(param.annotation, str) else param.annotation
+        for name, param in inspect.signature(fn).parameters.items()
+        if param.annotation is not inspect.Parameter.empty
+    }
+
+
 def _command_parser(name: str, fn: Callable) -> ArgumentParser:
     description, docs = _docs(fn)
     parser_class = _PromptParser if name == "sample" else ArgumentParser
@@ -210,7 +221,7 @@ def _command_parser(name: str, fn: Callable) -> ArgumentParser:
         epilog=EXAMPLES.get(name.split()[0]),
         formatter_class=_Formatter,
     )
-    hints = typing.get_type_hints(fn)
+    hints = _parameter_types(fn)
     sections = COMMAND_SECTIONS.get(name, ()) if name not in FLAT_SECTIONS else ()
     for pname, param in inspect.signature(fn).parameters.items():
         if pname in PYTHON_ONLY or pname in sections or param.kind is inspect.Parameter.VAR_KEYWORD:
@@ -227,8 +238,9 @@ def _command_parser(name: str, fn: Callable) -> ArgumentParser:
     return p
 
 
-def build_parser() -> ArgumentParser:
-    """The whole command line, one subcommand per entry of COMMANDS."""
+def build_parser(only: str | None = None) -> ArgumentParser:
+    """The command line, one subcommand per entry of COMMANDS (only those of command `only` when given: a
+    command's own parser is all it needs, and building the others costs half a second)."""
     parser = ArgumentParser(
         prog="scratchlm",
         formatter_class=_Formatter,
@@ -239,6 +251,8 @@ def build_parser() -> ArgumentParser:
     groups: dict[str, ArgumentParser] = {}
     for name in COMMANDS:
         group, _, action = name.partition(" ")
+        if only and group != only:
+            continue
         p = _command_parser(name, command_function(name))
         if not action:
             subcommands.add_subcommand(name, p, help=SUMMARIES[name])
@@ -272,7 +286,8 @@ def parse(argv: list[str]) -> tuple[str, dict]:
     """The command and the keyword arguments of its function: only what the command line gave."""
     argv = normalize_option_names(argv)
     try:
-        ns = build_parser().parse_args(argv, defaults=False).as_dict()
+        first = next((a for a in argv if not a.startswith("-")), None)
+        ns = build_parser(first if first in SUMMARIES else None).parse_args(argv, defaults=False).as_dict()
     except argparse.ArgumentError as e:
         message = _one_line(str(e))
         # A bad value names its option already; other mistakes (an unknown option) point to the help.

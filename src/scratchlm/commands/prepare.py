@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig
-from ..data.prepare import prepare_run
 from ..run import Run
 from ..settings import resolve
 
@@ -60,6 +59,8 @@ def prepare(
         data: data settings to change, e.g. dict(val_fraction=0.1)
         tokenizer: tokenizer settings to change, e.g. dict(vocab_size=8000)
     """
+    from ..data.prepare import prepare_run
+
     cfg = settings_for(run, config, input=input, recipe=recipe, data=data, tokenizer=tokenizer, origin=origin)
     target = Run.at(run)
     with target.writer_lock("prepare"):

@@ -6,14 +6,15 @@ import sys
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..common import UserError, rank0_print
 from ..config import RunConfig
-from ..data.corpus import Corpus, clean, read_text
 from ..run import Run
 from ..settings import resolve
-from ..tokenizer import Tokenizer, exists, measure, train_on_corpus
+
+if TYPE_CHECKING:
+    from ..tokenizer import Tokenizer
 
 
 def settings_for(
@@ -54,6 +55,9 @@ def train(
         overwrite: replace the run's existing tokenizer
         recipe: a YAML recipe whose data and tokenizer sections apply
     """
+    from ..data.corpus import Corpus
+    from ..tokenizer import exists, train_on_corpus
+
     cfg = settings_for(run, config, input=input, recipe=recipe, data=data, tokenizer=tokenizer, origin=origin)
     target = Run.at(run)
     with target.writer_lock("tokenizer train"):
@@ -75,7 +79,7 @@ def train(
     return tok
 
 
-def encode(run: str | Path, text: str, allow_special: bool = False) -> list[int]:
+def encode(run: str | Path, text: str, *, allow_special: bool = False) -> list[int]:
     """Print the ids of TEXT.
 
     Args:
@@ -83,6 +87,8 @@ def encode(run: str | Path, text: str, allow_special: bool = False) -> list[int]
         text: text to encode
         allow_special: turn "<|eos|>" etc. into special ids
     """
+    from ..tokenizer import Tokenizer
+
     ids = Tokenizer.load(Run.at(run).tokenizer_dir).encode(text, allow_special=allow_special)
     print(" ".join(map(str, ids)))
     return ids
@@ -95,6 +101,8 @@ def decode(run: str | Path, ids: list[str]) -> str:
         run: a run directory with a tokenizer
         ids: token ids (spaces or commas between them)
     """
+    from ..tokenizer import Tokenizer
+
     tok = Tokenizer.load(Run.at(run).tokenizer_dir)
     values = []
     for raw in ids:
@@ -110,6 +118,8 @@ def decode(run: str | Path, ids: list[str]) -> str:
 
 
 def _texts(run: Run, text: str | None) -> Iterator[str]:
+    from ..data.corpus import Corpus, clean, read_text
+
     if text:  # cleaned as prepare cleans, so the numbers are those of the training data
         if not Path(text).is_file():
             raise UserError(f"--text {text}: no such file")
@@ -119,7 +129,7 @@ def _texts(run: Run, text: str | None) -> Iterator[str]:
         yield from doc.pieces()
 
 
-def stats(run: str | Path, text: str | None = None, top: int = 20) -> dict:
+def stats(run: str | Path, *, text: str | None = None, top: int = 20) -> dict:
     """Tokens, bytes and characters per token, the byte-fallback rate and the longest tokens of a text.
 
     Args:
@@ -127,6 +137,8 @@ def stats(run: str | Path, text: str | None = None, top: int = 20) -> dict:
         text: measure this UTF-8 file (default: the run's inputs)
         top: how many of the longest tokens to list
     """
+    from ..tokenizer import Tokenizer, measure
+
     run = Run.at(run)
     tok = Tokenizer.load(run.tokenizer_dir)
     result = measure(tok, _texts(run, text), top)
