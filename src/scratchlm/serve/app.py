@@ -54,7 +54,7 @@ class AppState:
     max_body_bytes: int
     created: int  # the server's start, reported as the model's creation time
     is_chat: bool  # an SFT run: only then is /v1/chat/completions served
-    chat_stops: frozenset[int]
+    chat_stops: frozenset[int]  # chat_template.stop_ids: a reply ends at <|end|> or <|eos|>
 
     @property
     def tok(self):
@@ -65,7 +65,7 @@ class AppState:
         return self.lm.model.config.block_size
 
 
-def app_state(request: Request) -> AppState:
+async def app_state(request: Request) -> AppState:  # async: a plain def would cost a threadpool hop per call
     return request.app.state.scratchlm
 
 
