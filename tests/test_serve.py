@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -272,6 +273,23 @@ def test_the_api_key_is_required_when_set(chat_lm):
         ok = c.post("/v1/completions", json=body, headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200
         assert c.get("/health").status_code == 200 and c.get("/").status_code == 200
+
+
+def test_every_v1_route_is_guarded_by_the_api_key(chat_lm):
+    """Walks the app's own routes, so a /v1/ route added without the key dependency fails here."""
+    from fastapi.routing import APIRoute
+
+    from scratchlm.serve.app import require_key
+
+    app = make_app(chat_lm, api_key="s3cret")
+    routes = [r for r in app.routes if isinstance(r, APIRoute) and r.path.startswith("/v1/")]
+    assert len(routes) >= 3
+    with TestClient(app) as c:
+        for route in routes:
+            assert any(d.call is require_key for d in route.dependant.dependencies), route.path
+            path = re.sub(r"\{[^}]*\}", "x", route.path)  # any path parameter: the key is checked first
+            for method in route.methods:
+                error_of(c.request(method, path), 401, "invalid_api_key")
 
 
 def test_a_base_model_answers_completions_and_refuses_chat_with_a_reason(base_lm):

@@ -44,8 +44,9 @@ def export(
     lm = load(run.root, checkpoint)
 
     if fmt == "hf":
+        from .adapters import check_exportable
         from .card import model_card
-        from .hf import check_exportable, write_hf_folder
+        from .hf_folder import write_hf_folder
 
         check_exportable(lm.config.model)
         arch = "GPT2LMHeadModel" if lm.config.model.flavour == "gpt2" else "LlamaForCausalLM"
@@ -137,7 +138,7 @@ def _replace_dir(out: Path, write) -> None:
 
 def import_run(hf_dir: str | Path, run_dir: str | Path) -> Path:
     """`scratchlm import HF_DIR RUN`: a Hugging Face GPT-2 / Llama folder → a scratchlm run."""
-    from .hf import import_hf
+    from .hf_import import import_hf
 
     hf_dir, run_dir = Path(hf_dir), Path(run_dir)
     if not hf_dir.is_dir():

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..chat_template import LAYOUT
 from ..common import UserError
+from .adapters import start_id
 
 # The bundled book is the only source whose licence scratchlm knows; anything else is the user's to state.
 _KNOWN_LICENCES = {
@@ -54,15 +55,10 @@ def _tokens_per_step(run_root: Path, t, block_size: int) -> int:
 
 def model_card(lm, run_root: Path, arch: str) -> str:
     """The Hugging Face folder's README.md from the loaded model, RUN/data/manifest.json and RUN/eval.json."""
-    cfg, m, t = lm.config, lm.config.model, lm.config.train
-    per_step = _tokens_per_step(run_root, t, m.block_size)
+    m = lm.config.model
     # Counted as exported: the embedding (and untied head) rows past vocab_size are padding, not weights.
     padding_rows = (m.padded_vocab_size - m.vocab_size) * (1 if m.tie_embeddings else 2)
     params = sum(p.numel() for p in lm.model.parameters()) - padding_rows * m.n_embd
-    manifest = _read_json(run_root / "data" / "manifest.json") or {}
-    sources = manifest.get("sources") or []
-    evaluation = _read_json(run_root / "eval.json")
-
     lines = [
         "---",
         "library_name: transformers",
@@ -73,6 +69,18 @@ def model_card(lm, run_root: Path, arch: str) -> str:
         "",
         f"A {params / 1e6:.2f}M-parameter {arch} language model trained from scratch with scratchlm.",
         "",
+    ]
+    lines += _architecture(lm.config, params)
+    lines += _data(_read_json(run_root / "data" / "manifest.json") or {})
+    lines += _training(lm, run_root)
+    lines += _evaluation(_read_json(run_root / "eval.json"))
+    lines += _use(lm.tokenizer)
+    return "\n".join(lines)
+
+
+def _architecture(cfg, params: int) -> list[str]:
+    m = cfg.model
+    return [
         "## Architecture",
         f"- {m.flavour} flavour: {m.n_layer} layers, {m.n_head} heads ({m.kv_heads} key/value heads), "
         f"width {m.n_embd}, MLP hidden {m.ffn_hidden}"
@@ -82,8 +90,13 @@ def model_card(lm, run_root: Path, arch: str) -> str:
         f"{'tied' if m.tie_embeddings else 'separate'} input/output embeddings",
         f"- {params:,} parameters",
         "",
-        "## Data",
     ]
+
+
+def _data(manifest: dict) -> list[str]:
+    """The sources with their licences, and the tokens of each split, from RUN/data/manifest.json."""
+    lines = ["## Data"]
+    sources = manifest.get("sources") or []
     if sources:
         for s in sources:
             lines.append(f"- `{_source_name(s)}`: {s.get('chars', '?'):,} characters; licence: {_licence(s)}")
@@ -92,7 +105,13 @@ def model_card(lm, run_root: Path, arch: str) -> str:
     splits = manifest.get("splits") or {}
     for split, shards in splits.items():
         lines.append(f"- {split} split: {sum(s.get('tokens', 0) for s in shards):,} tokens")
-    lines += [
+    return lines
+
+
+def _training(lm, run_root: Path) -> list[str]:
+    m, t = lm.config.model, lm.config.train
+    per_step = _tokens_per_step(run_root, t, m.block_size)
+    return [
         "",
         "## Training",
         f"- {lm.step:,} steps, {lm.step * per_step:,} tokens seen ({per_step:,} tokens per step, "
@@ -101,18 +120,24 @@ def model_card(lm, run_root: Path, arch: str) -> str:
         f"schedule down to {t.min_lr_ratio} x peak, weight decay {t.weight_decay}, "
         f"gradient clip {t.grad_clip}, seed {t.seed}",
         "",
-        "## Evaluation",
     ]
+
+
+def _evaluation(evaluation: dict | None) -> list[str]:
+    lines = ["## Evaluation"]
     if evaluation:
         keys = [k for k in ("loss", "perplexity", "bits_per_byte", "tokens", "step") if k in evaluation]
         lines.append(f"On `{evaluation.get('source', 'val')}`:")
         lines += [f"- {k}: {evaluation[k]}" for k in keys]
     else:
         lines.append("Not evaluated yet (run `scratchlm eval RUN` before exporting to include metrics).")
-    from .hf import start_id
+    return lines
 
-    start = lm.tokenizer.piece(start_id(lm.tokenizer))
-    lines += [
+
+def _use(tokenizer) -> list[str]:
+    """How to load and prompt the export with transformers: the start token first, as in training."""
+    start = tokenizer.piece(start_id(tokenizer))
+    return [
         "",
         "## Use",
         "",
@@ -133,4 +158,3 @@ def model_card(lm, run_root: Path, arch: str) -> str:
         f"Chat format: `{LAYOUT}` (the tokenizer's chat template; `generate()` stops at `<|end|>`).",
         "",
     ]
-    return "\n".join(lines)

@@ -27,7 +27,7 @@ import torch
 
 from .. import chat_template
 from ..common import UserError
-from .hf import check_exportable, start_id, to_hf_state_dict
+from .adapters import check_exportable, start_id, to_hf_state_dict
 
 _GPT2_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 

@@ -7,110 +7,328 @@ sample.TextStream, which holds back half a character and any tail that may grow 
 A base model (no SFT) answers /v1/completions only: /v1/chat/completions is a 400 that says so, because a
 base model never saw the chat format and would answer a rendered conversation with noise, which an
 OpenAI client could not tell from a real reply. The chat page switches to completion mode by itself.
+
+Layout: the routes are plain functions over one AppState (on app.state, reached through the `State`
+dependency). create_app registers every route of V1_ROUTES with the API key dependency (require_key), so
+a new /v1/ route gets it by being listed there. The wire format (bodies, responses, chunks, errors) is
+openai_shapes.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import chat_template
 from ..common import UserError
 from ..config import SampleConfig
 from ..sample import TextStream
+from . import openai_shapes as shapes
+from .openai_shapes import APIError, ChatBody, CompletionBody, Sampling
 
 STATIC = Path(__file__).parent / "static"
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: far above any prompt a small context holds
-MAX_N = 16
 
 
-class APIError(Exception):
-    """An OpenAI-shaped error: {"error": {"message", "type", "param", "code"}} with an HTTP status."""
+@dataclass(frozen=True)
+class AppState:
+    """What the routes share, built once by create_app."""
 
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        type: str = "invalid_request_error",
-        param=None,
-        code=None,
-        headers: dict | None = None,
+    lm: Any  # a LoadedModel (scratchlm.load)
+    engine: Any  # scratchlm.engine.Engine, or a test's stand-in
+    model_name: str
+    api_key: str | None
+    max_tokens_limit: int
+    max_body_bytes: int
+    created: int  # the server's start, reported as the model's creation time
+    is_chat: bool  # an SFT run: only then is /v1/chat/completions served
+    chat_stops: frozenset[int]  # chat_template.stop_ids: a reply ends at <|end|> or <|eos|>
+
+    @property
+    def tok(self):
+        return self.lm.tokenizer
+
+    @property
+    def block(self) -> int:
+        return self.lm.model.config.block_size
+
+
+async def app_state(request: Request) -> AppState:  # async: a plain def would cost a threadpool hop per call
+    return request.app.state.scratchlm
+
+
+State = Annotated[AppState, Depends(app_state)]
+
+
+async def require_key(request: Request, state: State) -> None:
+    """The /v1/ routes' guard when the server has an API key (compared in constant time)."""
+    if state.api_key is None:
+        return
+    given = request.headers.get("authorization", "")
+    if not given.startswith("Bearer ") or not secrets.compare_digest(
+        given[7:].encode(), state.api_key.encode()
     ):
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
-        self.headers = headers
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(
-            error_body(self.message, self.type, self.param, self.code), self.status, self.headers
+        raise APIError(
+            401,
+            "missing or wrong API key: send the header Authorization: Bearer KEY",
+            "invalid_request_error",
+            code="invalid_api_key",
         )
 
 
-def error_body(message: str, type: str, param=None, code=None) -> dict:
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+# ---------------------------------------------------------------- requests in
+async def read_body(request: Request, state: AppState, model: type[BaseModel]):
+    """The request body validated as `model`: 413 over the size limit, 400 for bad JSON or values,
+    404 for another model's name, 400 for max_tokens above the server's limit."""
+    limit = state.max_body_bytes
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise APIError(413, f"the request body is over {limit} bytes", code="body_too_large")
+    raw = bytearray()
+    async for chunk in request.stream():  # a lying or absent content-length is caught here
+        raw += chunk
+        if len(raw) > limit:
+            raise APIError(413, f"the request body is over {limit} bytes", code="body_too_large")
+    try:
+        body = model.model_validate_json(bytes(raw))
+    except ValidationError as e:
+        err = e.errors()[0]
+        if err["type"] == "json_invalid":
+            raise APIError(400, f"the body is not valid JSON: {err['msg']}", code="invalid_json") from None
+        param = ".".join(str(p) for p in err["loc"]) or None
+        raise APIError(
+            400, f"{param}: {err['msg']}" if param else err["msg"], param=param, code="invalid_value"
+        ) from None
+    if body.model != state.model_name:
+        raise APIError(
+            404,
+            f"the model {body.model!r} does not exist; this server has {state.model_name!r}",
+            param="model",
+            code="model_not_found",
+        )
+    if body.max_tokens is not None and body.max_tokens > state.max_tokens_limit:
+        raise APIError(
+            400,
+            f"max_tokens {body.max_tokens} is above this server's maximum of {state.max_tokens_limit}",
+            param="max_tokens",
+            code="invalid_value",
+        )
+    return body
 
 
-# Request bodies. Strict: "0.5" is not a temperature (JSON numbers only; ints are fine as floats).
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(strict=True)
-    include_usage: bool = False
+def fit_prompt(ids: list[int], body: Sampling, block: int) -> list[int]:
+    """The server's prompt-fitting rule: the prompt ids, left-truncated to truncate_prompt_tokens when the
+    request asks, else a 400 when they exceed the context. The one place to swap for decode.py's rule."""
+    if body.truncate_prompt_tokens is not None:
+        ids = ids[-min(body.truncate_prompt_tokens, block) :]
+    if len(ids) > block:
+        raise APIError(
+            400,
+            f"the prompt is {len(ids)} tokens, longer than the model's context of {block}; "
+            "shorten it, or send truncate_prompt_tokens to keep only its last tokens",
+            param="messages" if isinstance(body, ChatBody) else "prompt",
+            code="context_length_exceeded",
+        )
+    return ids
 
 
-class Sampling(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
-    model: str
-    max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
-    n: int = Field(1, ge=1, le=MAX_N)
-    stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=0, lt=2**63)
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    truncate_prompt_tokens: int | None = Field(None, ge=1)
-    """vLLM's spelling: keep only the prompt's last k tokens (and fit the context) instead of a 400."""
+def submit(state: AppState, ids: list[int], body: Sampling, stop_ids: set[int]) -> list:
+    """n engine requests; seeds seed, seed+1, … (so choice i is the solo run of its seed)."""
+    from ..engine import QueueFull
 
-    def stops(self) -> list[str]:
-        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        if len(stops) > 4:
-            raise APIError(400, "stop: at most 4 stop strings", param="stop")
-        return [s for s in stops if s]
-
-
-class CompletionBody(Sampling):
-    prompt: str
-
-
-class TextPart(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
-    type: Literal["text"]
-    text: str
+    seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
+    reqs = []
+    for i in range(body.n):
+        cfg = SampleConfig(
+            max_new_tokens=body.max_tokens or state.lm.config.sample.max_new_tokens,
+            temperature=body.temperature,
+            top_k=0,
+            top_p=body.top_p,
+            seed=seed + i,
+        )
+        try:
+            reqs.append(state.engine.submit(ids, cfg, stop_ids))
+        except QueueFull:
+            for r in reqs:  # all n or none: a half-answered request would hold slots for nothing
+                r.cancel()
+            raise APIError(
+                429,
+                "too many requests are queued; retry in a moment",
+                "rate_limit_error",
+                code="queue_full",
+                headers={"Retry-After": "1"},
+            ) from None
+    return reqs
 
 
-class Message(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
-    role: Literal["system", "user", "assistant"]
-    content: str | list[TextPart]
+# ---------------------------------------------------------------- answers out
+async def pieces(req, tok, stops: list[str]):
+    """(text, finish_reason or None, tokens) as tokens arrive; the last item has the finish reason."""
+    stream, n = TextStream(tok, stops), 0
+    try:
+        async for token in req:
+            n += 1
+            piece = stream.push(token)
+            if stream.stopped:
+                req.cancel()
+                yield piece, "stop", n
+                return
+            if piece:
+                yield piece, None, n
+        yield stream.finish(), "length" if req.finish_reason == "length" else "stop", n
+    finally:
+        req.cancel()  # a no-op once finished; frees the slot when the client went away
 
-    def text(self) -> str:
-        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+async def collect(reqs, tok, stops: list[str]) -> tuple[list[tuple[str, str]], int]:
+    """Every choice's (text, finish_reason) and the completion tokens of them all."""
+    out, total = [], 0
+    for req in reqs:
+        text, last = [], None
+        async for last in pieces(req, tok, stops):
+            text.append(last[0])
+        out.append(("".join(text), last[1]))
+        total += last[2]
+    return out, total
 
 
-class ChatBody(Sampling):
-    messages: list[Message] = Field(min_length=1)
+async def stream_events(reqs, tok, stops, head: dict, chat: bool, prompt_tokens: int, include_usage: bool):
+    """The SSE body: the choices one after another, each ending with its finish reason on a chunk of its
+    own, then usage when asked, then [DONE]."""
+    total = 0
+    try:
+        for i, req in enumerate(reqs):
+            if chat:
+                yield shapes.event(head, chat, [shapes.role_choice(i)])
+            async for piece, reason, n in pieces(req, tok, stops):
+                if piece and reason:  # the last text, then the finish reason on its own chunk
+                    yield shapes.event(head, chat, [shapes.chunk_choice(i, piece, None, chat)])
+                if piece or reason:
+                    yield shapes.event(
+                        head, chat, [shapes.chunk_choice(i, "" if reason else piece, reason, chat)]
+                    )
+                total = total if reason is None else total + n
+        if include_usage:
+            yield shapes.event(head, chat, [], usage=shapes.usage(prompt_tokens, total))
+    except Exception as e:  # headers are sent: the error goes in the stream, as OpenAI does
+        yield shapes.error_event(f"internal error: {type(e).__name__}: {e}")
+    finally:
+        for r in reqs:
+            r.cancel()
+    yield shapes.DONE
+
+
+async def answer(request: Request, state: AppState, body: Sampling, ids: list[int], stop_ids, chat: bool):
+    """Fit the prompt, run the n choices, and reply: one JSON object, or an SSE stream when asked."""
+    ids = fit_prompt(ids, body, state.block)
+    stops = body.stops()
+    reqs = submit(state, ids, body, stop_ids)
+    head = shapes.head(state.model_name, chat)
+    if body.stream:
+        return StreamingResponse(
+            stream_events(reqs, state.tok, stops, head, chat, len(ids), body.include_usage()),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
+        )
+    task = asyncio.ensure_future(collect(reqs, state.tok, stops))
+    try:
+        while not task.done():  # a client that hangs up cancels its requests
+            await asyncio.wait({task}, timeout=0.25)
+            if not task.done() and await request.is_disconnected():
+                task.cancel()
+                break
+        results, completion_tokens = await task
+    finally:
+        for r in reqs:
+            r.cancel()
+    choices = [shapes.choice(i, text, reason, chat) for i, (text, reason) in enumerate(results)]
+    return shapes.response(head, chat, choices, shapes.usage(len(ids), completion_tokens))
+
+
+# ---------------------------------------------------------------- routes
+async def health(state: State):
+    return {
+        "status": "ok",
+        "model": state.model_name,
+        "chat": state.is_chat,
+        "auth": state.api_key is not None,
+    }
+
+
+async def page():
+    return FileResponse(STATIC / "index.html")
+
+
+async def models(state: State):
+    return shapes.model_list(
+        state.model_name, state.created, state.is_chat, state.block, state.max_tokens_limit
+    )
+
+
+async def completions(request: Request, state: State):
+    body = await read_body(request, state, CompletionBody)
+    ids = [state.tok.bos_id] + state.tok.encode(body.prompt)
+    return await answer(request, state, body, ids, {state.tok.eos_id}, chat=False)
+
+
+async def chat_completions(request: Request, state: State):
+    body = await read_body(request, state, ChatBody)
+    if not state.is_chat:
+        raise APIError(
+            400,
+            f"{state.model_name} is a base model (no SFT): it was never trained on the chat "
+            "format; use /v1/completions, or serve a run made by `scratchlm sft`",
+            param="model",
+            code="model_not_chat",
+        )
+    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+    try:
+        ids = chat_template.render(messages, state.tok, add_generation_prompt=True).ids
+    except UserError as e:
+        raise APIError(400, f"messages: {e}", param="messages", code="invalid_value") from None
+    return await answer(request, state, body, ids, set(state.chat_stops), chat=True)
+
+
+# The OpenAI API, behind the key when the server has one. /health and the chat page are open: the page
+# asks the user for the key and sends it with its /v1/ calls.
+V1_ROUTES = (
+    ("GET", "/v1/models", models),
+    ("POST", "/v1/completions", completions),
+    ("POST", "/v1/chat/completions", chat_completions),
+)
+OPEN_ROUTES = (("GET", "/health", health), ("GET", "/", page))
+
+
+# ---------------------------------------------------------------- errors and lifetime
+async def on_api_error(request: Request, e: APIError):
+    return e.response()
+
+
+async def on_http_error(request: Request, e: StarletteHTTPException):
+    kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
+    return JSONResponse(shapes.error_body(str(e.detail), kind), e.status_code)
+
+
+async def on_crash(request: Request, e: Exception):  # one request's bug: a 500 for it, the server goes on
+    return JSONResponse(shapes.error_body(f"internal error: {type(e).__name__}: {e}", "server_error"), 500)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    yield
+    app.state.scratchlm.engine.close()
 
 
 def create_app(
@@ -125,293 +343,30 @@ def create_app(
     engine=None,
 ) -> FastAPI:
     """The app over a loaded model (scratchlm.load). `engine` defaults to scratchlm.engine.Engine."""
-    from ..engine import Engine, QueueFull
+    from ..engine import Engine
 
     if engine is None:
         engine = Engine(lm.model, max_batch=max_batch, max_queue=max_queue)
-    tok, block = lm.tokenizer, lm.model.config.block_size
-    is_chat = bool(lm.config.sft.base)
-    created = int(time.time())
-    chat_stops = set(chat_template.stop_ids(tok))
-
-    @asynccontextmanager
-    async def lifespan(app):
-        yield
-        engine.close()
-
     app = FastAPI(title="scratchlm", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.scratchlm = AppState(
+        lm=lm,
+        engine=engine,
+        model_name=model_name,
+        api_key=api_key,
+        max_tokens_limit=max_tokens_limit,
+        max_body_bytes=max_body_bytes,
+        created=int(time.time()),
+        is_chat=bool(lm.config.sft.base),
+        chat_stops=frozenset(chat_template.stop_ids(lm.tokenizer)),
+    )
     app.state.engine = engine
-
-    @app.exception_handler(APIError)
-    async def on_api_error(request, e: APIError):
-        return e.response()
-
-    @app.exception_handler(StarletteHTTPException)
-    async def on_http_error(request, e):
-        kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
-        return JSONResponse(error_body(str(e.detail), kind), e.status_code)
-
-    @app.exception_handler(Exception)
-    async def on_crash(request, e):  # one request's bug: a 500 for it, the server goes on
-        return JSONResponse(error_body(f"internal error: {type(e).__name__}: {e}", "server_error"), 500)
-
-    def check_key(request: Request) -> None:
-        if api_key is None:
-            return
-        given = request.headers.get("authorization", "")
-        if not given.startswith("Bearer ") or not secrets.compare_digest(
-            given[7:].encode(), api_key.encode()
-        ):
-            raise APIError(
-                401,
-                "missing or wrong API key: send the header Authorization: Bearer KEY",
-                "invalid_request_error",
-                code="invalid_api_key",
-            )
-
-    async def parse(request: Request, model: type[BaseModel]):
-        check_key(request)
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_body_bytes:
-            raise APIError(413, f"the request body is over {max_body_bytes} bytes", code="body_too_large")
-        raw = bytearray()
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > max_body_bytes:
-                raise APIError(413, f"the request body is over {max_body_bytes} bytes", code="body_too_large")
-        try:
-            body = model.model_validate_json(bytes(raw))
-        except ValidationError as e:
-            err = e.errors()[0]
-            if err["type"] == "json_invalid":
-                raise APIError(
-                    400, f"the body is not valid JSON: {err['msg']}", code="invalid_json"
-                ) from None
-            param = ".".join(str(p) for p in err["loc"]) or None
-            raise APIError(
-                400, f"{param}: {err['msg']}" if param else err["msg"], param=param, code="invalid_value"
-            ) from None
-        if body.model != model_name:
-            raise APIError(
-                404,
-                f"the model {body.model!r} does not exist; this server has {model_name!r}",
-                param="model",
-                code="model_not_found",
-            )
-        if body.max_tokens is not None and body.max_tokens > max_tokens_limit:
-            raise APIError(
-                400,
-                f"max_tokens {body.max_tokens} is above this server's maximum of {max_tokens_limit}",
-                param="max_tokens",
-                code="invalid_value",
-            )
-        return body
-
-    def fit(ids: list[int], body: Sampling) -> list[int]:
-        """The prompt ids, left-truncated when the request asks; a 400 when they exceed the context."""
-        if body.truncate_prompt_tokens is not None:
-            ids = ids[-min(body.truncate_prompt_tokens, block) :]
-        if len(ids) > block:
-            raise APIError(
-                400,
-                f"the prompt is {len(ids)} tokens, longer than the model's context of {block}; "
-                "shorten it, or send truncate_prompt_tokens to keep only its last tokens",
-                param="messages" if isinstance(body, ChatBody) else "prompt",
-                code="context_length_exceeded",
-            )
-        return ids
-
-    def submit(ids: list[int], body: Sampling, stop_ids: set[int]) -> list:
-        """n engine requests; seeds seed, seed+1, … (so choice i is the solo run of its seed)."""
-        seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
-        reqs = []
-        for i in range(body.n):
-            cfg = SampleConfig(
-                max_new_tokens=body.max_tokens or lm.config.sample.max_new_tokens,
-                temperature=body.temperature,
-                top_k=0,
-                top_p=body.top_p,
-                seed=seed + i,
-            )
-            try:
-                reqs.append(engine.submit(ids, cfg, stop_ids))
-            except QueueFull:
-                for r in reqs:
-                    r.cancel()
-                raise APIError(
-                    429,
-                    "too many requests are queued; retry in a moment",
-                    "rate_limit_error",
-                    code="queue_full",
-                    headers={"Retry-After": "1"},
-                ) from None
-        return reqs
-
-    async def pieces(req, stops: list[str]):
-        """(text, finish_reason or None, tokens) as tokens arrive; the last item has the finish reason."""
-        stream, n = TextStream(tok, stops), 0
-        try:
-            async for token in req:
-                n += 1
-                piece = stream.push(token)
-                if stream.stopped:
-                    req.cancel()
-                    yield piece, "stop", n
-                    return
-                if piece:
-                    yield piece, None, n
-            yield stream.finish(), "length" if req.finish_reason == "length" else "stop", n
-        finally:
-            req.cancel()  # a no-op once finished; frees the slot when the client went away
-
-    def usage(prompt: int, completion: int) -> dict:
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-    async def answer(request: Request, body: Sampling, ids: list[int], stop_ids: set[int], chat: bool):
-        stops = body.stops()
-        reqs = submit(ids, body, stop_ids)
-        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        head = {"id": rid, "created": int(time.time()), "model": model_name}
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(
-                stream_events(reqs, stops, head, chat, len(ids), include_usage),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache"},
-            )
-        task = asyncio.ensure_future(collect(reqs, stops))
-        try:
-            while not task.done():  # a client that hangs up cancels its requests
-                await asyncio.wait({task}, timeout=0.25)
-                if not task.done() and await request.is_disconnected():
-                    task.cancel()
-                    break
-            results = await task
-        finally:
-            for r in reqs:
-                r.cancel()
-        choices = []
-        for i, (text, reason) in enumerate(results[0]):
-            if chat:
-                choices.append(
-                    {
-                        "index": i,
-                        "message": {"role": "assistant", "content": text},
-                        "finish_reason": reason,
-                        "logprobs": None,
-                    }
-                )
-            else:
-                choices.append({"index": i, "text": text, "finish_reason": reason, "logprobs": None})
-        obj = "chat.completion" if chat else "text_completion"
-        return {**head, "object": obj, "choices": choices, "usage": usage(len(ids), results[1])}
-
-    async def collect(reqs, stops):
-        out, total = [], 0
-        for req in reqs:
-            text, last = [], None
-            async for last in pieces(req, stops):
-                text.append(last[0])
-            out.append(("".join(text), last[1]))
-            total += last[2]
-        return out, total
-
-    async def stream_events(reqs, stops, head, chat, prompt_tokens, include_usage):
-        obj = "chat.completion.chunk" if chat else "text_completion"
-
-        def event(choices, **extra) -> str:
-            return f"data: {json.dumps({**head, 'object': obj, 'choices': choices, **extra})}\n\n"
-
-        def choice(i, text, reason):
-            if chat:
-                return {
-                    "index": i,
-                    "delta": {"content": text} if text else {},
-                    "finish_reason": reason,
-                    "logprobs": None,
-                }
-            return {"index": i, "text": text, "finish_reason": reason, "logprobs": None}
-
-        total = 0
-        try:
-            for i, req in enumerate(reqs):
-                if chat:
-                    yield event(
-                        [
-                            {
-                                "index": i,
-                                "delta": {"role": "assistant", "content": ""},
-                                "finish_reason": None,
-                                "logprobs": None,
-                            }
-                        ]
-                    )
-                async for piece, reason, n in pieces(req, stops):
-                    if piece and reason:  # the last text, then the finish reason on its own chunk
-                        yield event([choice(i, piece, None)])
-                    if piece or reason:
-                        yield event([choice(i, "" if reason else piece, reason)])
-                    total = total if reason is None else total + n
-            if include_usage:
-                yield event([], usage=usage(prompt_tokens, total))
-        except Exception as e:  # headers are sent: the error goes in the stream, as OpenAI does
-            err = error_body(f"internal error: {type(e).__name__}: {e}", "server_error")
-            yield f"data: {json.dumps(err)}\n\n"
-        finally:
-            for r in reqs:
-                r.cancel()
-        yield "data: [DONE]\n\n"
-
-    @app.get("/health")
-    async def health():
-        return {"status": "ok", "model": model_name, "chat": is_chat, "auth": api_key is not None}
-
-    @app.get("/v1/models")
-    async def models(request: Request):
-        check_key(request)
-        return {
-            "object": "list",
-            "data": [
-                {
-                    "id": model_name,
-                    "object": "model",
-                    "created": created,
-                    "owned_by": "scratchlm",
-                    "chat": is_chat,
-                    "context_length": block,
-                    "max_tokens": max_tokens_limit,
-                }
-            ],
-        }
-
-    @app.post("/v1/completions")
-    async def completions(request: Request):
-        body = await parse(request, CompletionBody)
-        ids = fit([tok.bos_id] + tok.encode(body.prompt), body)
-        return await answer(request, body, ids, {tok.eos_id}, False)
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
-        body = await parse(request, ChatBody)
-        if not is_chat:
-            raise APIError(
-                400,
-                f"{model_name} is a base model (no SFT): it was never trained on the chat "
-                "format; use /v1/completions, or serve a run made by `scratchlm sft`",
-                param="model",
-                code="model_not_chat",
-            )
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        try:
-            ids = chat_template.render(messages, tok, add_generation_prompt=True).ids
-        except UserError as e:
-            raise APIError(400, f"messages: {e}", param="messages", code="invalid_value") from None
-        return await answer(request, body, fit(ids, body), chat_stops, True)
-
-    @app.get("/", include_in_schema=False)
-    async def page():
-        return FileResponse(STATIC / "index.html")
-
+    app.add_exception_handler(APIError, on_api_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_crash)
+    for method, path, route in OPEN_ROUTES:
+        app.add_api_route(path, route, methods=[method], include_in_schema=path != "/")
+    for method, path, route in V1_ROUTES:
+        app.add_api_route(path, route, methods=[method], dependencies=[Depends(require_key)])
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 
