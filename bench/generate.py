@@ -5,7 +5,7 @@
 
 Both sides decode greedily with a KV cache from the same 16-token prompt; the weights are random
 (speed does not depend on them) and copied into GPT2LMHeadModel / LlamaForCausalLM with the export
-key map (scratchlm.export.adapters, issue 8). The outputs are compared token by token, which checks the
+key map (scratchlm.formats.adapters, issue 8). The outputs are compared token by token, which checks the
 copy. The ratios are what to read: absolute tokens/s on a shared machine are noisy.
 """
 
@@ -18,7 +18,7 @@ import time
 import torch
 
 from scratchlm.config import ModelConfig, SampleConfig
-from scratchlm.export.adapters import to_hf_model
+from scratchlm.formats.adapters import to_hf_model
 from scratchlm.model import GPT
 from scratchlm.sample import generate_ids
 

@@ -48,7 +48,7 @@ from scratchlm.commands.prepare import prepare
 from scratchlm.commands.train import train
 from scratchlm.config import PRESETS, RunConfig
 from scratchlm.engine import Engine
-from scratchlm.serve.app import create_app, running
+from scratchlm.server.app import create_app, running
 
 NAME = "bench"
 PROMPTS = ["Prince Andrew", "Natasha", "The old count", "Pierre looked at", "It was", "Moscow"]

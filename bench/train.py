@@ -64,7 +64,7 @@ def make_model(kind: str, a):
         return MinimalGPT(a.vocab, a.block, a.layers, a.heads, a.width)
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from scratchlm.export.adapters import HF_ACTIVATION
+    from scratchlm.formats.adapters import HF_ACTIVATION
 
     cfg = GPT2Config(
         vocab_size=a.vocab,
@@ -265,7 +265,7 @@ def main() -> None:
         peak = peak_bf16_flops(gpu)
         if peak:  # the same model FLOPs for every side: what MFU compares is the work the model needs
             mfu = {k: flops * v / peak for k, v in speed.items()}
-    from scratchlm.export.adapters import HF_ACTIVATION
+    from scratchlm.formats.adapters import HF_ACTIVATION
 
     labels = {
         "scratchlm": f"scratchlm, activation {a.activation}, bias {a.bias}",

@@ -19,7 +19,8 @@ from scratchlm.chat_template import LAYOUT, jinja_template, render, stop_ids
 from scratchlm.checkpoint import save_best, save_checkpoint, weights_of
 from scratchlm.cli import main
 from scratchlm.config import RunConfig, SampleConfig
-from scratchlm.export import export, import_run
+from scratchlm.formats import import_run
+from scratchlm.formats import write_export as export
 from scratchlm.model import GPT
 from scratchlm.run import Run
 from scratchlm.sample import generate_ids, prompt_ids_for
@@ -734,7 +735,7 @@ def test_bytelevel_bpe_vocab_is_written_as_gpt2(tmp_path):
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
-    from scratchlm.export.gguf import _add_bytelevel_vocab
+    from scratchlm.formats.gguf import _add_bytelevel_vocab
 
     tk = HFTokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -7,7 +7,7 @@ import torch
 
 from scratchlm.common import UserError
 from scratchlm.config import ModelConfig
-from scratchlm.export.adapters import from_hf_model, to_hf_model
+from scratchlm.formats.adapters import from_hf_model, to_hf_model
 from scratchlm.model import GPT
 
 pytest.importorskip("transformers")
@@ -80,7 +80,7 @@ def test_the_two_gelus_differ_enough_for_the_parity_test_to_tell_them_apart():
     ("act", "ours"), [("gelu", "gelu"), ("gelu_new", "gelu_tanh"), ("gelu_pytorch_tanh", "gelu_tanh")]
 )
 def test_import_maps_gpt2_activations(act, ours):
-    from scratchlm.export.adapters import model_config_from_hf
+    from scratchlm.formats.adapters import model_config_from_hf
 
     d = {"model_type": "gpt2", "vocab_size": 10, "activation_function": act}
     assert model_config_from_hf(d).activation == ours
@@ -88,7 +88,7 @@ def test_import_maps_gpt2_activations(act, ours):
 
 
 def test_import_refuses_other_gpt2_activations():
-    from scratchlm.export.adapters import model_config_from_hf
+    from scratchlm.formats.adapters import model_config_from_hf
 
     d = {"model_type": "gpt2", "vocab_size": 10, "activation_function": "relu"}
     with pytest.raises(UserError, match="activation_function='relu'.*gelu, gelu_new, gelu_pytorch_tanh"):

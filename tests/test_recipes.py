@@ -165,7 +165,7 @@ def test_every_training_config_prepares_and_trains_at_smoke_scale(config, tmp_pa
 def test_novel_recipe_reports_bits_per_byte_samples_and_serves_the_page(tmp_path, english, one_thread):
     from fastapi.testclient import TestClient
 
-    from scratchlm.serve.app import create_app
+    from scratchlm.server.app import create_app
 
     config, run = ROOT / "configs" / "war-and-peace-tiny.yaml", tmp_path / "wp"
     cli("prepare", run, "--config", config, "--input", english, "--tokenizer.vocab-size", "500")

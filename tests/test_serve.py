@@ -29,7 +29,7 @@ from scratchlm.cli import main  # noqa: E402
 from scratchlm.config import SampleConfig  # noqa: E402
 from scratchlm.engine import Engine  # noqa: E402
 from scratchlm.sample import generate_ids, prompt_ids_for  # noqa: E402
-from scratchlm.serve.app import create_app, running  # noqa: E402
+from scratchlm.server.app import create_app, running  # noqa: E402
 
 NAME = "tiny"
 
@@ -279,7 +279,7 @@ def test_every_v1_route_is_guarded_by_the_api_key(chat_lm):
     """Walks the app's own routes, so a /v1/ route added without the key dependency fails here."""
     from fastapi.routing import APIRoute
 
-    from scratchlm.serve.app import require_key
+    from scratchlm.server.app import require_key
 
     app = make_app(chat_lm, api_key="s3cret")
     routes = [r for r in app.routes if isinstance(r, APIRoute) and r.path.startswith("/v1/")]

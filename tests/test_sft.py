@@ -258,7 +258,7 @@ def test_the_hf_export_chats_like_scratchlm_and_stops_at_end(tuned, tmp_path):
     """transformers' apply_chat_template gives the renderer's ids, and generate stops at <|end|> with the
     reply scratchlm gives (greedy): the chat works in the tools users run, without remote code."""
     transformers = pytest.importorskip("transformers")
-    from scratchlm.export import export
+    from scratchlm.formats import write_export as export
 
     folder = export(tuned, "hf", tmp_path / "hf")
     model = transformers.AutoModelForCausalLM.from_pretrained(folder)

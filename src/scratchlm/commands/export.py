@@ -25,7 +25,7 @@ def export(
         dtype: hf: f32, f16 or bf16; gguf: f32, f16 or q8_0
         force: replace --out if an earlier export wrote it
     """
-    from ..export import export as write_export
+    from ..formats import write_export
 
     path = write_export(run, format, out, checkpoint, dtype, force)
     print(f"wrote {path}")

@@ -12,7 +12,7 @@ def import_hf(hf_dir: str | Path, run: str | Path) -> Path:
         hf_dir: a folder with config.json, model.safetensors and tokenizer files
         run: the new run directory
     """
-    from ..export import import_run
+    from ..formats import import_run
 
     made = import_run(hf_dir, run)
     print(f"imported {hf_dir} into {made}")

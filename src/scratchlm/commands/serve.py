@@ -33,7 +33,7 @@ def serve(
     try:
         import uvicorn
 
-        from ..serve.app import create_app
+        from ..server.app import create_app
     except ImportError as e:
         raise UserError(
             f"serve needs its extra ({e.name} is missing): pip install 'scratchlm[serve]'"

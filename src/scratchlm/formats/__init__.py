@@ -1,6 +1,10 @@
-"""Export a run to a Hugging Face folder or a GGUF file, and import a Hugging Face folder as a run.
+"""Model file formats: write a run's model as a Hugging Face folder or a GGUF file, and read a Hugging Face
+folder into a run (what `scratchlm export` and `scratchlm import` call).
 
-transformers and gguf are imported lazily inside the functions that need them (the `[export]` extra).
+adapters.py maps keys and configs between scratchlm and transformers; hf_folder.py writes the folder,
+hf_import.py reads one, gguf.py writes llama.cpp's file, card.py the model card. An export never replaces what
+it did not write. transformers and gguf are imported lazily inside the functions that need them (the
+`[export]` extra).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from ..common import UserError, atomic_path
+from ..run import Run
 
 FORMATS = ("hf", "gguf")
 DTYPES = {"hf": ("f32", "f16", "bf16"), "gguf": ("f32", "f16", "q8_0")}
@@ -20,7 +25,7 @@ MARKER = ".scratchlm-export"
 GGUF_MAGIC = b"GGUF"
 
 
-def export(
+def write_export(
     run_dir: str | Path,
     fmt: str,
     out: str | Path,
@@ -30,7 +35,6 @@ def export(
 ) -> Path:
     """Write RUN's model as a Hugging Face folder (fmt "hf") or a .gguf file (fmt "gguf")."""
     from ..checkpoint import load
-    from ..run import Run
 
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt}: unknown format; use hf or gguf")
@@ -67,21 +71,11 @@ def export(
     return out
 
 
-def is_run_dir(path: Path) -> bool:
-    """A scratchlm run: its config.yaml beside what prepare or train made (a config.yaml alone may be a
-    recipe in a project folder)."""
-    return (path / "config.yaml").is_file() and (
-        (path / "checkpoints").is_dir()
-        or (path / "tokenizer").is_dir()
-        or (path / "data" / "manifest.json").is_file()
-    )
-
-
 def check_out(out: Path, run_root: Path, fmt: str, force: bool) -> None:
     """Refuse an --out that is, holds or sits inside a run, or that exists and was not written by export."""
     where, run_root = out.resolve(), run_root.resolve()
     beside = run_root.with_name(run_root.name + ("-hf" if fmt == "hf" else ".gguf"))
-    owner = next((p for p in (where, *where.parents) if is_run_dir(p)), None)
+    owner = next((p for p in (where, *where.parents) if Run.at(p).is_run()), None)
     if owner is not None:
         relation = "is the run directory" if owner == where else f"is inside the run directory {owner}"
         raise UserError(f"--out {out}: {relation}; export outside every run, e.g. --out {beside}")
@@ -107,7 +101,7 @@ def check_out(out: Path, run_root: Path, fmt: str, force: bool) -> None:
             f"--out {out}: exists and was not written by `scratchlm export` (no {MARKER} in it); "
             "choose another path, or move it away yourself"
         )
-    elif any(is_run_dir(p) for p in out.rglob("*") if p.is_dir()):
+    elif any(Run.at(p).is_run() for p in out.rglob("*") if p.is_dir()):
         raise UserError(f"--out {out}: a scratchlm run was put inside this export; move it out first")
     if not force:
         raise UserError(f"--out {out}: already exists; choose another path or add --force to replace it")
