@@ -238,7 +238,7 @@ def test_the_cli_applies_sft_defaults_and_the_bundled_set(trained_run_template, 
     ]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "SFT data: 175 conversations" not in out  # 10% are held out for validation
+    assert "validation: 18 of the 175 conversations held out" in out  # 10%, and the log says so
     stats = json.loads((run / "sft_data.json").read_text())
     assert stats["train"]["conversations"] + stats["val"]["conversations"] == 175
     assert [d.name for d in step_dirs(Run.at(run))] == ["step_000003"]

@@ -169,3 +169,8 @@ def init_distributed(device_name: str = "auto") -> tuple[Dist, object]:
             device_id=device if device.type == "cuda" else None,
         )
     return info, device
+
+
+def plural(n: int, noun: str) -> str:
+    """'1 step', '3 steps': what every count in a message says."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"

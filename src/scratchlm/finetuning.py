@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .checkpoint import read_metadata, resolve_weights
-from .common import UserError, atomic_write_text, rank0_print
+from .common import UserError, atomic_write_text, plural, rank0_print
 from .config import RunConfig
 from .data.sft import PackedBatches, describe, encode_conversations, sequential_batches, split_conversations
 from .evaluate import batches_loss
@@ -81,6 +81,14 @@ def copy_tokenizer(base: Run, run: Run) -> None:
             raise
 
 
+def _steps(s: Session, rows_per_epoch: int) -> int:
+    """The run's optimizer steps: from --sft.epochs, or --train.max-steps when epochs is 0 (settings_for sets
+    it to 0 when the user gave a step count and no epochs)."""
+    if s.cfg.sft.epochs > 0:
+        return max(1, math.ceil(s.cfg.sft.epochs * rows_per_epoch / (s.global_batch * s.grad_accum)))
+    return s.cfg.train.max_steps
+
+
 def sft_data(s: Session) -> TrainData:
     """Packed conversations for training; loss per reply token and the share of replies that end, for val."""
     tc, sc, tok, block = s.cfg.train, s.cfg.sft, s.tokenizer, s.cfg.model.block_size
@@ -93,15 +101,24 @@ def sft_data(s: Session) -> TrainData:
             "give shorter examples or a base model with a longer context"
         )
     rank0_print(describe(examples.stats))
+    if val_convs is not train_convs and not sc.val_inputs:
+        n = len(train_convs) + len(val_convs)
+        rank0_print(
+            f"validation: {len(val_convs)} of the {plural(n, 'conversation')} held out (--sft.val-fraction "
+            f"{sc.val_fraction:g}); --val-input FILE validates on other ones and trains on all of these"
+        )
     batches = PackedBatches(examples, s.global_batch, block, tc.seed, pad_id=tok.pad_id)
     per_epoch = batches.rows_per_epoch()
-    steps = tc.max_steps
-    if sc.epochs > 0:
-        steps = max(1, math.ceil(sc.epochs * per_epoch / (s.global_batch * s.grad_accum)))
-        rank0_print(
-            f"{per_epoch} packed rows of {block} tokens per epoch ({100 * batches.fill():.0f}% filled): "
-            f"{sc.epochs:g} epochs = {steps} steps"
+    steps = _steps(s, per_epoch)
+    rank0_print(
+        f"{per_epoch} packed rows of {block} tokens per epoch ({100 * batches.fill():.0f}% filled): "
+        + (
+            f"{sc.epochs:g} epochs = {plural(steps, 'step')} (--sft.epochs)"
+            if sc.epochs > 0
+            else f"{plural(steps, 'step')} = {steps * s.global_batch * s.grad_accum / per_epoch:.1f} epochs "
+            "(--train.max-steps)"
         )
+    )
     token_bytes = tok.token_bytes()
     stats = {
         "train": asdict(examples.stats),

@@ -94,6 +94,8 @@ def _text_given(text) -> str | None:
     """The training text when `text` is the text itself; None when it names files."""
     if not isinstance(text, str):
         return None
+    if not text.strip():  # not Path(""), which is the current directory
+        raise UserError("train_text: the text is empty")
     if "\n" not in text and len(text) < 4096:
         if Path(text).expanduser().exists():
             return None

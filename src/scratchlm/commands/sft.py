@@ -44,10 +44,24 @@ def settings_for(
     ):
         if value:
             sft[key] = value
+    sft.update(_steps_or_epochs(train, sft, recipe))
     cfg = resolve(
         target, "sft", config=config, recipe=recipe, overrides={"train": train, "sft": sft}, origin=origin
     )
     return with_base(cfg) if cfg.sft.base and Run.at(cfg.sft.base).has_checkpoints() else cfg
+
+
+def _steps_or_epochs(train, sft: dict, recipe) -> dict:
+    """An explicit step count is obeyed: given without epochs, it sets sft.epochs to 0 (epochs would set the
+    steps otherwise); both at once is ambiguous."""
+    from ..settings import read_recipe
+
+    given = read_recipe(recipe, ("train", "sft")) if recipe else {}
+    steps = "max_steps" in (train or {}) or "max_steps" in given.get("train", {})
+    epochs = sft.get("epochs", given.get("sft", {}).get("epochs"))
+    if steps and epochs:
+        raise UserError("--train.max-steps and --sft.epochs: give one of them (epochs sets the steps)")
+    return {"epochs": 0.0} if steps and epochs is None else {}
 
 
 def with_base(cfg: RunConfig) -> RunConfig:

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from ..chat_template import render_many, validate
-from ..common import UserError, atomic_write_text, rank0_print
+from ..common import UserError, atomic_write_text, plural, rank0_print
 
 SHAPES = ("auto", "messages", "alpaca", "self_instruct", "prompt_completion", "fields")
 IGNORE = -1  # model.py: cross_entropy(..., ignore_index=-1)
@@ -382,9 +382,9 @@ def describe(stats: PackStats) -> str:
     """One line for the log."""
     d = asdict(stats)
     return (
-        f"SFT data: {d['conversations']} conversations, {d['kept']} kept ({d['truncated']} truncated from "
-        f"the prompt side, {d['skipped']} skipped: last reply longer than the context); "
-        f"{d['tokens']} tokens, {d['trained_tokens']} trained on"
+        f"SFT data: {plural(d['conversations'], 'training conversation')}, {d['kept']:,} kept "
+        f"({d['truncated']:,} truncated from the prompt side, {d['skipped']:,} skipped: last reply longer than "
+        f"the context); {plural(d['tokens'], 'token')}, {d['trained_tokens']:,} trained on"
     )
 
 

@@ -65,6 +65,8 @@ def expand_inputs(inputs: list[str], default: str) -> list[Source]:
     """Paths, directories (recursive), globs and hf:NAME → sources, in a stable order."""
     sources: list[Source] = []
     for spec in inputs or [default]:
+        if not str(spec).strip():  # Path("") is the current directory: never read it by accident
+            raise UserError("--input '': an empty path; give a file, folder, glob or hf:NAME")
         if spec.startswith(HF_PREFIX):
             sources.append(Source("hf_hub", spec[len(HF_PREFIX) :], True))
             continue
