@@ -383,8 +383,8 @@ def describe(stats: PackStats) -> str:
     d = asdict(stats)
     return (
         f"SFT data: {plural(d['conversations'], 'training conversation')}, {d['kept']:,} kept "
-        f"({d['truncated']:,} truncated from the prompt side, {d['skipped']:,} skipped: last reply longer than "
-        f"the context); {plural(d['tokens'], 'token')}, {d['trained_tokens']:,} trained on"
+        f"({d['truncated']:,} truncated from the prompt side, {d['skipped']:,} skipped: last reply longer "
+        f"than the context); {plural(d['tokens'], 'token')}, {d['trained_tokens']:,} trained on"
     )
 
 
