@@ -95,6 +95,15 @@ class Run:
     def has_data(self) -> bool:
         return self.manifest_path.is_file()
 
+    def refuse_sft_run(self, command: str) -> None:
+        """`prepare`, `train` and `plan` are for pretraining runs; an SFT run has no data of its own."""
+        if self.base:
+            raise UserError(
+                f"{self.root}: an SFT run (tuned from {self.base}), which `{command}` does not apply to; "
+                f"`scratchlm sft {self.root}` continues it, and `scratchlm {command} NEW_RUN` makes a new "
+                "pretraining run"
+            )
+
     def save_config(self, cfg: RunConfig) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.config_path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -22,6 +22,7 @@ def plan(run: str | Path, *, minutes: float, device: str = "auto"):
     if not minutes > 0:
         raise UserError(f"--minutes {minutes:g}: must be a number > 0")
     target = Run.at(run)
+    target.refuse_sft_run("plan")
     cfg = target.config_or_default().replace(train={"device": device})
     made = make_plan(target.root, cfg, minutes)
     print("\n".join(made.lines()))

@@ -63,5 +63,6 @@ def prepare(
 
     cfg = settings_for(run, config, input=input, recipe=recipe, data=data, tokenizer=tokenizer, origin=origin)
     target = Run.at(run)
+    target.refuse_sft_run("prepare")
     with target.writer_lock("prepare"):
         return prepare_run(target, cfg, overwrite)

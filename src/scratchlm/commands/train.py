@@ -84,6 +84,7 @@ def train(
     if resume and fresh:
         raise UserError("--resume and --fresh: give one of them")
     target = Run.at(run)
+    target.refuse_sft_run("train")
     target.require_data()
     cfg = settings_for(
         target.root,
