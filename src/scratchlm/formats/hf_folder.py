@@ -54,7 +54,9 @@ def write_hf_folder(lm, tok_dir: Path, out: Path, dtype: str, card: str) -> None
         pad_token_id=tok.pad_id,
         do_sample=sc.temperature > 0,
         **({"temperature": sc.temperature, "top_k": sc.top_k} if sc.temperature > 0 else {}),
-        max_new_tokens=sc.max_new_tokens,
+        # The whole sequence within the context: GPT2LMHeadModel has no position past n_positions, so
+        # generate(**inputs) with sample.max_new_tokens (200) on a 128-token model raised IndexError.
+        max_length=lm.config.model.block_size,
     )
     gen.save_pretrained(out)
     for name in TOKENIZER_FILES:
