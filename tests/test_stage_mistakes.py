@@ -77,3 +77,18 @@ def test_the_hf_export_generates_within_the_context(trained_run, tmp_path):
     ids = model.generate(**inputs)  # the shipped generation_config alone: no IndexError past n_positions
     assert ids.shape[1] <= model.config.n_positions
     shutil.rmtree(out)
+
+
+def test_export_force_keeps_what_the_user_added(trained_run, tmp_path):
+    pytest.importorskip("transformers")
+    out = tmp_path / "hf"
+    scratchlm.export(trained_run, format="hf", out=out)
+    (out / "Modelfile").write_text("FROM ./model.gguf\n")
+    (out / "assets").mkdir()
+    (out / "assets" / "logo.txt").write_text("mine")
+    (out / "model.safetensors").write_bytes(b"stale")  # what export wrote is replaced
+    scratchlm.export(trained_run, format="hf", out=out, force=True)
+    assert (out / "Modelfile").read_text() == "FROM ./model.gguf\n"
+    assert (out / "assets" / "logo.txt").read_text() == "mine"
+    assert (out / "model.safetensors").stat().st_size > 1000
+    assert "Modelfile" not in (out / ".scratchlm-export").read_text()  # still the user's, not export's

@@ -23,6 +23,16 @@ DTYPES = {"hf": ("f32", "f16", "bf16"), "gguf": ("f32", "f16", "q8_0")}
 # so a mistyped --out never deletes a run, its parent, or anything else export did not write.
 MARKER = ".scratchlm-export"
 GGUF_MAGIC = b"GGUF"
+EXPORT_NAMES = {
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "README.md",
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+}
 
 
 def write_export(
@@ -58,8 +68,11 @@ def write_export(
 
         def write(tmp: Path) -> None:
             write_hf_folder(lm, run.tokenizer_dir, tmp, dtype, card)
+            written = sorted(p.name for p in tmp.iterdir())
             (tmp / MARKER).write_text(
-                "Written by `scratchlm export`: `--force` may replace this folder.\n", encoding="utf-8"
+                "Written by `scratchlm export`: `--force` replaces the files listed below and keeps the "
+                "rest.\n" + "".join(f"{name}\n" for name in written),
+                encoding="utf-8",
             )
 
         _replace_dir(out, write)
@@ -119,6 +132,8 @@ def _replace_dir(out: Path, write) -> None:
         os.chmod(tmp, 0o777 & ~umask)
         for f in tmp.rglob("*"):
             os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~umask)
+        if out.is_dir():
+            _keep_users_files(out, tmp)
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.replace(out, old)
@@ -128,6 +143,22 @@ def _replace_dir(out: Path, write) -> None:
             os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _exported_names(folder: Path) -> set[str]:
+    """What an earlier export wrote into `folder`: the names its marker lists (an export made before the
+    marker listed them: the files every export writes)."""
+    listed = (folder / MARKER).read_text(encoding="utf-8").splitlines()[1:]
+    return {MARKER, *listed} if listed else {MARKER, *EXPORT_NAMES}
+
+
+def _keep_users_files(old: Path, new: Path) -> None:
+    """Move what the user added to an earlier export folder into the new one, so --force replaces only what
+    export wrote (a notes file, a Modelfile, an app's assets stay)."""
+    exported = _exported_names(old) if (old / MARKER).is_file() else set()
+    for entry in old.iterdir():
+        if entry.name not in exported and not (new / entry.name).exists():
+            os.replace(entry, new / entry.name)
 
 
 def import_run(hf_dir: str | Path, run_dir: str | Path) -> Path:
