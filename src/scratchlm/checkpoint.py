@@ -325,7 +325,7 @@ def resolve_weights(run: Run, which: str = "last") -> Path:
         if not dirs and damaged_best:
             raise UserError(f"{damaged_best}, and there is no step checkpoint to use instead")
         if not dirs:
-            raise UserError(f"{run.root}: no checkpoint yet; run `scratchlm train {run.root}` first")
+            raise UserError(run.no_model_message())
         if damaged_best:
             _warn(f"{damaged_best}; using {dirs[-1]} instead")
         for warning in skipped:

@@ -95,6 +95,16 @@ class Run:
     def has_data(self) -> bool:
         return self.manifest_path.is_file()
 
+    def no_model_message(self) -> str:
+        """What to do about a run without a checkpoint, by what the run is (or whether it is one)."""
+        if not self.root.is_dir():
+            return f"{self.root}: no such run directory; give a trained run (or `scratchlm demo` makes one)"
+        if self.base:
+            return f"{self.root}: no checkpoint yet; run `scratchlm sft {self.root}` first"
+        if self.has_data():
+            return f"{self.root}: no checkpoint yet; run `scratchlm train {self.root}` first"
+        return f"{self.root}: no data, no checkpoint; run `scratchlm prepare {self.root}`"
+
     def refuse_sft_run(self, command: str) -> None:
         """`prepare`, `train` and `plan` are for pretraining runs; an SFT run has no data of its own."""
         if self.base:

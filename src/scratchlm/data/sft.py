@@ -265,7 +265,7 @@ def encode_conversations(conversations: Sequence[Conversation], tokenizer, block
     if not tokens:
         raise UserError(
             f"every one of the {stats.conversations} conversations has a last reply longer than the context "
-            f"of {block_size} tokens; raise --model.block_size or give shorter examples"
+            f"of {block_size} tokens; give shorter examples, or tune a base trained with a longer context"
         )
     flat_mask = np.concatenate(trained)
     stats.tokens, stats.trained_tokens = int(offsets[-1]), int(flat_mask.sum())
