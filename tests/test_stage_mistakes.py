@@ -92,3 +92,26 @@ def test_export_force_keeps_what_the_user_added(trained_run, tmp_path):
     assert (out / "assets" / "logo.txt").read_text() == "mine"
     assert (out / "model.safetensors").stat().st_size > 1000
     assert "Modelfile" not in (out / ".scratchlm-export").read_text()  # still the user's, not export's
+
+
+def test_serve_on_a_busy_port_is_one_line_before_serving(trained_run, capsys):
+    pytest.importorskip("uvicorn")
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        assert main(["serve", str(trained_run), "--port", str(port)]) == 2
+    captured = capsys.readouterr()
+    assert f"127.0.0.1:{port} is in use" in captured.err and "serving" not in captured.out
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["sample", "{run}", "x"], ["serve", "{run}"], ["export", "{run}", "--format", "hf", "--out", "{out}"]],
+)
+def test_a_command_on_a_missing_run_says_so(tmp_path, capsys, command):
+    argv = [a.format(run=tmp_path / "nope", out=tmp_path / "out") for a in command]
+    assert main(argv) == 2
+    assert "no such run directory" in one_error_line(capsys)

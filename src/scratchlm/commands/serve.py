@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 from pathlib import Path
 
 from ..common import UserError
@@ -42,6 +44,25 @@ def serve(
     from ..common import pick_device
 
     lm = load(run, checkpoint, device=pick_device("auto", "--device"))
+    sock = _bound(host, port)  # before announcing: a busy port is one line, and --port 0 names the real one
+    port = sock.getsockname()[1]
     app = create_app(lm, Path(run).resolve().name, api_key=api_key, max_batch=max_batch)
     print(f"scratchlm: serving {run} on http://{host}:{port}/ (chat page) and http://{host}:{port}/v1")
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[sock])
+
+
+def _bound(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port (0: a free port), or one line saying why not."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as e:
+        what = "is in use" if e.errno == errno.EADDRINUSE else f"cannot be used ({e.strerror})"
+        raise UserError(
+            f"--port {port}: {host}:{port} {what}; stop what holds it or pick another --port"
+        ) from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
