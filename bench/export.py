@@ -22,11 +22,11 @@ import scratchlm
 from scratchlm.checkpoint import save_best, save_checkpoint, weights_of
 from scratchlm.config import PRESETS, RunConfig, SampleConfig
 from scratchlm.data.corpus import bundled_corpus, clean, read_text
+from scratchlm.decode import generate_ids, prompt_ids_for
 from scratchlm.export import export
 from scratchlm.model import GPT
 from scratchlm.prepare import prepare
 from scratchlm.run import Run
-from scratchlm.sample import generate_ids, prompt_ids_for
 from scratchlm.tokenizer import Tokenizer
 
 
