@@ -8,9 +8,9 @@ consumers. A finished or cancelled row leaves at once: the last row moves into i
 slot, so the active rows are always rows 0..n-1 and a step computes nothing for empty ones
 (continuous batching).
 
-The engine only batches and queues: each row is a `decode.Decoding`, the decode step batch-1
-generation (`decode.generate_ids`) runs too (the same prompt fitting, filters and draw from the same seed,
-stop ids, and rebuild of the cache from the last 3/4 of a window past the context end), so a seeded
+The engine only batches and queues: each row is a `decode.Decoding` and takes the decode step of
+batch-1 generation (`decode.generate_ids`): the same prompt fitting, filters and draw from the same seed,
+stop ids, and rebuild of the cache from the last 3/4 of a window past the context end. So a seeded
 request gives the same ids alone, in a batch, or from the CLI, up to float rounding between batch sizes.
 """
 
