@@ -23,10 +23,10 @@ from scratchlm.checkpoint import save_best, save_checkpoint, weights_of
 from scratchlm.commands.prepare import prepare
 from scratchlm.config import PRESETS, RunConfig, SampleConfig
 from scratchlm.data.corpus import bundled_corpus, clean, read_text
+from scratchlm.decode import generate_ids, prompt_ids_for
 from scratchlm.formats import write_export as export
 from scratchlm.model import GPT
 from scratchlm.run import Run
-from scratchlm.sample import generate_ids, prompt_ids_for
 from scratchlm.tokenizer import Tokenizer
 
 

@@ -18,9 +18,9 @@ import time
 import torch
 
 from scratchlm.config import ModelConfig, SampleConfig
+from scratchlm.decode import generate_ids
 from scratchlm.formats.adapters import to_hf_model
 from scratchlm.model import GPT
-from scratchlm.sample import generate_ids
 
 
 def scratch_cached(model: GPT, prompt: list[int], n: int) -> list[int]:

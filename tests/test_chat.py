@@ -23,8 +23,8 @@ from scratchlm.chat_template import fit_prompt, render, stop_ids
 from scratchlm.checkpoint import save_best, weights_of
 from scratchlm.common import UserError
 from scratchlm.config import SampleConfig
+from scratchlm.decode import generate_ids
 from scratchlm.run import Run
-from scratchlm.sample import generate_ids
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import scratchlm
-import scratchlm.engine as engine_mod
+import scratchlm.decode as engine_mod  # the engine picks by decode.py's step
 from scratchlm.config import ModelConfig, SampleConfig
+from scratchlm.decode import generate_ids
 from scratchlm.engine import Engine, QueueFull
 from scratchlm.model import GPT, KVCache
-from scratchlm.sample import generate_ids
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

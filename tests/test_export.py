@@ -19,11 +19,11 @@ from scratchlm.chat_template import LAYOUT, jinja_template, render, stop_ids
 from scratchlm.checkpoint import save_best, save_checkpoint, weights_of
 from scratchlm.cli import main
 from scratchlm.config import RunConfig, SampleConfig
+from scratchlm.decode import generate_ids, prompt_ids_for
 from scratchlm.formats import import_run
 from scratchlm.formats import write_export as export
 from scratchlm.model import GPT
 from scratchlm.run import Run
-from scratchlm.sample import generate_ids, prompt_ids_for
 from scratchlm.tokenizer import KINDS, Tokenizer
 
 transformers = pytest.importorskip("transformers")

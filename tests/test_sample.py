@@ -9,12 +9,10 @@ import pytest
 import torch
 
 import scratchlm
-import scratchlm.sample as sample_mod
+import scratchlm.decode as sample_mod
 from scratchlm.cli import main
 from scratchlm.config import ModelConfig, RunConfig, SampleConfig, TokenizerConfig
-from scratchlm.lm import LoadedModel
-from scratchlm.model import GPT
-from scratchlm.sample import (
+from scratchlm.decode import (
     TextStream,
     draw_rows,
     filter_logits,
@@ -24,6 +22,8 @@ from scratchlm.sample import (
     prompt_ids_for,
     stream_text,
 )
+from scratchlm.lm import LoadedModel
+from scratchlm.model import GPT
 from scratchlm.tokenizer import train_tokenizer
 
 GREEDY = SampleConfig(temperature=0.0, max_new_tokens=24)

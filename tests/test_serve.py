@@ -27,8 +27,8 @@ from scratchlm import engine as engine_mod  # noqa: E402
 from scratchlm.checkpoint import load  # noqa: E402
 from scratchlm.cli import main  # noqa: E402
 from scratchlm.config import SampleConfig  # noqa: E402
+from scratchlm.decode import generate_ids, prompt_ids_for  # noqa: E402
 from scratchlm.engine import Engine  # noqa: E402
-from scratchlm.sample import generate_ids, prompt_ids_for  # noqa: E402
 from scratchlm.server.app import create_app, running  # noqa: E402
 
 NAME = "tiny"

@@ -16,8 +16,8 @@ from scratchlm.checkpoint import load, step_dirs
 from scratchlm.cli import main
 from scratchlm.commands.sft import sft
 from scratchlm.config import SFT_TRAIN_DEFAULTS, RunConfig, SampleConfig
+from scratchlm.decode import generate_ids
 from scratchlm.run import Run
-from scratchlm.sample import generate_ids
 from scratchlm.trainer import Session, TrainData, _train_step
 
 QA = [

@@ -6,7 +6,7 @@ to stderr, so piped use is scriptable: each input line is one user turn, each re
 editing and a banner; the behaviour is the same.
 
 - The conversation is kept whole while it fits the model's context; then its oldest exchanges are
-  dropped, with a notice (chat_template.fit_prompt, the same rule as LoadedModel.chat). The system
+  dropped, with a notice (decode.fit, the same rule as LoadedModel.chat). The system
   prompt always stays.
 - Ctrl-C during a reply stops it; the partial reply stays in the conversation, as it was shown. Ctrl-C
   at the prompt is ignored; Ctrl-D (end of input) quits with exit status 0.
@@ -23,8 +23,8 @@ from pathlib import Path
 
 from .common import UserError, atomic_write_text
 from .config import SampleConfig
+from .decode import stream_text
 from .lm import LoadedModel, ReplyStream, load
-from .sample import stream_text
 
 HELP = """commands:
   /system TEXT   set the system prompt (/system alone removes it); the conversation stays

@@ -147,8 +147,8 @@ def fit_prompt(messages: Sequence[Mapping], tokenizer, max_tokens: int) -> tuple
 
     The oldest user + assistant exchanges go first, whole, so what stays still starts with a user; the
     system message always stays. UserError when the system message and the last user message alone are
-    too long: cutting into a message would change what was asked. Shared by `LoadedModel.chat` and the
-    terminal chat, so both keep the same turns.
+    too long: cutting into a message would change what was asked. The chat layout's part of the one
+    prompt-fitting rule, `decode.fit`, which every caller goes through (it sets `max_tokens`).
     """
     validate(messages, add_generation_prompt=True)
     first = 1 if messages[0]["role"] == "system" else 0

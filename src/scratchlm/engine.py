@@ -8,8 +8,9 @@ consumers. A finished or cancelled row leaves at once: the last row moves into i
 slot, so the active rows are always rows 0..n-1 and a step computes nothing for empty ones
 (continuous batching).
 
-A request decodes exactly as `sample.generate_ids` does (same prompt truncation, same sampling code
-and seed, same rebuild of the cache from the last 3/4 of a window past the context end), so a seeded
+The engine only batches and queues: each row is a `decode.Decoding` and takes the decode step of
+batch-1 generation (`decode.generate_ids`): the same prompt fitting, filters and draw from the same seed,
+stop ids, and rebuild of the cache from the last 3/4 of a window past the context end. So a seeded
 request gives the same ids alone, in a batch, or from the CLI, up to float rounding between batch sizes.
 """
 
@@ -23,8 +24,8 @@ from collections.abc import AsyncIterator, Iterator
 import torch
 
 from .config import SampleConfig
+from .decode import Decoding, fit, pick_together, prefill
 from .model import GPT, KVCache
-from .sample import draw_rows, filter_rows, pick_next
 
 
 class QueueFull(Exception):
@@ -40,23 +41,17 @@ class Request:
     """
 
     def __init__(self, prompt_ids: list[int], cfg: SampleConfig, stop_ids: set[int], block_size: int):
-        self.cfg, self.stop_ids = cfg, frozenset(stop_ids)
-        self.history = list(prompt_ids[-block_size:])  # what the model sees; grows with each new id
-        self.prompt_tokens = len(self.history)
+        self.cfg, self.stop_ids, self.prompt_ids = cfg, frozenset(stop_ids), prompt_ids
+        self.prompt_tokens = len(fit(prompt_ids, block_size).ids)
         self.completion_tokens = 0
         self.finish_reason: str | None = None
         self.error: BaseException | None = None
-        self._all_prompt_ids = prompt_ids  # the repetition penalty counts the whole prompt, as generate_ids
         self._ids: list[int] = []
         self._cond = threading.Condition()
         self._wakers: list = []  # (loop, event.set) per async iterator: wakes it from the worker thread
         self._sink = None  # the engine's collector while it holds this request: one wake per loop per step
         self._cancelled = False
-        # The worker's state for this request while it holds a row.
-        self.generator: torch.Generator | None = None
-        self.seen: torch.Tensor | None = None
-        self.logits: torch.Tensor | None = None  # (vocab,) for the next pick
-        self.picked: int | None = None  # this step's id when the engine picked it with the batch
+        self.decoding: Decoding | None = None  # the worker's decode state while this request holds a row
 
     def cancel(self) -> None:
         """Ask the worker to drop this request at its next step (e.g. the client disconnected)."""
@@ -79,7 +74,7 @@ class Request:
             if self.finish_reason is not None:
                 return
             self.finish_reason, self.error = reason, error
-            self.generator = self.seen = self.logits = None
+            self.decoding = None  # its generator, `seen` and logits go with it
             self._cond.notify_all()
         self._wake()
 
@@ -238,21 +233,16 @@ class Engine:
     def _admit(self, request: Request) -> None:
         if request.cancelled:
             return request._finish("cancelled")
-        cfg = request.cfg
-        request.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
-        if cfg.repetition_penalty != 1.0:
-            request.seen = torch.zeros(self.vocab, dtype=torch.bool, device=self.device)
-            request.seen[torch.tensor(request._all_prompt_ids, device=self.device)] = True
+        d = Decoding(request.prompt_ids, request.cfg, request.stop_ids, self.block, self.vocab, self.device)
+        request.decoding = d
         self.active.append(request)
-        self._prefill(request, len(self.active) - 1, request.history)
+        d.logits = self._prefill(len(self.active) - 1, d.history)
 
-    def _prefill(self, request: Request, row: int, ids: list[int]) -> None:
-        """Run `ids` alone (batch 1, the scalar-position path of sample.py) straight into cache row `row`."""
-        view = self.cache.rows(row, 1)
-        view.pos = 0
-        logits, _ = self.model(torch.tensor([ids], device=self.device), cache=view)
+    def _prefill(self, row: int, ids: list[int]) -> torch.Tensor:
+        """Run `ids` alone (batch 1, the scalar-position path of generate_ids) straight into row `row`."""
+        logits = prefill(self.model, self.cache.rows(row, 1), ids)
         self.cache.pos[row] = len(ids)
-        request.logits = logits[0, -1]
+        return logits
 
     def _step(self) -> None:
         """Pick one id per active row, hand it out, then one forward of every row still going."""
@@ -269,7 +259,7 @@ class Engine:
         if not going:
             return
         n = len(self.active)
-        tokens = torch.tensor([[r.history[-1]] for r in self.active], device=self.device)  # (n, 1)
+        tokens = torch.tensor([[r.decoding.history[-1]] for r in self.active], device=self.device)  # (n, 1)
         try:
             logits, _ = self.model(tokens, cache=self.cache.rows(0, n))  # (n, 1, vocab)
         except Exception as e:  # the batch failed as a whole: every row in it ends with the error
@@ -278,55 +268,32 @@ class Engine:
                 self._leave(request)
             return
         for request, row_logits in zip(self.active, logits[:, -1], strict=True):
-            request.logits = row_logits
+            request.decoding.logits = row_logits
 
     def _pick(self, request: Request) -> None:
-        """The request's next id; the cache is rebuilt from its last 3/4 window at the context end."""
+        """The request's next id by the decode step; the cache row is rebuilt at the context end."""
         if request.cancelled:
             return request._finish("cancelled")
-        token, request.picked = request.picked, None
-        if token is None:
-            token = pick_next(request.logits, request.cfg, request.generator, request.seen)
-        if token in request.stop_ids:
+        d = request.decoding
+        token = d.pick()
+        if not d.accept(token):
             return request._finish("stop")
-        request.history.append(token)
-        if request.seen is not None:
-            request.seen[token] = True
         request._push(token)
-        if request.completion_tokens >= request.cfg.max_new_tokens:
-            return request._finish("length")
+        if d.finish_reason is not None:
+            return request._finish(d.finish_reason)
         row = self.active.index(request)
-        if int(self.cache.pos[row]) >= self.block:
-            # As generate_ids, a full cache is rebuilt from the last 3/4 of a window: all but its last id
-            # here, and the last one goes in with the batch's forward, like any new id.
-            kept = request.history[-(3 * self.block // 4) :]
-            self._prefill(request, row, kept[:-1])
+        refill = d.refill(int(self.cache.pos[row]))
+        if refill is not None:  # the newest id then goes in with the batch's forward, like any new id
+            self._prefill(row, refill)
 
     def _pick_batch(self) -> None:
-        """Pick the ids of all plain sampling rows (temperature > 0, no repetition penalty) at once.
-
-        pick_next is the same filter_rows + draw_rows on one row, and those work on each row alone, so a
-        row's id is the same bits as its own pick_next (tests/test_engine.py). Per-row pick_next cost
-        ~0.13-0.17 ms a row at 16 rows, as much as half the batched forward's share (issue 12's profile).
-        A row with a penalty (its own `seen`) or greedy keeps pick_next.
-        """
-        rows = [
-            r
-            for r in self.active
-            if r.finish_reason is None
-            and not r.cancelled
-            and r.cfg.temperature > 0
-            and (r.cfg.repetition_penalty == 1.0 or r.seen is None)
-        ]
-        if len(rows) < 2:
-            return
+        """Draw the ids of all plain sampling rows together (decode.pick_together): same bits as alone."""
+        going = [r.decoding for r in self.active if r.finish_reason is None and not r.cancelled]
         try:
-            logits = filter_rows(torch.stack([r.logits for r in rows]), [r.cfg for r in rows])
-            tokens = draw_rows(logits, [r.generator for r in rows])
+            pick_together(going)
         except Exception:  # e.g. one row's bad knob: each row picks alone and only that one fails
-            return
-        for request, token in zip(rows, tokens, strict=True):
-            request.picked = token
+            for d in going:
+                d.picked = None
 
     def _collect(self, wakers: list) -> None:
         for loop, wake in wakers:

@@ -172,7 +172,7 @@ def _eval_tokens(lm, run: Run, cfg: EvalConfig) -> tuple[str, np.ndarray]:
 
 
 def _eval_samples(lm, cfg: EvalConfig) -> list[tuple[str, str]]:
-    from .sample import stream_text
+    from .decode import stream_text
 
     scfg = dataclasses.replace(lm.config.sample, max_new_tokens=cfg.sample_tokens, seed=cfg.seed)
     return [(p, "".join(stream_text(lm, p, scfg))) for p in cfg.prompts]

@@ -5,7 +5,7 @@
     print(r.text, r.finish_reason, r.usage)
 
 This module sits above the checkpoint (which only rebuilds the model, tokenizer and settings) and the
-sampler (which only sees ids and text), so neither imports the other's caller.
+decoder (decode.py: ids, text, and the one prompt-fitting rule), so neither imports the other's caller.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import chat_template
+from . import chat_template, decode
 from .checkpoint import Restored
 from .checkpoint import load as restore
 from .common import UserError
 from .config import SampleConfig
+from .decode import TextStream, generate_ids, stream_text
 from .model import GPT
-from .sample import TextStream, generate_ids, stream_text
 
 
 @dataclass
@@ -36,7 +36,7 @@ class ChatReply:
     completion_tokens: int = 0
     """The tokens generated, the <|end|> or <|eos|> that ended the reply included."""
     dropped: int = 0
-    """The oldest messages left out so that the prompt fits the context (chat_template.fit_prompt)."""
+    """The oldest messages left out so that the prompt fits the context (decode.fit)."""
 
     @property
     def usage(self) -> dict[str, int]:
@@ -48,28 +48,21 @@ class ChatReply:
         }
 
 
-def prompt_budget(block_size: int, max_new_tokens: int) -> int:
-    """The tokens of the context a chat prompt may use. The rest, up to half the context, is the reply's,
-    so a reply starts with the whole conversation in view; past the context, generate_ids slides its
-    window and the start of the conversation falls out of it."""
-    return block_size - min(max_new_tokens, block_size // 2)
-
-
 class ReplyStream:
     """The text pieces of one chat reply, as they are generated; `.reply` is the reply so far, with its
     finish_reason once the stream has ended. The prompt is the conversation's newest part that fits
-    (`.messages`, the system message kept) rendered with <|assistant|> at the end."""
+    (`.messages`, the system message kept) rendered with <|assistant|> at the end (decode.fit); with
+    fit=False, every message is rendered and the model reads those ids' newest end."""
 
     def __init__(self, lm: Restored, messages: Sequence[Mapping], cfg: SampleConfig, fit: bool = True):
-        tok = lm.tokenizer
-        dropped = 0
+        tok, block = lm.tokenizer, lm.model.config.block_size
         if fit:
-            budget = prompt_budget(lm.model.config.block_size, cfg.max_new_tokens)
-            messages, dropped = chat_template.fit_prompt(messages, tok, budget)
-        # fit=False: every message; generate_ids then reads the prompt's last block_size tokens.
-        self.messages = messages
-        self.prompt_ids = chat_template.render(self.messages, tok, add_generation_prompt=True).ids
-        self.reply = ChatReply("", None, len(self.prompt_ids), dropped=dropped)
+            fitted = decode.fit(messages, block, cfg.max_new_tokens, tokenizer=tok)
+        else:  # every message rendered; the model reads the rendered ids' newest block_size
+            fitted = decode.fit(chat_template.render(messages, tok, add_generation_prompt=True).ids, block)
+        self.messages = fitted.messages if fit else list(messages)
+        self.prompt_ids = fitted.ids
+        self.reply = ChatReply("", None, len(self.prompt_ids), dropped=fitted.dropped if fit else 0)
         self._pieces = self._generate(lm, cfg)
 
     def __iter__(self) -> Iterator[str]:

@@ -2,7 +2,7 @@
 
 Every request is tokenized here and handed to the engine's worker thread; the handlers only await the
 tokens (Request.__aiter__), so the event loop never runs the model. Text comes out through
-sample.TextStream, which holds back half a character and any tail that may grow into a stop string.
+decode.TextStream, which holds back half a character and any tail that may grow into a stop string.
 
 A base model (no SFT) answers /v1/completions only: /v1/chat/completions is a 400 that says so, because a
 base model never saw the chat format and would answer a rendered conversation with noise, which an
@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import chat_template
 from ..common import UserError
 from ..config import SampleConfig
-from ..sample import TextStream
+from ..decode import TextStream, fit
 from . import openai_shapes as shapes
 from .openai_shapes import APIError, ChatBody, CompletionBody, Sampling
 
@@ -129,11 +129,10 @@ async def read_body(request: Request, state: AppState, model: type[BaseModel]):
 
 
 def fit_prompt(ids: list[int], body: Sampling, block: int) -> list[int]:
-    """The server's prompt-fitting rule: the prompt ids, left-truncated to truncate_prompt_tokens when the
-    request asks, else a 400 when they exceed the context. The one place to swap for decode.py's rule."""
-    if body.truncate_prompt_tokens is not None:
-        ids = ids[-min(body.truncate_prompt_tokens, block) :]
-    if len(ids) > block:
+    """decode.fit, the one prompt-fitting rule: the last truncate_prompt_tokens ids when the request asks
+    for them; otherwise a prompt past the context is a 400 rather than a silent cut."""
+    fitted = fit(ids, block, keep_last=body.truncate_prompt_tokens)
+    if fitted.dropped and body.truncate_prompt_tokens is None:
         raise APIError(
             400,
             f"the prompt is {len(ids)} tokens, longer than the model's context of {block}; "
@@ -141,7 +140,7 @@ def fit_prompt(ids: list[int], body: Sampling, block: int) -> list[int]:
             param="messages" if isinstance(body, ChatBody) else "prompt",
             code="context_length_exceeded",
         )
-    return ids
+    return fitted.ids
 
 
 def submit(state: AppState, ids: list[int], body: Sampling, stop_ids: set[int]) -> list:
