@@ -13,7 +13,7 @@ import scratchlm
 from scratchlm.checkpoint import step_dirs
 from scratchlm.evaluate import evaluate
 from scratchlm.run import Run
-from scratchlm.sample import sample
+from scratchlm.sampling import write_samples as sample
 from scratchlm.tokenizer import Tokenizer
 
 

@@ -217,7 +217,7 @@ def _train_facts(run: Run) -> dict:
 
 def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out=None) -> dict:
     """Score one run, sample its fixed prompts, and write eval.json, report.md and samples.txt."""
-    from .sample import append_samples
+    from .sampling import append_samples
 
     cfg = cfg or EvalConfig()
     out = out or sys.stdout

@@ -24,7 +24,7 @@ def demo(run: str | Path = "runs/demo", *, minutes: float = DEMO_MINUTES) -> Non
     from ..evaluate import evaluate
     from ..planning import make_plan
     from ..pretraining import pretraining_data
-    from ..sample import sample
+    from ..sampling import write_samples
     from ..trainer import fit
 
     if not minutes > 0:
@@ -44,7 +44,7 @@ def demo(run: str | Path = "runs/demo", *, minutes: float = DEMO_MINUTES) -> Non
     print("\n== 3/4 eval: the validation split")
     evaluate(run.root)
     print(f"\n== 4/4 sample: {PROMPT!r}")
-    sample(run.root, PROMPT)
+    write_samples(run.root, PROMPT)
     _print_next_steps(run)
 
 

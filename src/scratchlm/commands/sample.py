@@ -27,11 +27,10 @@ def sample(
         prompts_file: one prompt per line (or .jsonl with "prompt")
         checkpoint: best, last, or a path to a .safetensors file
     """
-    from ..sample import read_prompts
-    from ..sample import sample as stream_samples
+    from ..sampling import read_prompts, write_samples
 
     cfg = resolve(run, "sample", overrides={"sample": settings}, origin=origin).sample
     if (prompt is None) == (prompts_file is None):
         raise UserError("give a PROMPT or --prompts_file FILE (one of them; quote a PROMPT with spaces)")
     prompts = prompt if prompts_file is None else read_prompts(prompts_file)
-    return stream_samples(run, prompts, cfg, checkpoint=checkpoint)
+    return write_samples(run, prompts, cfg, checkpoint=checkpoint)

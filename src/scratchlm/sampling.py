@@ -1,4 +1,5 @@
-"""`scratchlm sample RUN PROMPT`: stream continuations and append them to RUN/samples.txt.
+"""Samples of a run: continuations streamed to a terminal (or any stream) and appended to RUN/samples.txt
+(what `scratchlm sample` and the demo print).
 
 The decoding itself (prompt fitting, filters, the decode step, text streaming) is decode.py's.
 """
@@ -38,7 +39,7 @@ def append_samples(run: Run, entries: list[str]) -> None:
     atomic_write_text(run.samples_path, old + "".join(entries))
 
 
-def sample(
+def write_samples(
     run_dir: str | Path,
     prompt: str | list[str],
     cfg: SampleConfig | None = None,
