@@ -1,11 +1,191 @@
-"""`scratchlm chat RUN`: talk to the run's model in the terminal, replies streamed."""
+"""`scratchlm chat RUN`: talk to the run's model in the terminal, replies streamed.
+
+Replies stream to stdout as they are generated; everything else (notices, command answers, errors) goes
+to stderr, so piped use is scriptable: each input line is one user turn, each reply ends with a newline
+(`printf 'Hi\\nWho?\\n' | scratchlm chat RUN --temperature 0`). At a terminal there is a prompt, line
+editing and a banner; the behaviour is the same.
+
+- The conversation is kept whole while it fits the model's context; then its oldest exchanges are
+  dropped, with a notice (decode.fit, the same rule as LoadedModel.chat). The system
+  prompt always stays.
+- Ctrl-C during a reply stops it; the partial reply stays in the conversation, as it was shown. Ctrl-C
+  at the prompt is ignored; Ctrl-D (end of input) quits with exit status 0.
+- A base model (not made by `scratchlm sft`) never saw the chat format: each line is then continued as
+  plain text, like `scratchlm sample`, with no history.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
+from ..common import UserError, atomic_write_text
+from ..config import SampleConfig
+from ..decode import stream_text
+from ..lm import LoadedModel, ReplyStream, load
 from ..settings import resolve
+
+HELP = """commands:
+  /system TEXT   set the system prompt (/system alone removes it); the conversation stays
+  /reset         start the conversation over (the system prompt stays)
+  /temp X        sampling temperature from now on (0: greedy)
+  /save FILE     write the conversation as JSON messages (role, content)
+  /help          this list
+A line starting with // is sent as a message starting with /. Ctrl-C stops a reply; Ctrl-D quits."""
+
+
+class Chat:
+    """One terminal conversation: the settings, the system prompt and the user/assistant turns so far."""
+
+    def __init__(self, lm: LoadedModel, cfg: SampleConfig, system: str | None, out, err):
+        self.lm, self.cfg, self.out, self.err = lm, cfg, out, err
+        self.system = system or None
+        self.turns: list[dict[str, str]] = []
+
+    def messages(self) -> list[dict[str, str]]:
+        return ([{"role": "system", "content": self.system}] if self.system else []) + self.turns
+
+    def note(self, text: str) -> None:
+        print(f"scratchlm: {text}", file=self.err, flush=True)
+
+    def handle(self, line: str) -> None:
+        """One input line: a command, or a user turn and its streamed reply."""
+        if line.startswith("/") and not line.startswith("//"):
+            name, _, arg = line[1:].partition(" ")
+            self.command(name, arg)
+        elif line.strip():
+            self.reply(line[1:] if line.startswith("//") else line)
+
+    def command(self, name: str, arg: str) -> None:
+        arg = arg.strip()
+        if name == "help":
+            print(HELP, file=self.err, flush=True)
+        elif name == "reset":
+            self.turns = []
+            self.note("the conversation starts over" + (" (the system prompt stays)" if self.system else ""))
+        elif name == "system" and not self.lm.is_chat:
+            self.note("a base model has no system prompt: each line is continued as plain text")
+        elif name == "system":
+            self.system = arg or None
+            self.note("system prompt set" if arg else "system prompt removed")
+        elif name == "temp":
+            try:
+                self.cfg = dataclasses.replace(self.cfg, temperature=float(arg))
+            except (ValueError, UserError):  # not a number, or a negative one (SettingError)
+                self.note(f"/temp {arg}: give a number >= 0 (0 is greedy)")
+                return
+            self.note(f"temperature {self.cfg.temperature:g}")
+        elif name == "save":
+            self.save(arg)
+        else:
+            self.note(f"unknown command /{name}; /help lists the commands")
+
+    def save(self, path: str) -> None:
+        if not path:
+            self.note("/save FILE: name the file to write")
+            return
+        messages = self.messages()
+        text = json.dumps(messages, ensure_ascii=False, indent=2) + "\n"
+        try:
+            atomic_write_text(Path(path).expanduser(), text)
+        except OSError as e:
+            self.note(f"error: {path}: {e.strerror or e}")
+            return
+        self.note(f"saved {len(messages)} messages to {path}")
+
+    def reply(self, text: str) -> None:
+        """Stream the reply to one user turn and keep both in the conversation (a stopped reply too)."""
+        user = {"role": "user", "content": text}
+        if self.lm.is_chat:
+            try:
+                stream = ReplyStream(self.lm, [*self.messages(), user], self.cfg)
+            except UserError as e:  # the message alone does not fit the context: it is not kept
+                self.note(f"error: {e}")
+                return
+            if stream.reply.dropped:
+                self.note(
+                    f"left out the oldest {stream.reply.dropped} messages to stay within the model's "
+                    f"context of {self.lm.model.config.block_size} tokens"
+                )
+            earlier = stream.messages[1 if self.system else 0 : -1]
+            pieces = iter(stream)
+        else:  # each line on its own; the turns are kept for /save only
+            earlier = self.turns
+            pieces = stream_text(self.lm, text, self.cfg, warn=self.err)
+        shown: list[str] = []
+        stopped = False
+        try:
+            for piece in pieces:
+                shown.append(piece)
+                self.out.write(piece)
+                self.out.flush()
+        except KeyboardInterrupt:
+            stopped = True
+        # One assignment, so a Ctrl-C landing here leaves either the old conversation or the new one.
+        self.turns = [*earlier, user, {"role": "assistant", "content": "".join(shown)}]
+        self.out.write("\n")
+        self.out.flush()
+        if stopped:
+            self.note("reply stopped (Ctrl-C); it stays in the conversation as shown")
+
+
+def _read_line(stdin, interactive: bool) -> str | None:
+    """The next input line without its line break; None at the end of input."""
+    if interactive:
+        try:
+            return input("> ")
+        except EOFError:
+            print()
+            return None
+    line = stdin.readline()
+    return line.rstrip("\r\n") if line else None
+
+
+def talk(
+    run_dir: str | Path,
+    cfg: SampleConfig | None = None,
+    checkpoint: str = "best",
+    system: str | None = None,
+    stdin=None,
+    out=None,
+    err=None,
+) -> None:
+    """Chat with the run's model until the end of input (Ctrl-D). `system` defaults to the system
+    prompt the run was fine-tuned with, if any."""
+    stdin, out, err = stdin or sys.stdin, out or sys.stdout, err or sys.stderr
+    lm = load(run_dir, checkpoint)
+    cfg = cfg or lm.config.sample
+    interactive = stdin is sys.stdin and stdin.isatty()
+    if interactive:
+        try:
+            import readline  # noqa: F401  (line editing and history for input(); absent on Windows)
+        except ImportError:
+            pass
+    if system is None and lm.is_chat:
+        system = lm.config.sft.system_prompt
+    session = Chat(lm, cfg, system, out, err)
+    if not lm.is_chat:
+        session.note(
+            f"{run_dir} is a base model, not made by `scratchlm sft`: completion mode, each line is "
+            "continued as plain text"
+        )
+    if interactive:
+        print(
+            f"chatting with {run_dir} (step {lm.step}, context {lm.model.config.block_size} tokens); "
+            "/help lists the commands, Ctrl-D quits",
+            file=err,
+        )
+    while True:
+        try:
+            line = _read_line(stdin, interactive)
+            if line is None:
+                return
+            session.handle(line)
+        except KeyboardInterrupt:  # at the prompt, or between a reply and the prompt: carry on
+            print(file=err)
 
 
 def chat(
@@ -24,7 +204,5 @@ def chat(
         checkpoint: best, last, or a path to a .safetensors file
         system: system prompt (default: the one the run was tuned with)
     """
-    from ..chat import chat as talk
-
     cfg = resolve(run, "chat", overrides={"sample": settings}, origin=origin).sample
     talk(run, cfg, checkpoint=checkpoint, system=system)
