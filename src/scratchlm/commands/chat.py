@@ -20,13 +20,14 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..common import UserError, atomic_write_text
 from ..config import SampleConfig
-from ..decode import stream_text
-from ..lm import LoadedModel, ReplyStream, load
 from ..settings import resolve
+
+if TYPE_CHECKING:
+    from ..lm import LoadedModel
 
 HELP = """commands:
   /system TEXT   set the system prompt (/system alone removes it); the conversation stays
@@ -99,6 +100,9 @@ class Chat:
     def reply(self, text: str) -> None:
         """Stream the reply to one user turn and keep both in the conversation (a stopped reply too)."""
         user = {"role": "user", "content": text}
+        from ..decode import stream_text
+        from ..lm import ReplyStream
+
         if self.lm.is_chat:
             try:
                 stream = ReplyStream(self.lm, [*self.messages(), user], self.cfg)
@@ -156,6 +160,8 @@ def talk(
     """Chat with the run's model until the end of input (Ctrl-D). `system` defaults to the system
     prompt the run was fine-tuned with, if any."""
     stdin, out, err = stdin or sys.stdin, out or sys.stdout, err or sys.stderr
+    from ..lm import load
+
     lm = load(run_dir, checkpoint)
     cfg = cfg or lm.config.sample
     interactive = stdin is sys.stdin and stdin.isatty()
