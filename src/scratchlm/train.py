@@ -7,8 +7,8 @@ from pathlib import Path
 from .config import RunConfig
 from .data.loader import RandomWindows
 from .data.shards import open_split
-from .evaluate import evaluate_loss
 from .run import Run
+from .scoring import evaluate_loss
 from .trainer import Session, TrainData, fit
 
 
