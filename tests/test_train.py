@@ -310,6 +310,19 @@ def test_train_leaves_the_callers_settings_as_they_were(prepared_run):
     assert saved.model.vocab_size == vocab != cfg.model.vocab_size
 
 
+def test_a_stage_sets_the_number_of_steps_through_its_data(prepared_run):
+    """TrainData.max_steps (what SFT derives from its epochs) replaces --train.max-steps for the session."""
+    from scratchlm.train import pretraining_data
+    from scratchlm.trainer import fit
+
+    def three_steps(s):
+        return dataclasses.replace(pretraining_data(s), max_steps=3)
+
+    cfg = tiny_config(Path("unused"))
+    assert fit(prepared_run, cfg, three_steps)["step"] == 3
+    assert cfg.train.max_steps == 60 and Run.at(prepared_run).load_config().train.max_steps == 3
+
+
 def test_max_minutes_stops_with_a_checkpoint_and_the_budget_spans_resumes(prepared_run, capsys):
     cfg = tiny_config(Path("unused"))
     cfg.train.max_steps, cfg.train.max_minutes = 100_000, 0.05
