@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from scratchlm.chat import chat
 
 import scratchlm
-from scratchlm.chat import chat
 from scratchlm.chat_template import fit_prompt, render, stop_ids
 from scratchlm.checkpoint import save_best, weights_of
 from scratchlm.common import UserError

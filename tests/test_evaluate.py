@@ -14,7 +14,8 @@ from scratchlm.cli import main
 from scratchlm.config import EvalConfig, ModelConfig
 from scratchlm.data.corpus import clean
 from scratchlm.data.shards import open_split
-from scratchlm.evaluate import evaluate, evaluate_loss, score_tokens, sliding_windows
+from scratchlm.evaluate import evaluate
+from scratchlm.scoring import evaluate_loss, score_tokens, sliding_windows
 from scratchlm.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")

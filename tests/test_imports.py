@@ -1,4 +1,5 @@
-"""No import cycles among scratchlm's modules (DESIGN: dependencies point one way).
+"""No import cycles among scratchlm's modules, and no command importing another (DESIGN: dependencies
+point one way).
 
 Two graphs. The eager one holds the imports that run when a module is imported (module level, class
 bodies): a cycle there can fail at import time, and none is allowed. The full one adds the imports
@@ -17,6 +18,8 @@ from pathlib import Path
 import scratchlm
 
 SRC = Path(scratchlm.__file__).parent
+
+COMMANDS = "scratchlm.commands."  # one module per command; the package itself is not a command
 
 # Lazy imports that close a cycle, known and being broken elsewhere: (importer, imported). Delete an
 # entry when its cycle is gone; never add one for new code: put what both need one floor down.
@@ -109,6 +112,13 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def _command_to_command(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """(importer, imported) pairs where both are modules under scratchlm/commands/."""
+    return sorted(
+        (a, b) for a, deps in graph.items() if a.startswith(COMMANDS) for b in deps if b.startswith(COMMANDS)
+    )
+
+
 def test_the_graphs_see_the_imports_they_should():
     eager, full = _graph(), _graph(lazy=True)
     assert "scratchlm.tokenizer" in eager["scratchlm.prepare"]  # from .tokenizer import …
@@ -130,3 +140,18 @@ def test_no_import_cycles_through_lazy_imports_but_the_known_ones():
     for importer, imported in KNOWN_LAZY:
         graph[importer].discard(imported)
     assert _cycles(graph) == [], "import cycle(s); put what both modules need one floor down"
+
+
+def test_no_command_imports_another_command():
+    """A command calls the library, never another command: what two commands share goes one floor down.
+    Until scratchlm/commands/ exists this holds vacuously."""
+    assert _command_to_command(_graph(lazy=True)) == [], "a command imports another; move what both need down"
+
+
+def test_the_command_check_bites():
+    graph = {
+        "scratchlm.commands.eval": {"scratchlm.commands", "scratchlm.scoring"},
+        "scratchlm.commands.train": {"scratchlm.commands.eval", "scratchlm.trainer"},
+        "scratchlm.cli": {"scratchlm.commands.train"},
+    }
+    assert _command_to_command(graph) == [("scratchlm.commands.train", "scratchlm.commands.eval")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import os
@@ -291,6 +292,38 @@ def test_max_tokens_sets_the_number_of_steps(prepared_run):
     assert train(prepared_run, cfg)["step"] == 6
 
 
+def test_train_leaves_the_callers_settings_as_they_were(prepared_run):
+    """Batch size auto, the steps that max_tokens gives and the tokenizer's vocabulary are resolved into the
+    session's own settings: the caller's RunConfig is unchanged, and the saved config holds the numbers, so
+    a resume is exact."""
+    from scratchlm.tokenizer import Tokenizer
+
+    cfg = tiny_config(Path("unused"))
+    cfg.train.batch_size, cfg.train.batch_tokens, cfg.train.max_tokens = "auto", 2048, 2 * 2048
+    before = copy.deepcopy(cfg)
+    assert train(prepared_run, cfg)["step"] == 2
+    assert cfg == before
+    saved = Run.at(prepared_run).load_config()
+    assert isinstance(saved.train.batch_size, int) and saved.train.batch_tokens == 2048
+    assert saved.train.max_steps == 2
+    vocab = Tokenizer.load(prepared_run / "tokenizer").vocab_size
+    assert saved.model.vocab_size == vocab != cfg.model.vocab_size
+
+
+def test_a_stage_sets_the_number_of_steps_through_its_data(prepared_run):
+    """TrainData.max_steps (what SFT derives from its epochs) replaces --train.max-steps for the session."""
+    from scratchlm.train import pretraining_data
+
+    from scratchlm.trainer import fit
+
+    def three_steps(s):
+        return dataclasses.replace(pretraining_data(s), max_steps=3)
+
+    cfg = tiny_config(Path("unused"))
+    assert fit(prepared_run, cfg, three_steps)["step"] == 3
+    assert cfg.train.max_steps == 60 and Run.at(prepared_run).load_config().train.max_steps == 3
+
+
 def test_max_minutes_stops_with_a_checkpoint_and_the_budget_spans_resumes(prepared_run, capsys):
     cfg = tiny_config(Path("unused"))
     cfg.train.max_steps, cfg.train.max_minutes = 100_000, 0.05
@@ -504,6 +537,8 @@ def test_checkpoint_keeps_config_and_tokenizer_hash(prepared_run):
 
     cfg = tiny_config(Path("unused"))
     cfg.train.max_steps = 3
+    # The caller sets the vocabulary (the trainer no longer writes the tokenizer's size into its settings).
+    cfg.model.vocab_size = Tokenizer.load(prepared_run / "tokenizer").vocab_size
     train(prepared_run, cfg)
     meta = read_metadata(step_dirs(Run.at(prepared_run))[-1] / "model.safetensors")
     assert RunConfig.from_dict(json.loads(meta["config"])).model == cfg.model

@@ -19,9 +19,9 @@ from .checkpoint import read_metadata, resolve_weights
 from .common import UserError, atomic_write_text, plural, rank0_print
 from .config import RunConfig
 from .data.sft import PackedBatches, describe, encode_conversations, sequential_batches, split_conversations
-from .evaluate import batches_loss
 from .lm import share_that_end
 from .run import Run
+from .scoring import batches_loss
 from .tokenizer import Tokenizer
 from .trainer import Session, TrainData
 

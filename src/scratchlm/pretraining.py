@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .data.loader import RandomWindows
 from .data.shards import open_split
-from .evaluate import evaluate_loss
+from .scoring import evaluate_loss
 from .trainer import Session, TrainData
 
 

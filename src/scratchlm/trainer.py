@@ -16,6 +16,7 @@ same count and this is the plain mean.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import signal
 import sys
@@ -81,6 +82,7 @@ class TrainData:
     pad_id: int | None = None  # inputs equal to it are padding: not counted as trained tokens
     extra_metrics: Callable[[GPT], dict] | None = None
     on_start: Callable[[], None] | None = None  # writes the stage's files once the first step went through
+    max_steps: int | None = None  # the stage's own length (SFT: from its epochs); None: --train.max-steps
 
 
 TB_TAGS = {"train_loss": "loss/train", "val_loss": "loss/val"}
@@ -88,7 +90,11 @@ TB_TAGS = {"train_loss": "loss/train", "val_loss": "loss/val"}
 
 @dataclass
 class Session:
-    """Everything the loop needs, set up once by `fit`."""
+    """Everything the loop needs, set up once by `fit`.
+
+    `cfg` is the session's own settings object, never the caller's: what `fit` was given with the derived
+    numbers filled in (batch size auto, the step count), and what every checkpoint saves.
+    """
 
     run: Run
     cfg: RunConfig
@@ -101,6 +107,7 @@ class Session:
     grad_accum: int
     forward: torch.nn.Module | None = None  # the model wrapped for DDP/FSDP and compiled
     optimizers: list = field(default_factory=list)
+    max_steps: int = 0  # optimizer steps this run trains for: from max_tokens, the stage, or max_steps
     step: int = 0
     tokens: int = 0  # trained (non-padding) tokens so far, over all ranks
     best_val: float = float("inf")
@@ -189,13 +196,34 @@ def fit(
 def _setup(run: Run, cfg: RunConfig, command: str, held: contextlib.ExitStack) -> Session:
     """Checks, the lock, process settings and a freshly initialised model; nothing is written yet."""
     tokenizer = Tokenizer.load(run.tokenizer_dir)
-    cfg.model.vocab_size = tokenizer.vocab_size
+    cfg = _with_tokenizer_vocab(cfg, tokenizer)
     cfg.validate()
     tc = cfg.train
     dist_info, device = init_distributed(tc.device)
     _hold_run(run, dist_info, held, command)
     if tc.tensorboard and dist_info.is_main:
         _summary_writer()  # a missing package fails here, before any training
+    _process_settings(tc, device)
+    autocast = _autocast(tc, device)
+    seed_everything(tc.seed)
+    model = GPT(cfg.model).to(device)  # fp32 master weights; autocast runs the matmuls in bf16
+    cfg = _with_batch(cfg, model, device, autocast, dist_info.world_size)
+    grad_accum = resolve_batch(cfg.train, cfg.model.block_size, dist_info.world_size)
+    return Session(run, cfg, command, tokenizer, dist_info, device, model, autocast, grad_accum)
+
+
+def _with_tokenizer_vocab(cfg: RunConfig, tokenizer: Tokenizer) -> RunConfig:
+    """The settings with the model's vocabulary equal to the tokenizer's (a new object when they differ)."""
+    if cfg.model.vocab_size == tokenizer.vocab_size:
+        return cfg
+    # TODO(resolve): once the command layer sets model.vocab_size while it resolves the settings, a
+    # mismatch here is a caller's bug: raise UserError(f"--model.vocab-size {cfg.model.vocab_size} differs
+    # from the run's tokenizer ({tokenizer.vocab_size})") instead of filling it in.
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size))
+
+
+def _process_settings(tc: TrainConfig, device: torch.device) -> None:
+    """The process-wide torch settings training asks for (`fit` puts them back afterwards)."""
     if tc.threads:
         torch.set_num_threads(tc.threads)
     if tc.deterministic:
@@ -203,30 +231,41 @@ def _setup(run: Run, cfg: RunConfig, command: str, held: contextlib.ExitStack) -
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls on Ampere+: ~3x fp32 speed, fp32 range
         torch.backends.cudnn.allow_tf32 = True
+
+
+def _autocast(tc: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast when asked (auto: on CUDA), else a no-op context."""
     use_bf16 = tc.dtype == "bfloat16" or (tc.dtype == "auto" and device.type == "cuda")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
     if use_bf16 and device.type == "cpu" and not cpu_has_bf16():
         rank0_print(
             "scratchlm: note: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX): --train.dtype "
             "bfloat16 trains ~10x slower here than float32 (measured on an AVX2 machine)",
             file=sys.stderr,
         )
-    seed_everything(tc.seed)
-    model = GPT(cfg.model).to(device)  # fp32 master weights; autocast runs the matmuls in bf16
-    if tc.batch_size == "auto":  # resolved once; the saved config keeps the numbers, so a resume is exact
-        tc.batch_size, tc.batch_tokens = auto_batch(model, cfg, device, autocast, dist_info.world_size)
-        rank0_print(
-            f"--train.batch-size auto: {tc.batch_size} sequences a micro-batch, {tc.batch_tokens:,} a step"
-        )
-    grad_accum = resolve_batch(tc, cfg.model.block_size, dist_info.world_size)
-    return Session(run, cfg, command, tokenizer, dist_info, device, model, autocast, grad_accum)
+    return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+
+
+def _with_batch(cfg: RunConfig, model: GPT, device: torch.device, autocast, world_size: int) -> RunConfig:
+    """The session's own copy of the settings, --train.batch-size auto resolved to numbers.
+
+    Resolved once, here because it measures the device; the saved config keeps the numbers, so a resume is
+    exact. The train section is always a new object, so nothing written into the session's settings
+    reaches the caller's.
+    """
+    tc = cfg.train
+    if tc.batch_size == "auto":
+        rows, tokens = auto_batch(model, cfg, device, autocast, world_size)
+        rank0_print(f"--train.batch-size auto: {rows} sequences a micro-batch, {tokens:,} a step")
+        return dataclasses.replace(cfg, train=dataclasses.replace(tc, batch_size=rows, batch_tokens=tokens))
+    return dataclasses.replace(cfg, train=dataclasses.replace(tc))
 
 
 def _restore(s: Session, data: TrainData, resume: bool | None) -> bool:
     """Resume from the newest intact checkpoint, or start from init_from's weights; False: nothing to do."""
+    s.max_steps = _max_steps(s, data)
+    # The saved config records the steps this run trains for (and lr_at's schedule reads them there).
+    s.cfg = dataclasses.replace(s.cfg, train=dataclasses.replace(s.cfg.train, max_steps=s.max_steps))
     tc = s.cfg.train
-    if tc.max_tokens:
-        tc.max_steps = math.ceil(tc.max_tokens / s.tokens_per_step)
     previous = intact_step_dirs(s.run) if resume is not False else []  # damaged ones: warned, skipped
     if resume and not previous:
         raise UserError(f"{s.run.root}: --resume given but there is no checkpoint to resume from")
@@ -249,16 +288,31 @@ def _restore(s: Session, data: TrainData, resume: bool | None) -> bool:
     s.step, s.best_val, s.elapsed_before = state["step"], state["best_val"], state["elapsed_s"]
     s.tokens = state.get("tokens", s.step * s.tokens_per_step)
     rank0_print(f"resuming from {previous[-1]} (step {s.step})")
-    if s.step >= tc.max_steps:
-        rank0_print(f"already trained for {s.step} steps (--train.max_steps {tc.max_steps}); nothing to do")
-        return False
+    return not _already_done(s)
+
+
+def _max_steps(s: Session, data: TrainData) -> int:
+    """Optimizer steps to train: --train.max-tokens wins, then the stage's own count (SFT's epochs), then
+    --train.max-steps. Read after the stage built its data, which may be what sets the count."""
+    tc = s.cfg.train
+    if tc.max_tokens:
+        return math.ceil(tc.max_tokens / s.tokens_per_step)
+    return data.max_steps if data.max_steps is not None else tc.max_steps
+
+
+def _already_done(s: Session) -> bool:
+    """A resumed run whose step or clock budget is already spent says so and trains no further."""
+    tc = s.cfg.train
+    if s.step >= s.max_steps:
+        rank0_print(f"already trained for {s.step} steps (--train.max_steps {s.max_steps}); nothing to do")
+        return True
     if 0 < tc.max_minutes <= s.elapsed_before / 60:
         rank0_print(
             f"already trained for {s.elapsed_before / 60:.1f} minutes (--train.max_minutes "
             f"{tc.max_minutes:g}); nothing to do: raise --train.max_minutes to train on"
         )
-        return False
-    return True
+        return True
+    return False
 
 
 def _load_init_weights(s: Session) -> None:
@@ -274,9 +328,58 @@ def _load_init_weights(s: Session) -> None:
     rank0_print(f"starting from the weights of {path}")
 
 
+@dataclass
+class _Pace:
+    """What the loop keeps between steps besides the Session: its clocks, counters and progress bar."""
+
+    bar: tqdm
+    flops_per_token: float
+    peak: float | None  # the device's peak FLOP/s, for MFU; None when unknown
+    budget_s: float  # --train.max_minutes in seconds; 0: no clock budget (it then carries the schedule)
+    first_step: int
+    t_start: float = field(default_factory=time.time)
+    t_log: float = field(default_factory=time.time)
+    tokens_at_log: int = 0
+    reserve_s: float | None = None  # what an evaluation and save take: measured at this session's first
+    step_s: float = 0.0  # how long the latest step took; 0 after a session's first (see _after_step)
+    skipped: int = 0
+    val_loss: float | None = None
+
+
 def _loop(s: Session, data: TrainData) -> dict:
-    tc, run = s.cfg.train, s.run
-    flops_per_token = s.model.flops_per_token()
+    """Steps until max_steps, the clock budget or Ctrl-C; evaluates and saves inside, the last step too."""
+    tc, pace = s.cfg.train, _begin(s)
+    with StopFlag() as stop:
+        while s.step < s.max_steps:
+            t_step = time.time()
+            lr, final = _set_lr(s, pace, t_step)
+            train_loss, trained = _train_step(s, data)
+            if not math.isfinite(train_loss):
+                _skip_step(s, pace, train_loss)
+                continue
+            _optimizer_step(s)
+            if s.metrics is None and s.dist.is_main:
+                _start(s, data)
+            s.step += 1
+            s.tokens += trained
+            elapsed, out_of_time = _after_step(s, pace, t_step, final)
+            stopping = any_rank(stop.stop or out_of_time, s.dist, s.device)
+            last_step = s.step == s.max_steps or stopping
+            if s.step % tc.log_interval == 0 or s.step == 1 or last_step:
+                _log_progress(s, pace, train_loss, lr, elapsed)
+            pace.bar.update(1)
+            # A clock-based run evaluates after its first step too, to learn how long the last one will take.
+            if s.step % tc.eval_interval == 0 or last_step or (pace.budget_s and pace.reserve_s is None):
+                _eval_point(s, data, pace, train_loss, lr, elapsed, out_of_time)
+            if stopping:
+                rank0_print(f"stopped at step {s.step}; `scratchlm {s.command} {s.run.root}` resumes")
+                break
+    return _finish(s, pace)
+
+
+def _begin(s: Session) -> _Pace:
+    """The model line, the progress bar and the clocks, just before the first step."""
+    tc, flops_per_token = s.cfg.train, s.model.flops_per_token()
     rank0_print(
         f"model: {s.cfg.model.flavour}, {s.model.num_params():,} parameters "
         f"({s.model.num_params(non_embedding=True):,} without embeddings), "
@@ -285,98 +388,111 @@ def _loop(s: Session, data: TrainData) -> dict:
     )
     peak = peak_flops(s.device)
     s.forward.train()
-    t_start, t_log, tokens_at_log, skipped, val_loss = time.time(), time.time(), s.tokens, 0, None
-    # A clock budget (--train.max_minutes) carries the schedule instead of max_steps (see _clock_progress).
-    budget_s = tc.max_minutes * 60
-    reserve_s = None  # what an evaluation and save take: measured at this session's first, kept for the last
-    step_s = 0.0  # how long the latest step took; 0 after a session's first (see below)
-    first_step = s.step + 1
     bar = tqdm(
-        total=tc.max_steps,
+        total=s.max_steps,
         initial=s.step,
         disable=not (is_interactive() and s.dist.is_main),
         unit="step",
         dynamic_ncols=True,
     )
-    with StopFlag() as stop:
-        while s.step < tc.max_steps:
-            t_step = time.time()
-            progress, final = None, False
-            if budget_s:
-                progress, final = _clock_progress(s, t_step - t_start, budget_s, reserve_s or 0.0, step_s)
-            lr = lr_at(s.step, tc, progress)
-            for opt in s.optimizers:
-                for group in opt.param_groups:
-                    group["lr"] = lr
-            train_loss, trained = _train_step(s, data)
-            if not math.isfinite(train_loss):
-                if tc.on_nan == "stop":
-                    last = step_dirs(run)
-                    raise UserError(
-                        f"loss became {train_loss} at step {s.step + 1}; last good checkpoint: "
-                        f"{last[-1] if last else 'none'}; lower --train.lr and resume, "
-                        f"or set --train.on_nan skip"
-                    )
-                skipped += 1
-                rank0_print(f"step {s.step + 1}: loss is {train_loss}, batch skipped ({skipped} so far)")
-                for opt in s.optimizers:
-                    opt.zero_grad(set_to_none=True)
-                s.step += 1
-                bar.update(1)
-                continue
-            if tc.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(s.model.parameters(), tc.grad_clip)
-            for opt in s.optimizers:
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            if s.metrics is None and s.dist.is_main:
-                _start(s, data)
-            s.step += 1
-            s.tokens += trained
-            elapsed = s.elapsed_before + time.time() - t_start
-            # A session's first step also compiles (30 s on 2 cores) and warms caches: taken as the step
-            # time, it would make the clock end a 60-second run after its second step.
-            step_s = time.time() - t_step if s.step > first_step else 0.0
-            # `final` was planned; the second test catches a step that ran much slower than the one before.
-            out_of_time = budget_s > 0 and (final or elapsed + (reserve_s or 0.0) >= budget_s)
-            stopping = any_rank(stop.stop or out_of_time, s.dist, s.device)
-            last_step = s.step == tc.max_steps or stopping
+    # A clock budget (--train.max_minutes) carries the schedule instead of max_steps (see _clock_progress).
+    return _Pace(bar, flops_per_token, peak, tc.max_minutes * 60, s.step + 1, tokens_at_log=s.tokens)
 
-            if s.step % tc.log_interval == 0 or s.step == 1 or last_step:
-                tok_s = (s.tokens - tokens_at_log) / max(1e-9, time.time() - t_log)
-                t_log, tokens_at_log = time.time(), s.tokens
-                postfix = {"loss": f"{train_loss:.3f}", "lr": f"{lr:.2e}", "tok/s": f"{tok_s:,.0f}"}
-                if peak:
-                    postfix["mfu"] = f"{100 * flops_per_token * tok_s / (peak * s.dist.world_size):.1f}%"
-                _log(s, train_loss=train_loss, lr=lr, tokens_per_s=tok_s, elapsed_s=elapsed)
-                bar.set_postfix(postfix, refresh=False)
-            bar.update(1)
 
-            # A clock-based run evaluates after its first step too, to learn how long the last one will take.
-            if s.step % tc.eval_interval == 0 or last_step or (budget_s and reserve_s is None):
-                t_eval = time.time()
-                # Stopped by the clock, the checkpoint counts the whole budget as spent (its rest goes to this
-                # very evaluation and save), so resuming with the same budget has nothing left to do.
-                val_loss, line = _evaluate_and_save(s, data, budget_s if out_of_time else elapsed, lr)
-                if reserve_s is None:
-                    reserve_s = rank_max(time.time() - t_eval, s.dist, s.device)
-                line = f"step {s.step:>6}/{tc.max_steps}  train {train_loss:.4f}  {line}  lr {lr:.2e}  "
-                line += f"{elapsed / 60:.1f} min"
-                bar.write(line) if bar.disable is False else rank0_print(line)
-                t_log, tokens_at_log = time.time(), s.tokens  # keep evaluation time out of tokens/s
-            if stopping:
-                rank0_print(f"stopped at step {s.step}; `scratchlm {s.command} {run.root}` resumes")
-                break
-    bar.close()
-    spent_s = s.elapsed_before + time.time() - t_start
-    if budget_s and s.step >= tc.max_steps and spent_s < 0.9 * budget_s:
+def _set_lr(s: Session, pace: _Pace, t_step: float) -> tuple[float, bool]:
+    """(the coming step's learning rate, now set on every optimizer; whether the clock makes it the last)."""
+    progress, final = None, False
+    if pace.budget_s:
+        reserve_s = pace.reserve_s or 0.0
+        progress, final = _clock_progress(s, t_step - pace.t_start, pace.budget_s, reserve_s, pace.step_s)
+    lr = lr_at(s.step, s.cfg.train, progress)  # s.cfg.train.max_steps is s.max_steps (see _restore)
+    for opt in s.optimizers:
+        for group in opt.param_groups:
+            group["lr"] = lr
+    return lr, final
+
+
+def _skip_step(s: Session, pace: _Pace, train_loss: float) -> None:
+    """A step whose loss is not finite: stop, naming the last good checkpoint, or (--train.on_nan skip)
+    drop its gradients and count it as a step."""
+    if s.cfg.train.on_nan == "stop":
+        last = step_dirs(s.run)
+        raise UserError(
+            f"loss became {train_loss} at step {s.step + 1}; last good checkpoint: "
+            f"{last[-1] if last else 'none'}; lower --train.lr and resume, "
+            f"or set --train.on_nan skip"
+        )
+    pace.skipped += 1
+    rank0_print(f"step {s.step + 1}: loss is {train_loss}, batch skipped ({pace.skipped} so far)")
+    for opt in s.optimizers:
+        opt.zero_grad(set_to_none=True)
+    s.step += 1
+    pace.bar.update(1)
+
+
+def _optimizer_step(s: Session) -> None:
+    if s.cfg.train.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(s.model.parameters(), s.cfg.train.grad_clip)
+    for opt in s.optimizers:
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
+def _after_step(s: Session, pace: _Pace, t_step: float, final: bool) -> tuple[float, bool]:
+    """(seconds trained, this session and earlier ones; whether the clock budget is spent) after a step."""
+    elapsed = s.elapsed_before + time.time() - pace.t_start
+    # A session's first step also compiles (30 s on 2 cores) and warms caches: taken as the step
+    # time, it would make the clock end a 60-second run after its second step.
+    pace.step_s = time.time() - t_step if s.step > pace.first_step else 0.0
+    # `final` was planned; the second test catches a step that ran much slower than the one before.
+    out_of_time = pace.budget_s > 0 and (final or elapsed + (pace.reserve_s or 0.0) >= pace.budget_s)
+    return elapsed, out_of_time
+
+
+def _log_progress(s: Session, pace: _Pace, train_loss: float, lr: float, elapsed: float) -> None:
+    """A metrics.csv row and the progress bar's loss, lr, tokens/s (and MFU when the peak is known)."""
+    tok_s = (s.tokens - pace.tokens_at_log) / max(1e-9, time.time() - pace.t_log)
+    pace.t_log, pace.tokens_at_log = time.time(), s.tokens
+    postfix = {"loss": f"{train_loss:.3f}", "lr": f"{lr:.2e}", "tok/s": f"{tok_s:,.0f}"}
+    if pace.peak:
+        postfix["mfu"] = f"{100 * pace.flops_per_token * tok_s / (pace.peak * s.dist.world_size):.1f}%"
+    _log(s, train_loss=train_loss, lr=lr, tokens_per_s=tok_s, elapsed_s=elapsed)
+    pace.bar.set_postfix(postfix, refresh=False)
+
+
+def _eval_point(
+    s: Session, data: TrainData, pace: _Pace, train_loss: float, lr: float, elapsed: float, out_of_time: bool
+) -> None:
+    """Evaluate and save, then print the step's line; the first one also measures what the last will take."""
+    t_eval = time.time()
+    # Stopped by the clock, the checkpoint counts the whole budget as spent (its rest goes to this
+    # very evaluation and save), so resuming with the same budget has nothing left to do.
+    pace.val_loss, line = _evaluate_and_save(s, data, pace.budget_s if out_of_time else elapsed, lr)
+    if pace.reserve_s is None:
+        pace.reserve_s = rank_max(time.time() - t_eval, s.dist, s.device)
+    line = f"step {s.step:>6}/{s.max_steps}  train {train_loss:.4f}  {line}  lr {lr:.2e}  "
+    line += f"{elapsed / 60:.1f} min"
+    pace.bar.write(line) if pace.bar.disable is False else rank0_print(line)
+    pace.t_log, pace.tokens_at_log = time.time(), s.tokens  # keep evaluation time out of tokens/s
+
+
+def _finish(s: Session, pace: _Pace) -> dict:
+    """Close the bar and TensorBoard; say when max_steps ended a clock budget early."""
+    pace.bar.close()
+    spent_s = s.elapsed_before + time.time() - pace.t_start
+    if pace.budget_s and s.step >= s.max_steps and spent_s < 0.9 * pace.budget_s:
         rank0_print(
-            f"reached --train.max-steps {tc.max_steps} after {spent_s / 60:.1f} of the {tc.max_minutes:g} "
-            f"minutes; raise --train.max-steps to train for the whole budget"
+            f"reached --train.max-steps {s.max_steps} after {spent_s / 60:.1f} of the "
+            f"{s.cfg.train.max_minutes:g} minutes; raise --train.max-steps to train for the whole budget"
         )
     if s.tb:
         s.tb.close()
-    return {"step": s.step, "val_loss": val_loss, "best_val_loss": s.best_val, "skipped_steps": skipped}
+    return {
+        "step": s.step,
+        "val_loss": pace.val_loss,
+        "best_val_loss": s.best_val,
+        "skipped_steps": pace.skipped,
+    }
 
 
 def _clock_progress(
@@ -394,7 +510,7 @@ def _clock_progress(
     elapsed = rank_max(s.elapsed_before + session_s, s.dist, s.device)
     train_s = max(1e-9, budget_s - reserve_s)
     final = elapsed + 2 * step_s >= train_s  # this step, then the one after it, would run past the end
-    by_steps = s.step / max(1, s.cfg.train.max_steps - 1)
+    by_steps = s.step / max(1, s.max_steps - 1)
     return (1.0 if final else max(min(1.0, elapsed / train_s), by_steps)), final
 
 

@@ -150,6 +150,9 @@ def _route(docs: Iterable[CleanDoc], cfg: DataConfig, tail: bool) -> Iterator[tu
             first = False
 
 
+Piece = tuple[str, str, bool, bool]  # (split, text, starts_document, ends_document), as _route yields
+
+
 def write_shards(
     data_dir: Path, tokenizer, docs: Iterable[CleanDoc], cfg: DataConfig, tail: bool, extra: dict
 ) -> dict:
@@ -157,56 +160,14 @@ def write_shards(
 
     `tail` holds out the end of each document (for a few books); it is also chosen when the stream
     turns out to hold fewer than FEW_DOCS documents."""
-    if not 0 < cfg.val_fraction < 1:
-        raise UserError(f"--data.val_fraction {cfg.val_fraction}: must be between 0 and 1")
-    if cfg.shard_tokens < 1:
-        raise UserError(f"--data.shard_tokens {cfg.shard_tokens}: must be at least 1")
-    data_dir.mkdir(parents=True, exist_ok=True)
-    (data_dir / MANIFEST).unlink(missing_ok=True)  # from here on, the old shards are never read
-    for stale in data_dir.glob(".*.tmp"):  # temp files of an interrupted earlier prepare
-        stale.unlink()
+    _start_writing(data_dir, cfg)
     dtype = token_dtype(tokenizer.vocab_size)
-    # Documents are laid out as <|bos|> text <|eos|>, Llama-style: <|bos|> is the context a model knows
-    # as "a text starts here" (sampling starts every prompt with it), <|eos|> teaches it to stop.
-    bos, eos = np.array([tokenizer.bos_id], dtype=dtype), np.array([tokenizer.eos_id], dtype=dtype)
     writers = {s: ShardWriter(data_dir, s, dtype, cfg.shard_tokens) for s in SPLITS}
     progress = Progress(extra.pop("total_bytes", None))
-    # One batch is encoded (sentencepiece's C++ threads, GIL released) while the next one is read and
-    # cleaned and the previous one written. On the shared 2-core test VM, where encoding alone fills
-    # both cores, an A/B of this overlap against encode-then-write was within noise (3 runs each, 20 MB);
-    # it pays where more cores make encoding faster than the single-threaded reading and cleaning.
-    pool = ThreadPoolExecutor(max_workers=1)
-    pending: tuple[list, Future] | None = None
-
-    def write(batch: list[tuple[str, str, bool, bool]], encoded: list[list[int]]) -> None:
-        for (split, _, starts, ends), ids in zip(batch, encoded, strict=True):
-            if starts:
-                writers[split].write(bos)
-            writers[split].write(np.asarray(ids, dtype=dtype))
-            if ends:
-                writers[split].write(eos)
-                writers[split].documents += 1
-        progress.update(sum(len(t.encode("utf-8", "surrogatepass")) for _, t, _, _ in batch))  # in bytes
-
-    def submit(batch: list[tuple[str, str, bool, bool]]) -> None:
-        nonlocal pending
-        job = (batch, pool.submit(tokenizer.encode_batch, [t[1] for t in batch])) if batch else None
-        if pending is not None:
-            write(pending[0], pending[1].result())
-        pending = job
-
     try:
         if not tail:
             tail, docs = few_documents(docs)
-        batch, size = [], 0
-        for item in _route(docs, cfg, tail):
-            batch.append(item)
-            size += len(item[1])
-            if size >= BATCH_CHARS:
-                submit(batch)
-                batch, size = [], 0
-        submit(batch)
-        submit([])
+        _encode_into(writers, tokenizer, _route(docs, cfg, tail), progress)
         for split in SPLITS:
             if not writers[split].documents:
                 raise UserError(
@@ -219,7 +180,6 @@ def write_shards(
             w.abort()
         raise
     finally:
-        pool.shutdown(cancel_futures=True)
         progress.close()
     manifest = {
         "tokenizer_hash": tokenizer.hash,
@@ -240,6 +200,76 @@ def write_shards(
         if old.name not in listed and old.name.startswith(SPLITS):
             old.unlink()
     return manifest
+
+
+def _start_writing(data_dir: Path, cfg: DataConfig) -> None:
+    """Check the split settings, then make the old data unreadable before the first new shard lands."""
+    if not 0 < cfg.val_fraction < 1:
+        raise UserError(f"--data.val_fraction {cfg.val_fraction}: must be between 0 and 1")
+    if cfg.shard_tokens < 1:
+        raise UserError(f"--data.shard_tokens {cfg.shard_tokens}: must be at least 1")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / MANIFEST).unlink(missing_ok=True)  # from here on, the old shards are never read
+    for stale in data_dir.glob(".*.tmp"):  # temp files of an interrupted earlier prepare
+        stale.unlink()
+
+
+def _encode_into(
+    writers: dict[str, ShardWriter], tokenizer, pieces: Iterable[Piece], progress: Progress
+) -> None:
+    """Encode the pieces in batches of about BATCH_CHARS characters and append them to their split's shard.
+
+    One batch is encoded (sentencepiece's C++ threads, GIL released) while the next one is read and
+    cleaned and the previous one written. On the shared 2-core test VM, where encoding alone fills
+    both cores, an A/B of this overlap against encode-then-write was within noise (3 runs each, 20 MB);
+    it pays where more cores make encoding faster than the single-threaded reading and cleaning.
+    """
+    pool = ThreadPoolExecutor(max_workers=1)
+    pending: tuple[list[Piece], Future] | None = None
+    try:
+        for batch in _batches(pieces, BATCH_CHARS):
+            job = (batch, pool.submit(tokenizer.encode_batch, [t[1] for t in batch]))
+            if pending is not None:
+                _write_encoded(writers, tokenizer, pending[0], pending[1].result(), progress)
+            pending = job
+        if pending is not None:
+            _write_encoded(writers, tokenizer, pending[0], pending[1].result(), progress)
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def _batches(pieces: Iterable[Piece], chars: int) -> Iterator[list[Piece]]:
+    """The pieces in consecutive lists of at least `chars` characters (the last one may hold fewer)."""
+    batch, size = [], 0
+    for piece in pieces:
+        batch.append(piece)
+        size += len(piece[1])
+        if size >= chars:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _write_encoded(
+    writers: dict[str, ShardWriter],
+    tokenizer,
+    batch: list[Piece],
+    encoded: list[list[int]],
+    progress: Progress,
+) -> None:
+    # Documents are laid out as <|bos|> text <|eos|>, Llama-style: <|bos|> is the context a model knows
+    # as "a text starts here" (sampling starts every prompt with it), <|eos|> teaches it to stop.
+    dtype = writers["train"].dtype
+    bos, eos = np.array([tokenizer.bos_id], dtype=dtype), np.array([tokenizer.eos_id], dtype=dtype)
+    for (split, _, starts, ends), ids in zip(batch, encoded, strict=True):
+        if starts:
+            writers[split].write(bos)
+        writers[split].write(np.asarray(ids, dtype=dtype))
+        if ends:
+            writers[split].write(eos)
+            writers[split].documents += 1
+    progress.update(sum(len(t.encode("utf-8", "surrogatepass")) for _, t, _, _ in batch))  # in bytes
 
 
 @dataclass
