@@ -24,7 +24,7 @@ from scratchlm import planning
 from scratchlm.commands.prepare import prepare
 from scratchlm.commands.train import train
 from scratchlm.config import RunConfig
-from scratchlm.evaluate import evaluate
+from scratchlm.evaluation import evaluate_runs as evaluate
 
 
 def one(base: Path, work: Path, shape: planning.Shape, minutes: float, rows: int | None) -> dict:

@@ -14,7 +14,7 @@ from scratchlm.cli import main
 from scratchlm.config import EvalConfig, ModelConfig
 from scratchlm.data.corpus import clean
 from scratchlm.data.shards import open_split
-from scratchlm.evaluate import evaluate
+from scratchlm.evaluation import evaluate_runs as evaluate
 from scratchlm.scoring import evaluate_loss, score_tokens, sliding_windows
 from scratchlm.tokenizer import Tokenizer
 
@@ -183,7 +183,7 @@ def test_eval_mistakes_are_one_line_errors(trained_run, tmp_path, monkeypatch, c
 
 
 def test_comparison_table_warns_when_tokenizers_differ():
-    from scratchlm.evaluate import comparison_table
+    from scratchlm.evaluation import comparison_table
 
     def result(run, tok_hash, bpb):
         return {

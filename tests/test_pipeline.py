@@ -11,7 +11,7 @@ import yaml
 
 import scratchlm
 from scratchlm.checkpoint import step_dirs
-from scratchlm.evaluate import evaluate
+from scratchlm.evaluation import evaluate_runs as evaluate
 from scratchlm.run import Run
 from scratchlm.sampling import write_samples as sample
 from scratchlm.tokenizer import Tokenizer

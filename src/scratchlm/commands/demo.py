@@ -21,7 +21,7 @@ def demo(run: str | Path = "runs/demo", *, minutes: float = DEMO_MINUTES) -> Non
         minutes: training time; the plan fills it
     """
     from ..data.prepare import prepare_run
-    from ..evaluate import evaluate
+    from ..evaluation import evaluate_runs
     from ..planning import make_plan
     from ..pretraining import pretraining_data
     from ..sampling import write_samples
@@ -42,7 +42,7 @@ def demo(run: str | Path = "runs/demo", *, minutes: float = DEMO_MINUTES) -> Non
     cfg = with_tokenizer_vocab(run, resolve(run, "train", preset=plan.settings))
     fit(run.root, cfg, pretraining_data, resume=False, command="train")
     print("\n== 3/4 eval: the validation split")
-    evaluate(run.root)
+    evaluate_runs(run.root)
     print(f"\n== 4/4 sample: {PROMPT!r}")
     write_samples(run.root, PROMPT)
     _print_next_steps(run)

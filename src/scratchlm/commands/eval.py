@@ -23,7 +23,7 @@ def evaluate(
         runs: one or more trained run directories
         config: a whole EvalConfig (Python only); the keyword settings change it
     """
-    from ..evaluate import evaluate as evaluate_runs
+    from ..evaluation import evaluate_runs
 
     cfg = build_section(EvalConfig, config, settings, origin)
     return evaluate_runs(runs, cfg)

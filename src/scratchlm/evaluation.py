@@ -1,4 +1,5 @@
-"""`scratchlm eval`: score runs (scoring.py does the math), write eval.json and report.md, compare runs."""
+"""Evaluating runs: score them (scoring.py does the math), write eval.json and report.md, compare runs
+(what `scratchlm eval` and the demo call)."""
 
 from __future__ import annotations
 
@@ -222,8 +223,8 @@ def comparison_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def evaluate(run_dirs: str | Path | list, cfg: EvalConfig | None = None, out=None) -> dict | list[dict]:
-    """`scratchlm eval RUN [RUN ...]`: evaluate each run; several runs end with a comparison table."""
+def evaluate_runs(run_dirs: str | Path | list, cfg: EvalConfig | None = None, out=None) -> dict | list[dict]:
+    """Evaluate each run; several runs end with a comparison table (`scratchlm eval RUN [RUN ...]`)."""
     out = out or sys.stdout
     single = isinstance(run_dirs, (str, Path))
     results = [evaluate_run(r, cfg, out) for r in ([run_dirs] if single else run_dirs)]
