@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from scratchlm.chat import chat
 
 import scratchlm
 from scratchlm.chat_template import fit_prompt, render, stop_ids
 from scratchlm.checkpoint import save_best, weights_of
+from scratchlm.commands.chat import talk as chat
 from scratchlm.common import UserError
 from scratchlm.config import SampleConfig
 from scratchlm.decode import generate_ids

@@ -15,14 +15,6 @@ import scratchlm
 SRC = Path(scratchlm.__file__).parent
 MAX_LINES = 80
 
-# Known offenders that other branches of issue 23 are splitting in parallel ("path:function", path under
-# src/scratchlm). Empty this set when those branches merge; never add to it: split the function instead.
-ALLOWLIST: set[str] = {
-    "serve/app.py:create_app",
-    "cli.py:build_parser",
-    "cli.py:main",
-    "export/card.py:model_card",
-}
 
 
 def _functions(tree: ast.Module):
@@ -62,8 +54,5 @@ def test_every_function_is_at_most_80_lines():
     offenders = [
         f"src/scratchlm/{key.split(':')[0]}:{line} {key.split(':')[1]} ({n} lines)"
         for key, (line, n) in sorted(long.items())
-        if key not in ALLOWLIST
     ]
     assert not offenders, f"functions over {MAX_LINES} lines; split them by meaning:\n" + "\n".join(offenders)
-    fixed = sorted(ALLOWLIST - set(long))
-    assert not fixed, f"no longer over {MAX_LINES} lines (or gone): remove from ALLOWLIST: {fixed}"

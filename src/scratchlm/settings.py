@@ -101,6 +101,14 @@ def resolve(
     return cfg.frozen()
 
 
+def with_inputs(data: Mapping[str, Any] | None, inputs: Any) -> dict[str, Any]:
+    """The data section with `input` (one path or a list, what --input repeats) as data.inputs."""
+    data = dict(data or {})
+    if inputs:
+        data["inputs"] = [str(p) for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs)]
+    return data
+
+
 def base_layers(run: Run, command: str, config: RunConfig | None) -> list[Layer]:
     """Defaults, or the caller's whole RunConfig, or the run's saved config.yaml; the SFT defaults."""
     if config is not None:

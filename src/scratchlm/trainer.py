@@ -216,9 +216,8 @@ def _with_tokenizer_vocab(cfg: RunConfig, tokenizer: Tokenizer) -> RunConfig:
     """The settings with the model's vocabulary equal to the tokenizer's (a new object when they differ)."""
     if cfg.model.vocab_size == tokenizer.vocab_size:
         return cfg
-    # TODO(resolve): once the command layer sets model.vocab_size while it resolves the settings, a
-    # mismatch here is a caller's bug: raise UserError(f"--model.vocab-size {cfg.model.vocab_size} differs
-    # from the run's tokenizer ({tokenizer.vocab_size})") instead of filling it in.
+    # The commands resolve it (settings.with_tokenizer_vocab); a library caller of fit() with a RunConfig
+    # built by hand gets the same, in the session's own copy.
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size))
 
 

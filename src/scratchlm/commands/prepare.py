@@ -8,7 +8,7 @@ from typing import Any
 
 from ..config import RunConfig
 from ..run import Run
-from ..settings import resolve
+from ..settings import resolve, with_inputs
 
 
 def settings_for(
@@ -23,9 +23,7 @@ def settings_for(
     **_: Any,
 ) -> RunConfig:
     """The settings `prepare` runs with (--print_config prints them)."""
-    data = dict(data or {})
-    if input:
-        data["inputs"] = [str(p) for p in ([input] if isinstance(input, (str, Path)) else input)]
+    data = with_inputs(data, input)
     return resolve(
         run,
         "prepare",

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ..common import UserError, rank0_print
 from ..config import RunConfig
 from ..run import Run
-from ..settings import resolve
+from ..settings import resolve, with_inputs
 
 if TYPE_CHECKING:
     from ..tokenizer import Tokenizer
@@ -29,9 +29,7 @@ def settings_for(
     **_: Any,
 ) -> RunConfig:
     """The settings `tokenizer train` runs with (--print_config prints them)."""
-    data = dict(data or {})
-    if input:
-        data["inputs"] = [str(p) for p in ([input] if isinstance(input, (str, Path)) else input)]
+    data = with_inputs(data, input)
     overrides = {"data": data, "tokenizer": tokenizer}
     return resolve(run, "tokenizer train", config=config, recipe=recipe, overrides=overrides, origin=origin)
 
