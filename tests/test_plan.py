@@ -76,7 +76,7 @@ def test_preset_auto_trains_the_plan_and_a_second_call_continues_it(prepared, ca
     assert f"{saved['model']['n_layer']} layers x {saved['model']['n_embd']} wide" in out
     # Flags still win over the plan, and a run with checkpoints keeps its shape instead of planning anew.
     assert main(["train", str(prepared), "--preset", "auto", "--train.max-minutes", "0.2"]) == 0
-    assert "continues as planned" in capsys.readouterr().out
+    assert "continues in its planned shape" in capsys.readouterr().out
     assert yaml.safe_load((prepared / "config.yaml").read_text())["model"] == saved["model"]
 
 

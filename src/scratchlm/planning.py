@@ -238,7 +238,9 @@ class Plan:
 
     def lines(self, start: dt.datetime | None = None) -> list[str]:
         s, m = self.chosen.shape, self.memory
-        finish = (start or dt.datetime.now()) + dt.timedelta(minutes=self.minutes)
+        now = start or dt.datetime.now()
+        finish = now + dt.timedelta(minutes=self.minutes)
+        when = finish.strftime("%H:%M" if finish.date() == now.date() else "%Y-%m-%d %H:%M")
         epochs = self.train_tokens / max(1, self.corpus_tokens)
         measured = ", ".join(f"{p.shape.n_layer}x{p.shape.n_embd} {p.tokens_per_s:,.0f}" for p in self.probes)
         return [
@@ -259,8 +261,23 @@ class Plan:
             f"  memory: ~{_mb(m.total)} peak ({_mb(m.weights + m.gradients)} weights+grads, "
             f"{_mb(m.optimizer)} optimizer, {_mb(m.activations)} activations, "
             f"{_mb(m.baseline + m.overhead)} the process and runtime)",
-            f"  finish: ~{finish:%H:%M} ({self.why})",
+            f"  finish: ~{when} ({self.why})",
+            *unexportable_note(ModelConfig(**self.settings["model"])),
         ]
+
+
+def unexportable_note(model: ModelConfig) -> list[str]:
+    """A line for a model that trains, samples and serves here but that `scratchlm export` refuses, said
+    before training rather than discovered at export."""
+    from .formats.adapters import export_blocker
+
+    blocker = export_blocker(model)
+    if not blocker:
+        return []
+    return [
+        f"  note: {blocker.split(';')[0]}: this model trains, evaluates, samples and serves here, but "
+        "`scratchlm export` refuses it (add --model.qk-norm false for one that exports)"
+    ]
 
 
 def _mb(n: int) -> str:

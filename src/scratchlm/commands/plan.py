@@ -26,5 +26,11 @@ def plan(run: str | Path, *, minutes: float, device: str = "auto"):
     cfg = target.config_or_default().replace(train={"device": device})
     made = make_plan(target.root, cfg, minutes)
     print("\n".join(made.lines()))
-    print(f"to train it: scratchlm train {target.root} --preset auto --train.max-minutes {minutes:g}")
+    command = f"scratchlm train {target.root} --preset auto --train.max-minutes {minutes:g}"
+    if target.has_checkpoints():  # `train --preset auto` continues a trained run in its own shape
+        print(
+            f"{target.root} has checkpoints, which `{command}` continues; this plan trains with --fresh"
+        )
+    else:
+        print(f"to train it: {command}")
     return made

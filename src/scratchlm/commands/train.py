@@ -41,8 +41,10 @@ def _auto_preset(target: Run, config, recipe, overrides, origin: str, fresh: boo
     from ..planning import make_plan
 
     if target.has_checkpoints() and not fresh:
+        m = target.load_config().model
         print(
-            f"--preset auto: {target.root} has checkpoints, so it continues as planned (--fresh plans anew)"
+            f"--preset auto: {target.root} has checkpoints, so it continues in its planned shape "
+            f"({m.n_layer} x {m.n_embd}) up to --train.max-minutes; --fresh plans and trains anew"
         )
         return None
     target.require_data()
@@ -99,4 +101,9 @@ def train(
     )
     if not fresh:
         announce_changes(target, cfg)
+    if preset != "auto":  # the plan's printout says it already
+        from ..planning import unexportable_note
+
+        for line in unexportable_note(cfg.model):
+            print(line.strip())
     return fit(target.root, cfg, pretraining_data, False if fresh else resume, command="train")

@@ -81,12 +81,26 @@ def read_conversations(
     if not paths:
         raise UserError("no SFT data: give one or more JSONL files")
     out: list[Conversation] = []
-    for path in map(Path, paths):
+    for path in _files(paths):
         n = len(out)
         out.extend(_read_file(path, shape, (prompt_field, response_field), system_prompt))
         if len(out) == n:
             raise UserError(f"{path}: no examples in this file")
     return out
+
+
+def _files(paths: Sequence[str | Path]) -> list[Path]:
+    """The JSONL files named, a folder standing for the .jsonl / .jsonl.gz files inside it (sorted)."""
+    files = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            files.append(path)
+            continue
+        found = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith((".jsonl", ".jsonl.gz")))
+        if not found:
+            raise UserError(f"{path}: a folder with no .jsonl file in it; give JSONL files of conversations")
+        files.extend(found)
+    return files
 
 
 def _records(path: Path) -> Iterator[tuple[int, dict]]:

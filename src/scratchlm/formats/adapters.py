@@ -26,21 +26,27 @@ HF_ACTIVATION = {"gelu": "gelu", "gelu_tanh": "gelu_new"}
 _ACTIVATION_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 
 
+def export_blocker(cfg: ModelConfig) -> str | None:
+    """Why GPT2LMHeadModel / LlamaForCausalLM cannot express this model (the first option that stops it), or
+    None when it exports."""
+    if cfg.flavour not in ("gpt2", "llama"):
+        return f"model.flavour={cfg.flavour!r}: only gpt2 and llama can be exported"
+    cls = "GPT2LMHeadModel" if cfg.flavour == "gpt2" else "LlamaForCausalLM"
+    if cfg.flavour == "gpt2" and cfg.kv_heads != cfg.n_head:
+        return (
+            f"model.n_kv_head={cfg.n_kv_head}: GPT2LMHeadModel has no grouped-query attention; "
+            "export needs n_kv_head 0 (= n_head) for the gpt2 flavour"
+        )
+    if cfg.qk_norm:
+        return f"model.qk_norm=true: {cls} has no QK-norm; it cannot be exported"
+    return None
+
+
 def check_exportable(cfg: ModelConfig) -> None:
     """Raise UserError naming the first option that GPT2LMHeadModel / LlamaForCausalLM cannot express."""
-    if cfg.flavour == "gpt2":
-        if cfg.kv_heads != cfg.n_head:
-            raise UserError(
-                f"model.n_kv_head={cfg.n_kv_head}: GPT2LMHeadModel has no grouped-query attention; "
-                "export needs n_kv_head 0 (= n_head) for the gpt2 flavour"
-            )
-        if cfg.qk_norm:
-            raise UserError("model.qk_norm=true: GPT2LMHeadModel has no QK-norm; it cannot be exported")
-    elif cfg.flavour == "llama":
-        if cfg.qk_norm:
-            raise UserError("model.qk_norm=true: LlamaForCausalLM has no QK-norm; it cannot be exported")
-    else:
-        raise UserError(f"model.flavour={cfg.flavour!r}: only gpt2 and llama can be exported")
+    blocker = export_blocker(cfg)
+    if blocker:
+        raise UserError(blocker)
 
 
 def hf_config_dict(cfg: ModelConfig, bos_id: int | None, eos_id: int | None, pad_id: int | None) -> dict:
