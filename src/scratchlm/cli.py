@@ -220,6 +220,8 @@ def _command_parser(name: str, fn: Callable) -> ArgumentParser:
         description=description,
         epilog=EXAMPLES.get(name.split()[0]),
         formatter_class=_Formatter,
+        # --print_config is ours: jsonargparse's prints while parsing, before the settings are resolved.
+        print_config=None,
     )
     hints = _parameter_types(fn)
     sections = COMMAND_SECTIONS.get(name, ()) if name not in FLAT_SECTIONS else ()

@@ -87,7 +87,6 @@ def train(
         raise UserError("--resume and --fresh: give one of them")
     target = Run.at(run)
     target.refuse_sft_run("train")
-    target.require_data()
     cfg = settings_for(
         target.root,
         config,
@@ -99,6 +98,7 @@ def train(
         train=train,
         origin=origin,
     )
+    target.require_data()  # after the settings: a bad flag is named first, whatever the run holds
     if not fresh:
         announce_changes(target, cfg)
     if preset != "auto":  # the plan's printout says it already
