@@ -115,3 +115,23 @@ def test_a_command_on_a_missing_run_says_so(tmp_path, capsys, command):
     argv = [a.format(run=tmp_path / "nope", out=tmp_path / "out") for a in command]
     assert main(argv) == 2
     assert "no such run directory" in one_error_line(capsys)
+
+
+def test_a_failed_sft_leaves_no_half_made_run(trained_run, tmp_path, capsys):
+    bad = tmp_path / "long.jsonl"
+    long_reply = " ".join(["word"] * 400)  # no reply fits the 64-token context
+    bad.write_text(f'{{"prompt": "Say it.", "completion": "{long_reply}"}}\n' * 3)
+    run = tmp_path / "chat"
+    assert main(["sft", str(run), "--from", str(trained_run), "--input", str(bad)]) == 2
+    err = one_error_line(capsys)
+    assert "is left as it was before this command" in err
+    assert not run.exists()  # no tokenizer, no lock: the next attempt starts as new
+    ok = ["sft", str(run), "--from", str(trained_run), "--train.max-steps", "2", "--train.eval-interval", "2"]
+    assert main([*ok, "--train.eval-batches", "1", "--sft.check-prompts", "1"]) == 0
+
+
+def test_a_failed_train_text_leaves_no_half_made_run(tmp_path):
+    run = tmp_path / "nb"
+    with pytest.raises(UserError, match="left as it was"):
+        scratchlm.train_text("x\n" * 3, run, data=dict(min_chars=10**6), train=dict(max_steps=1))
+    assert not run.exists()

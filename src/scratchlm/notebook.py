@@ -72,9 +72,10 @@ def train_text(
     if run.has_checkpoints() and run.has_data() and not fresh:
         _check_same_data(run, cfg, new_text, text_path)
     else:
-        if new_text is not None:
-            atomic_write_text(text_path, new_text)
-        prepare(run.root, cfg, overwrite=fresh)
+        with run.removed_if_it_fails_untrained():  # a failed prepare leaves no half-made run behind
+            if new_text is not None:
+                atomic_write_text(text_path, new_text)
+            prepare(run.root, cfg, overwrite=fresh)
     pretrain(run.root, cfg, fresh=fresh)
     return load(run.root)
 

@@ -156,6 +156,27 @@ class Run:
         return dest
 
     @contextmanager
+    def removed_if_it_fails_untrained(self) -> Iterator[None]:
+        """A command that starts a run and fails before its first step (no config.yaml yet) takes back what
+        it made (the copied tokenizer, the lock, the text it saved), so the next attempt starts as new; the
+        error says so. Nothing that was there before is touched."""
+        existed = self.root.is_dir()
+        before = set(os.listdir(self.root)) if existed else set()
+        try:
+            yield
+        except (UserError, KeyboardInterrupt) as e:
+            untrained = self.root.is_dir() and not self.has_config()
+            made = set(os.listdir(self.root)) - before if untrained else set()
+            for name in made:
+                path = self.root / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            if made and not existed and not any(self.root.iterdir()):
+                self.root.rmdir()
+            if made and isinstance(e, UserError):
+                raise UserError(f"{e} ({self.root} is left as it was before this command)") from None
+            raise
+
+    @contextmanager
     def writer_lock(self, command: str) -> Iterator[None]:
         """One writer per run: hold RUN/.lock for the block, or fail at once naming the process that holds it.
 

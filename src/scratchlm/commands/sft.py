@@ -124,5 +124,6 @@ def sft(
     cfg = with_base(cfg) if check_target(target, cfg.sft.base, fresh or resume is False) else cfg
     if not fresh:
         announce_changes(target, cfg)
-    copy_tokenizer(Run.at(cfg.sft.base), target)
-    return fit(target.root, cfg, sft_data, False if fresh else resume, command="sft")
+    with target.removed_if_it_fails_untrained():
+        copy_tokenizer(Run.at(cfg.sft.base), target)
+        return fit(target.root, cfg, sft_data, False if fresh else resume, command="sft")
