@@ -137,7 +137,6 @@ class LoadedModel(Restored):
             pass
         return stream.reply
 
-
     def _warn_if_base(self, stacklevel: int) -> None:
         if self.is_chat or self._warned_base:
             return
