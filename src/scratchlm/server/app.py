@@ -8,6 +8,10 @@ A base model (no SFT) answers /v1/completions only: /v1/chat/completions is a 40
 base model never saw the chat format and would answer a rendered conversation with noise, which an
 OpenAI client could not tell from a real reply. The chat page switches to completion mode by itself.
 
+A request field the server cannot honour (tools, response_format json, logit_bias, ...) is a 400 naming
+it, never silently ignored; a sampling knob left out or null takes the run's sample settings, as
+`scratchlm sample` and `scratchlm chat` do. Logprobs are the engine's log-softmax of the raw logits.
+
 Layout: the routes are plain functions over one AppState (on app.state, reached through the `State`
 dependency). create_app registers every route of V1_ROUTES with the API key dependency (require_key), so
 a new /v1/ route gets it by being listed there. The wire format (bodies, responses, chunks, errors) is
