@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -201,7 +202,7 @@ def _scratchlm(*args: str, stdin: str, cwd: Path | None = None) -> subprocess.Co
     )
 
 
-def test_piped_chat_prints_one_reply_per_line_and_keeps_the_conversation(chat_run):
+def test_piped_chat_prints_each_reply_as_a_block_and_keeps_the_conversation(chat_run):
     run = chat_run
     (q1, _), (q2, _) = QA[4:6]
     out = _scratchlm("chat", str(run), "--temperature", "0", "--max-new-tokens", "16", stdin=f"{q1}\n{q2}\n")
@@ -211,7 +212,7 @@ def test_piped_chat_prints_one_reply_per_line_and_keeps_the_conversation(chat_ru
     conversation = [{"role": "user", "content": q1}, {"role": "assistant", "content": first.text}]
     second = lm.chat([*conversation, {"role": "user", "content": q2}], temperature=0.0, max_new_tokens=16)
     assert first.finish_reason == "stop" and second.dropped == 0 and "\n" not in first.text + second.text
-    assert out.stdout == f"{first.text}\n{second.text}\n"
+    assert out.stdout == f"{first.text}\n\n{second.text}\n\n"  # each reply, then a blank line
     assert out.stderr == ""  # no banner, no prompt, no notice in piped use of a chat model
 
 
@@ -245,7 +246,7 @@ def test_chat_commands_on_piped_input(chat_run, tmp_path, monkeypatch):
         temperature=0.0,
         max_new_tokens=24,
     ).text
-    assert out.getvalue() == f"{with_system}\n{plain}\n{slash}\n"
+    assert out.getvalue() == f"{with_system}\n\n{plain}\n\n{slash}\n\n"
     first = json.loads((tmp_path / "first.json").read_text(encoding="utf-8"))
     assert first == [system, *HI, {"role": "assistant", "content": with_system}]
     second = json.loads((tmp_path / "second.json").read_text(encoding="utf-8"))
@@ -253,7 +254,7 @@ def test_chat_commands_on_piped_input(chat_run, tmp_path, monkeypatch):
     notes = err.getvalue()
     for expected in (
         "scratchlm: system prompt set",
-        "saved 3 messages to first.json",
+        f"saved 3 messages to {tmp_path / 'first.json'}\n",  # where it wrote: the absolute path
         "the conversation starts over (the system prompt stays)",
         "temperature 0\n",
         "system prompt removed",
@@ -264,6 +265,52 @@ def test_chat_commands_on_piped_input(chat_run, tmp_path, monkeypatch):
     ):
         assert expected in notes
     assert not list(tmp_path.glob("*.tmp*")) and not list(tmp_path.glob(".*"))  # atomic: no leftovers
+
+
+def test_save_keeps_files_runs_and_missing_folders_alone(chat_run, tmp_path, monkeypatch):
+    """/save never replaces a file unless told (/save!), never writes into a run directory, never makes a
+    folder; it says where it wrote."""
+    run = tmp_path / "run"  # a run of our own: /save is pointed at its config.yaml
+    shutil.copytree(chat_run, run)
+    config = (run / "config.yaml").read_text(encoding="utf-8")
+    (tmp_path / "kept.json").write_text("mine", encoding="utf-8")
+    lines = [
+        f"/save {run / 'config.yaml'}",
+        f"/save! {run / 'config.yaml'}",
+        f"/save {run / 'notes.json'}",
+        f"/save {run / 'checkpoints' / 'x.json'}",
+        "/save kept.json",
+        "/save missing/new.json",
+        "/save new.json",
+        "/save! kept.json",
+    ]
+    out, err = io.StringIO(), io.StringIO()
+    monkeypatch.chdir(tmp_path)
+    chat(run, SampleConfig(max_new_tokens=4), stdin=io.StringIO("\n".join(lines) + "\n"), out=out, err=err)
+    notes = err.getvalue().splitlines()
+    assert (run / "config.yaml").read_text(encoding="utf-8") == config
+    assert not (run / "notes.json").exists() and not (run / "checkpoints" / "x.json").exists()
+    assert all(f"inside the run directory {run}" in n for n in notes[:4]), notes
+    assert f"{tmp_path / 'kept.json'} already exists and was kept; /save! " in notes[4]
+    assert f"the folder {tmp_path / 'missing'} does not exist" in notes[5]
+    assert not (tmp_path / "missing").exists()
+    assert notes[6] == f"scratchlm: saved 0 messages to {tmp_path / 'new.json'}"
+    assert notes[7] == f"scratchlm: saved 0 messages to {tmp_path / 'kept.json'}"
+    assert json.loads((tmp_path / "kept.json").read_text(encoding="utf-8")) == []
+    assert len(notes) == 8 and out.getvalue() == ""
+
+
+def test_lm_chat_on_a_base_model_warns_once_how_to_make_a_chat_model(trained_run_template, chat_run):
+    base = scratchlm.load(trained_run_template)
+    with pytest.warns(UserWarning, match=r"not made by `scratchlm sft`.*scratchlm sft NEW --from RUN") as w:
+        base.chat(HI, max_new_tokens=2)
+        base.chat(HI, max_new_tokens=2)
+        list(base.chat_stream(HI, max_new_tokens=2))
+    assert len([x for x in w if "scratchlm sft" in str(x.message)]) == 1
+    assert w[0].filename == __file__  # points at the caller's line
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scratchlm.load(chat_run).chat(HI, max_new_tokens=2)  # a chat model: no warning
 
 
 def test_a_base_model_chats_in_completion_mode(trained_run):
@@ -277,7 +324,7 @@ def test_a_base_model_chats_in_completion_mode(trained_run):
     )
     lm = scratchlm.load(trained_run)
     assert not lm.is_chat
-    assert out.getvalue() == lm.generate("The war", temperature=0.0, max_new_tokens=10) + "\n"
+    assert out.getvalue() == lm.generate("The war", temperature=0.0, max_new_tokens=10) + "\n\n"
     notes = err.getvalue().splitlines()
     assert notes[0] == (
         f"scratchlm: {trained_run} is a base model, not made by `scratchlm sft`: completion mode, each line "

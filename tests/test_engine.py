@@ -84,6 +84,24 @@ def test_16_concurrent_requests_each_equal_their_solo_run(model):
     assert [r.prompt_tokens for r in requests] == [len(p) for p in ps]
 
 
+def test_logprobs_on_keep_batched_equal_to_solo_and_are_the_models_log_softmax(model):
+    """Recording logprobs changes no pick: with them on, 16 rows together give their solo ids, and each
+    id's logprob is the log_softmax of the model's logits at its position (before any filter)."""
+    cfgs, ps = configs(16), prompts(16)
+    with Engine(model, max_batch=16) as engine:
+        solo = [list(engine.submit(p, c)) for p, c in zip(ps, cfgs, strict=True)]
+        requests = [engine.submit(p, c, top_logprobs=3) for p, c in zip(ps, cfgs, strict=True)]
+        together = [list(r) for r in requests]
+    assert together == solo
+    for p, ids, r in list(zip(ps, together, requests, strict=True))[:4]:
+        with torch.no_grad():
+            logits = model(torch.tensor([p + ids]))[0][0, len(p) - 1 : -1]  # (new, vocab)
+        want = torch.log_softmax(logits.float(), dim=-1)
+        got = [x.logprob for x in r.logprobs]
+        assert got == pytest.approx(want[range(len(ids)), ids].tolist(), abs=1e-4)
+        assert [[i for i, _ in x.top] for x in r.logprobs] == torch.topk(want, 3).indices.tolist()
+
+
 def test_greedy_equals_generate_ids_with_stop_ids_truncation_and_past_the_context(model):
     block = model.config.block_size
     greedy = SampleConfig(temperature=0.0, max_new_tokens=2 * block)  # slides past the context end twice

@@ -26,7 +26,6 @@ from scratchlm import chat_template  # noqa: E402
 from scratchlm import engine as engine_mod  # noqa: E402
 from scratchlm.checkpoint import load  # noqa: E402
 from scratchlm.cli import main  # noqa: E402
-from scratchlm.config import SampleConfig  # noqa: E402
 from scratchlm.decode import generate_ids, prompt_ids_for  # noqa: E402
 from scratchlm.engine import Engine  # noqa: E402
 from scratchlm.server.app import create_app, running  # noqa: E402
@@ -72,7 +71,8 @@ def client(chat_server):
 
 
 def solo(lm, ids, max_tokens, stop_ids, temperature=0.0, seed=0) -> list[int]:
-    cfg = SampleConfig(max_new_tokens=max_tokens, temperature=temperature, top_k=0, seed=seed)
+    """The sampler alone, with the run's sample settings for what a request leaves out (top_k, ...)."""
+    cfg = dataclasses.replace(lm.config.sample, max_new_tokens=max_tokens, temperature=temperature, seed=seed)
     return list(generate_ids(lm.model, ids, cfg, stop_ids))
 
 

@@ -167,6 +167,25 @@ def pick_next(
     return draw_rows(logits[None], [generator])[0]
 
 
+# ---------------------------------------------------------------- log-probabilities
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """One generated id's log-probability and the k most likely ids' (most likely first)."""
+
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+def token_logprobs(logits: torch.Tensor, token: int, k: int) -> TokenLogprobs:
+    """log_softmax of the raw logits (vocab,), before any sampling filter: the model's own distribution,
+    as OpenAI and vLLM report it, so a greedy and a sampled request see the same numbers. Read on the
+    logits the pick used, so the engine adds nothing to the pick itself (batched == alone holds)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    top = torch.topk(logp, min(k, logp.numel())) if k > 0 else None
+    pairs = [] if top is None else list(zip(top.indices.tolist(), top.values.tolist(), strict=True))
+    return TokenLogprobs(float(logp[token]), pairs)
+
+
 # ---------------------------------------------------------------- the one decode step
 class Decoding:
     """One sequence being decoded. Per step: `pick` the next id from `.logits`, `accept` it (a stop id

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Iterator
 import torch
 
 from .config import SampleConfig
-from .decode import Decoding, fit, pick_together, prefill
+from .decode import Decoding, TokenLogprobs, fit, pick_together, prefill, token_logprobs
 from .model import GPT, KVCache
 
 
@@ -38,10 +38,22 @@ class Request:
     Every iteration starts from the first new id. finish_reason is None while running, then "stop" (a
     stop id came; it is not yielded), "length" (max_new_tokens), "cancelled" (cancel() or Engine.close())
     or "error" (the exception is raised to the consumer).
+
+    With `top_logprobs` set (0 or more), `.logprobs[i]` is the i-th id's decode.TokenLogprobs, there as
+    soon as that id is yielded; otherwise `.logprobs` stays empty.
     """
 
-    def __init__(self, prompt_ids: list[int], cfg: SampleConfig, stop_ids: set[int], block_size: int):
+    def __init__(
+        self,
+        prompt_ids: list[int],
+        cfg: SampleConfig,
+        stop_ids: set[int],
+        block_size: int,
+        top_logprobs: int | None = None,
+    ):
         self.cfg, self.stop_ids, self.prompt_ids = cfg, frozenset(stop_ids), prompt_ids
+        self.top_logprobs = top_logprobs
+        self.logprobs: list[TokenLogprobs] = []
         self.prompt_tokens = len(fit(prompt_ids, block_size).ids)
         self.completion_tokens = 0
         self.finish_reason: str | None = None
@@ -62,8 +74,10 @@ class Request:
         return self._cancelled
 
     # -- the worker's side
-    def _push(self, token: int) -> None:
+    def _push(self, token: int, logprobs: TokenLogprobs | None = None) -> None:
         with self._cond:
+            if logprobs is not None:  # appended first: a consumer that sees the id finds its logprobs
+                self.logprobs.append(logprobs)
             self._ids.append(token)
             self.completion_tokens += 1
             self._cond.notify_all()
@@ -170,14 +184,21 @@ class Engine:
         self._thread = threading.Thread(target=self._run, name="scratchlm-engine", daemon=True)
         self._thread.start()
 
-    def submit(self, prompt_ids: list[int], cfg: SampleConfig, stop_ids: set[int] = frozenset()) -> Request:
-        """Queue a generation; it joins the running batch at the worker's next step."""
+    def submit(
+        self,
+        prompt_ids: list[int],
+        cfg: SampleConfig,
+        stop_ids: set[int] = frozenset(),
+        top_logprobs: int | None = None,
+    ) -> Request:
+        """Queue a generation; it joins the running batch at the worker's next step. `top_logprobs`
+        (0 or more): record each new id's log-probability and the most likely ids' (Request.logprobs)."""
         if not prompt_ids:
             raise ValueError("submit needs at least one prompt token (e.g. <|bos|>)")
         bad = [t for t in prompt_ids if not 0 <= t < self.vocab]
         if bad:  # checked here: on a GPU an out-of-range id is a device assert that kills the whole process
             raise ValueError(f"prompt ids {bad[:5]} are outside the model's vocabulary of {self.vocab}")
-        request = Request(list(prompt_ids), cfg, stop_ids, self.block)
+        request = Request(list(prompt_ids), cfg, stop_ids, self.block, top_logprobs)
         with self._cond:
             if self._closed:
                 raise RuntimeError("the engine is closed")
@@ -278,7 +299,8 @@ class Engine:
         token = d.pick()
         if not d.accept(token):
             return request._finish("stop")
-        request._push(token)
+        k = request.top_logprobs
+        request._push(token, None if k is None else token_logprobs(d.logits, token, k))
         if d.finish_reason is not None:
             return request._finish(d.finish_reason)
         row = self.active.index(request)

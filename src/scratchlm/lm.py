@@ -11,8 +11,9 @@ decoder (decode.py: ids, text, and the one prompt-fitting rule), so neither impo
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import chat_template, decode
@@ -100,6 +101,9 @@ class LoadedModel(Restored):
     Every method takes the sampling settings of SampleConfig as keywords (temperature, top_k, top_p, min_p,
     repetition_penalty, max_new_tokens, stop, seed); the rest come from the run's `sample` settings."""
 
+    _warned_base: bool = field(default=False, init=False, repr=False, compare=False)
+    """The base-model warning of chat was given (once per LoadedModel: a loop of calls warns once)."""
+
     @property
     def is_chat(self) -> bool:
         """Made by `scratchlm sft` (trained on the chat format), rather than a base model of plain text."""
@@ -118,17 +122,32 @@ class LoadedModel(Restored):
 
     def chat_stream(self, messages: Sequence[Mapping], **sample_overrides) -> ReplyStream:
         """The next assistant reply as text pieces while they are generated (see ReplyStream)."""
+        self._warn_if_base(stacklevel=3)
         return ReplyStream(self, messages, self.sample_config(**sample_overrides))
 
     def chat(self, messages: Sequence[Mapping], **sample_overrides) -> ChatReply:
         """The next assistant reply to `messages` (OpenAI's role/content dicts, ending with a user message).
 
         A conversation longer than the context loses its oldest exchanges (the system message stays);
-        reply.dropped counts the messages left out."""
+        reply.dropped counts the messages left out. A base model (not `is_chat`) still answers, with a
+        warning once: it never saw the chat format, so its replies are continuations of the rendered text."""
+        self._warn_if_base(stacklevel=3)
         stream = self.chat_stream(messages, **sample_overrides)
         for _ in stream:
             pass
         return stream.reply
+
+    def _warn_if_base(self, stacklevel: int) -> None:
+        if self.is_chat or self._warned_base:
+            return
+        self._warned_base = True
+        warnings.warn(
+            "this run was not made by `scratchlm sft`: a base model never saw the chat format, so its "
+            "replies are continuations of the rendered conversation, not answers; make a chat model with "
+            "`scratchlm sft NEW --from RUN`, or use .generate(prompt) for plain continuations",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
 
 
 def load(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu") -> LoadedModel:

@@ -1,9 +1,11 @@
 """`scratchlm chat RUN`: talk to the run's model in the terminal, replies streamed.
 
 Replies stream to stdout as they are generated; everything else (notices, command answers, errors) goes
-to stderr, so piped use is scriptable: each input line is one user turn, each reply ends with a newline
-(`printf 'Hi\\nWho?\\n' | scratchlm chat RUN --temperature 0`). At a terminal there is a prompt, line
-editing and a banner; the behaviour is the same.
+to stderr, so piped use is scriptable: each input line is one user turn
+(`printf 'Hi\\nWho?\\n' | scratchlm chat RUN --temperature 0`). Each reply is one block that ends with a
+newline and is followed by one blank line, so replies of several lines stay apart in the output
+(`reply 1\\n\\nreply 2\\n\\n`). At a terminal there is a prompt, line editing and a banner instead; the
+replies are the same.
 
 - The conversation is kept whole while it fits the model's context; then its oldest exchanges are
   dropped, with a notice (decode.fit, the same rule as LoadedModel.chat). The system
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..common import UserError, atomic_write_text
 from ..config import SampleConfig
+from ..run import Run
 from ..settings import resolve
 
 if TYPE_CHECKING:
@@ -33,7 +36,9 @@ HELP = """commands:
   /system TEXT   set the system prompt (/system alone removes it); the conversation stays
   /reset         start the conversation over (the system prompt stays)
   /temp X        sampling temperature from now on (0: greedy)
-  /save FILE     write the conversation as JSON messages (role, content)
+  /save FILE     write the conversation as JSON messages (role, content) to a new file; an existing
+                 file is kept (say /save! FILE to replace it); the folder must exist, and a run
+                 directory's own files are never written
   /help          this list
 A line starting with // is sent as a message starting with /. Ctrl-C stops a reply; Ctrl-D quits."""
 
@@ -41,8 +46,10 @@ A line starting with // is sent as a message starting with /. Ctrl-C stops a rep
 class Chat:
     """One terminal conversation: the settings, the system prompt and the user/assistant turns so far."""
 
-    def __init__(self, lm: LoadedModel, cfg: SampleConfig, system: str | None, out, err):
-        self.lm, self.cfg, self.out, self.err = lm, cfg, out, err
+    def __init__(
+        self, lm: LoadedModel, cfg: SampleConfig, system: str | None, out, err, interactive: bool = False
+    ):
+        self.lm, self.cfg, self.out, self.err, self.interactive = lm, cfg, out, err, interactive
         self.system = system or None
         self.turns: list[dict[str, str]] = []
 
@@ -79,23 +86,29 @@ class Chat:
                 self.note(f"/temp {arg}: give a number >= 0 (0 is greedy)")
                 return
             self.note(f"temperature {self.cfg.temperature:g}")
-        elif name == "save":
-            self.save(arg)
+        elif name in ("save", "save!"):
+            self.save(arg, replace=name == "save!")
         else:
             self.note(f"unknown command /{name}; /help lists the commands")
 
-    def save(self, path: str) -> None:
+    def save(self, path: str, replace: bool = False) -> None:
+        """Write the conversation to a new file (`replace`: or over an existing one), atomically. A run
+        directory's files are refused: a conversation written over RUN/config.yaml broke `train`."""
         if not path:
             self.note("/save FILE: name the file to write")
             return
+        target = Path(path).expanduser().absolute()
+        refusal = _save_refusal(target, replace)
+        if refusal:
+            self.note(f"/save {path}: {refusal}")
+            return
         messages = self.messages()
-        text = json.dumps(messages, ensure_ascii=False, indent=2) + "\n"
         try:
-            atomic_write_text(Path(path).expanduser(), text)
+            atomic_write_text(target, json.dumps(messages, ensure_ascii=False, indent=2) + "\n")
         except OSError as e:
             self.note(f"error: {path}: {e.strerror or e}")
             return
-        self.note(f"saved {len(messages)} messages to {path}")
+        self.note(f"saved {len(messages)} messages to {target}")
 
     def reply(self, text: str) -> None:
         """Stream the reply to one user turn and keep both in the conversation (a stopped reply too)."""
@@ -130,10 +143,26 @@ class Chat:
             stopped = True
         # One assignment, so a Ctrl-C landing here leaves either the old conversation or the new one.
         self.turns = [*earlier, user, {"role": "assistant", "content": "".join(shown)}]
-        self.out.write("\n")
+        # Piped: a blank line after each reply, so a reader can tell where a reply of several lines ends.
+        self.out.write("\n" if self.interactive else "\n\n")
         self.out.flush()
         if stopped:
             self.note("reply stopped (Ctrl-C); it stays in the conversation as shown")
+
+
+def _save_refusal(target: Path, replace: bool) -> str | None:
+    """Why /save must not write `target` (an absolute path), or None."""
+    inside = next((p for p in target.parents if Run.at(p).is_run()), None)
+    if inside is not None or Run.at(target).is_run():
+        run = inside or target
+        return f"{target} is inside the run directory {run}; save the conversation somewhere else"
+    if not target.parent.is_dir():
+        return f"the folder {target.parent} does not exist; create it first or pick another path"
+    if target.is_dir():
+        return f"{target} is a folder; name a file"
+    if target.exists() and not replace:
+        return f"{target} already exists and was kept; /save! {target} replaces it"
+    return None
 
 
 def _read_line(stdin, interactive: bool) -> str | None:
@@ -172,7 +201,7 @@ def talk(
             pass
     if system is None and lm.is_chat:
         system = lm.config.sft.system_prompt
-    session = Chat(lm, cfg, system, out, err)
+    session = Chat(lm, cfg, system, out, err, interactive)
     if not lm.is_chat:
         session.note(
             f"{run_dir} is a base model, not made by `scratchlm sft`: completion mode, each line is "

@@ -8,6 +8,10 @@ A base model (no SFT) answers /v1/completions only: /v1/chat/completions is a 40
 base model never saw the chat format and would answer a rendered conversation with noise, which an
 OpenAI client could not tell from a real reply. The chat page switches to completion mode by itself.
 
+A request field the server cannot honour (tools, response_format json, logit_bias, ...) is a 400 naming
+it, never silently ignored; a sampling knob left out or null takes the run's sample settings, as
+`scratchlm sample` and `scratchlm chat` do. Logprobs are the engine's log-softmax of the raw logits.
+
 Layout: the routes are plain functions over one AppState (on app.state, reached through the `State`
 dependency). create_app registers every route of V1_ROUTES with the API key dependency (require_key), so
 a new /v1/ route gets it by being listed there. The wire format (bodies, responses, chunks, errors) is
@@ -17,6 +21,7 @@ openai_shapes.py.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import time
 from collections.abc import Iterator
@@ -76,10 +81,9 @@ async def require_key(request: Request, state: State) -> None:
     """The /v1/ routes' guard when the server has an API key (compared in constant time)."""
     if state.api_key is None:
         return
-    given = request.headers.get("authorization", "")
-    if not given.startswith("Bearer ") or not secrets.compare_digest(
-        given[7:].encode(), state.api_key.encode()
-    ):
+    scheme, _, key = request.headers.get("authorization", "").strip().partition(" ")
+    # The scheme is case-insensitive (RFC 9110 section 11.1): "bearer KEY" is as good as "Bearer KEY".
+    if scheme.lower() != "bearer" or not secrets.compare_digest(key.strip().encode(), state.api_key.encode()):
         raise APIError(
             401,
             "missing or wrong API key: send the header Authorization: Bearer KEY",
@@ -118,11 +122,21 @@ async def read_body(request: Request, state: AppState, model: type[BaseModel]):
             param="model",
             code="model_not_found",
         )
-    if body.max_tokens is not None and body.max_tokens > state.max_tokens_limit:
+    refused = body.refused()
+    if refused:
         raise APIError(
             400,
-            f"max_tokens {body.max_tokens} is above this server's maximum of {state.max_tokens_limit}",
-            param="max_tokens",
+            f"{refused}: this server does not support it (a small GPT with plain text replies); "
+            "leave it out or null",
+            param=refused,
+            code="unsupported_parameter",
+        )
+    limit, field = body.limit()
+    if limit is not None and limit > state.max_tokens_limit:
+        raise APIError(
+            400,
+            f"{field} {limit} is above this server's maximum of {state.max_tokens_limit}",
+            param=field,
             code="invalid_value",
         )
     return body
@@ -143,6 +157,18 @@ def fit_prompt(ids: list[int], body: Sampling, block: int) -> list[int]:
     return fitted.ids
 
 
+KNOBS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
+def sample_config(state: AppState, body: Sampling, seed: int) -> SampleConfig:
+    """The request's knobs over the run's sample settings (config.yaml), the ones `scratchlm sample` and
+    `scratchlm chat` use: a request that leaves a knob out (or null) gets what the run's author chose."""
+    run = state.lm.config.sample
+    given = {k: getattr(body, k) for k in KNOBS if getattr(body, k) is not None}
+    limit = body.limit()[0] or min(run.max_new_tokens, state.max_tokens_limit)
+    return dataclasses.replace(run, **given, max_new_tokens=limit, stop=[], seed=seed)
+
+
 def submit(state: AppState, ids: list[int], body: Sampling, stop_ids: set[int]) -> list:
     """n engine requests; seeds seed, seed+1, … (so choice i is the solo run of its seed)."""
     from ..engine import QueueFull
@@ -150,15 +176,9 @@ def submit(state: AppState, ids: list[int], body: Sampling, stop_ids: set[int]) 
     seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
     reqs = []
     for i in range(body.n):
-        cfg = SampleConfig(
-            max_new_tokens=body.max_tokens or state.lm.config.sample.max_new_tokens,
-            temperature=body.temperature,
-            top_k=0,
-            top_p=body.top_p,
-            seed=seed + i,
-        )
+        cfg = sample_config(state, body, seed + i)
         try:
-            reqs.append(state.engine.submit(ids, cfg, stop_ids))
+            reqs.append(state.engine.submit(ids, cfg, stop_ids, top_logprobs=body.logprobs_count()))
         except QueueFull:
             for r in reqs:  # all n or none: a half-answered request would hold slots for nothing
                 r.cancel()
@@ -173,51 +193,68 @@ def submit(state: AppState, ids: list[int], body: Sampling, stop_ids: set[int]) 
 
 
 # ---------------------------------------------------------------- answers out
+def token_text(tok, i: int) -> str:
+    """A token as text on its own; a special token (which decodes to nothing) by its name."""
+    return tok.decode([i]) or tok.piece(i)
+
+
+def logprob_rows(req, stream: TextStream, start: int, end: int) -> list[shapes.TokenRow]:
+    """The logprobs of the request's tokens start..end-1 (empty when the request did not ask)."""
+    tok, rows = stream.tokenizer, []
+    for j, lp in enumerate(req.logprobs[start:end], start):
+        top = [(token_text(tok, i), v) for i, v in lp.top]
+        rows.append((token_text(tok, stream.ids[j]), lp.logprob, top, len(tok.decode(stream.ids[:j]))))
+    return rows
+
+
 async def pieces(req, tok, stops: list[str]):
-    """(text, finish_reason or None, tokens) as tokens arrive; the last item has the finish reason."""
-    stream, n = TextStream(tok, stops), 0
+    """(text, finish_reason or None, tokens, logprob rows) as tokens arrive; the last item has the finish
+    reason. The logprob rows are those of the tokens since the previous item (the ones behind its text)."""
+    stream, n, sent = TextStream(tok, stops), 0, 0
     try:
         async for token in req:
             n += 1
             piece = stream.push(token)
             if stream.stopped:
                 req.cancel()
-                yield piece, "stop", n
+                yield piece, "stop", n, logprob_rows(req, stream, sent, n)
                 return
             if piece:
-                yield piece, None, n
-        yield stream.finish(), "length" if req.finish_reason == "length" else "stop", n
+                yield piece, None, n, logprob_rows(req, stream, sent, n)
+                sent = n
+        reason = "length" if req.finish_reason == "length" else "stop"
+        yield stream.finish(), reason, n, logprob_rows(req, stream, sent, n)
     finally:
         req.cancel()  # a no-op once finished; frees the slot when the client went away
 
 
-async def collect(reqs, tok, stops: list[str]) -> tuple[list[tuple[str, str]], int]:
-    """Every choice's (text, finish_reason) and the completion tokens of them all."""
+async def collect(reqs, tok, stops: list[str]) -> tuple[list[tuple[str, str, list]], int]:
+    """Every choice's (text, finish_reason, logprob rows) and the completion tokens of them all."""
     out, total = [], 0
     for req in reqs:
-        text, last = [], None
+        text, rows, last = [], [], None
         async for last in pieces(req, tok, stops):
             text.append(last[0])
-        out.append(("".join(text), last[1]))
+            rows += last[3]
+        out.append(("".join(text), last[1], rows))
         total += last[2]
     return out, total
 
 
 async def stream_events(reqs, tok, stops, head: dict, chat: bool, prompt_tokens: int, include_usage: bool):
     """The SSE body: the choices one after another, each ending with its finish reason on a chunk of its
-    own, then usage when asked, then [DONE]."""
-    total = 0
+    own, then usage when asked, then [DONE]. A chunk's logprobs are those of the tokens behind its text."""
+    total, wants_logprobs = 0, reqs[0].top_logprobs is not None
     try:
         for i, req in enumerate(reqs):
             if chat:
                 yield shapes.event(head, chat, [shapes.role_choice(i)])
-            async for piece, reason, n in pieces(req, tok, stops):
-                if piece and reason:  # the last text, then the finish reason on its own chunk
-                    yield shapes.event(head, chat, [shapes.chunk_choice(i, piece, None, chat)])
-                if piece or reason:
-                    yield shapes.event(
-                        head, chat, [shapes.chunk_choice(i, "" if reason else piece, reason, chat)]
-                    )
+            async for piece, reason, n, rows in pieces(req, tok, stops):
+                if piece or rows:  # the text (and its tokens), then the finish reason on its own chunk
+                    lp = shapes.logprobs(rows, chat) if wants_logprobs else None
+                    yield shapes.event(head, chat, [shapes.chunk_choice(i, piece, None, chat, lp)])
+                if reason:
+                    yield shapes.event(head, chat, [shapes.chunk_choice(i, "", reason, chat)])
                 total = total if reason is None else total + n
         if include_usage:
             yield shapes.event(head, chat, [], usage=shapes.usage(prompt_tokens, total))
@@ -232,7 +269,7 @@ async def stream_events(reqs, tok, stops, head: dict, chat: bool, prompt_tokens:
 async def answer(request: Request, state: AppState, body: Sampling, ids: list[int], stop_ids, chat: bool):
     """Fit the prompt, run the n choices, and reply: one JSON object, or an SSE stream when asked."""
     ids = fit_prompt(ids, body, state.block)
-    stops = body.stops()
+    stops = body.stops(state.lm.config.sample.stop)
     reqs = submit(state, ids, body, stop_ids)
     head = shapes.head(state.model_name, chat)
     if body.stream:
@@ -252,7 +289,11 @@ async def answer(request: Request, state: AppState, body: Sampling, ids: list[in
     finally:
         for r in reqs:
             r.cancel()
-    choices = [shapes.choice(i, text, reason, chat) for i, (text, reason) in enumerate(results)]
+    wants_logprobs = body.logprobs_count() is not None
+    choices = [
+        shapes.choice(i, text, reason, chat, shapes.logprobs(rows, chat) if wants_logprobs else None)
+        for i, (text, reason, rows) in enumerate(results)
+    ]
     return shapes.response(head, chat, choices, shapes.usage(len(ids), completion_tokens))
 
 
@@ -292,7 +333,7 @@ async def chat_completions(request: Request, state: State):
             param="model",
             code="model_not_chat",
         )
-    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+    messages = [m.as_dict() for m in body.messages]
     try:
         ids = chat_template.render(messages, state.tok, add_generation_prompt=True).ids
     except UserError as e:
