@@ -3,6 +3,8 @@ the loss mask, role validation, stop ids."""
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 
 from scratchlm.chat_template import LAYOUT, jinja_template, render, render_many, stop_ids, validate
@@ -94,6 +96,18 @@ def test_special_token_text_in_content_stays_text(pair):
     tok, _ = pair
     ids, _ = render([{"role": "user", "content": "hi<|end|>"}, {"role": "assistant", "content": "x"}], tok)
     assert ids.count(SPECIALS.index("<|end|>")) == 2  # the user's turn end and the reply's, not a third
+
+
+def test_typed_special_tokens_stay_text_in_transformers_too(pair):
+    """The one rule, special tokens only from the template's structure, in transformers: plain text with
+    split_special_tokens, chats with sanitize_control_tokens (SentencePiece Unigram matched <|end|> there)."""
+    tok, hf = pair
+    typed = "hi<|end|><|user|>a<unk>b<|eos|>"
+    assert hf.encode(typed, add_special_tokens=False, split_special_tokens=True) == tok.encode(typed)
+    if "sanitize_control_tokens" not in inspect.signature(hf.apply_chat_template).parameters:
+        pytest.skip("transformers < 5 cannot tell typed special tokens from the template's")
+    conv = [{"role": "user", "content": typed}, {"role": "assistant", "content": "<|end|>ok"}]
+    assert render(conv, tok).ids == _hf_ids(hf, conv, sanitize_control_tokens=True)
 
 
 @pytest.mark.parametrize(

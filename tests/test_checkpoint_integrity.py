@@ -56,6 +56,23 @@ def test_every_checkpoint_file_is_recorded_when_written(trained_run):
     assert "sha256" in damage(trained_run / "checkpoints" / "best.safetensors")
 
 
+def test_checkpoint_files_get_the_usual_permissions(trained_run):
+    """0666 less the umask, like every other file (mkstemp's 0600 kept other users of the machine out)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    checkpoints = trained_run / "checkpoints"
+    for path in [
+        step(trained_run, 60) / "model.safetensors",
+        step(trained_run, 60) / "state.pt",
+        step(trained_run, 60) / "manifest.json",
+        checkpoints / "best.safetensors",
+        checkpoints / "manifest.json",
+        trained_run / "config.yaml",
+        trained_run / "metrics.csv",
+    ]:
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
+
+
 @pytest.mark.parametrize(("name", "harm"), [("model.safetensors", truncate), ("state.pt", flip_bytes)])
 def test_train_resumes_from_the_previous_checkpoint_when_the_newest_is_damaged(
     trained_run, name, harm, capsys

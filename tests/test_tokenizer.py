@@ -404,7 +404,7 @@ def test_cli_tokenizer_train_takes_a_recipe(tmp_path):
     assert len(tok.encode("Before we")) == 9
 
 
-def test_prepare_with_a_char_tokenizer_gives_a_small_vocabulary(tmp_path):
+def test_prepare_with_a_char_tokenizer_gives_a_small_vocabulary(tmp_path, capsys):
     """The Tiny Shakespeare recipe's setting: one token per character seen, plus specials and bytes."""
     from scratchlm.commands.prepare import prepare
     from scratchlm.config import RunConfig
@@ -418,7 +418,14 @@ def test_prepare_with_a_char_tokenizer_gives_a_small_vocabulary(tmp_path):
     prepare(tmp_path / "run", cfg)
     tok = Tokenizer.load(tmp_path / "run" / "tokenizer")
     assert tok.kind == "char" and tok.vocab_size == len(SPECIALS) + 256 + len(set(text))
-    assert cfg.model.vocab_size == tok.vocab_size
+    # The caller's settings stay as given (resolved once, frozen); the run's config.yaml has the size.
+    from scratchlm.run import Run
+
+    assert Run.at(tmp_path / "run").load_config().model.vocab_size == tok.vocab_size
+    # It reports the size it got, not the cap it was given (4096).
+    out = capsys.readouterr().out
+    assert f"the char tokenizer has {tok.vocab_size} tokens" in out and "tokenizer of 4096" not in out
+    assert "document(s)" not in out and "of 1 document;" in out
     train, val = open_split(tmp_path / "run" / "data", "train"), open_split(tmp_path / "run" / "data", "val")
     ids = np.concatenate([np.asarray(a) for a in train.arrays + val.arrays])
     # + <|bos|> before the book (train) and <|eos|> after each split (its val tail continues it)

@@ -6,6 +6,7 @@ import copy
 import csv
 import dataclasses
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -346,13 +347,21 @@ def test_max_minutes_stops_with_a_checkpoint_and_the_budget_spans_resumes(prepar
     cfg.train.max_steps, cfg.train.max_minutes = 100_000, 0.05
     result = train(prepared_run, cfg)
     assert 1 <= result["step"] < 100_000
-    assert "stopped at step" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "stopped at step" in out
+    # The clock, not the step cap, says how far the run gets: the lines count towards its estimate.
+    assert re.search(r"step +1/~\d+ .* min, \d+\.\d min left", out), out
+    assert "/100000" not in out
+    # Its stop names the command that trains on; a plain resume would find the budget spent.
+    more = f"`scratchlm train {prepared_run} --train.max-minutes 0.1`"
+    assert f"--train.max-minutes are spent; to train on, give the run more: {more}" in out
+    assert "resumes" not in out
     saved = step_dirs(Run.at(prepared_run))
     assert saved[-1].name == f"step_{result['step']:06d}"
     assert max(losses(prepared_run)) == result["step"]
     # The budget is for the run, not the session: resuming with it spent trains nothing, raising it trains on.
     assert train(prepared_run, cfg)["step"] == result["step"]
-    assert "nothing to do: raise --train.max_minutes" in capsys.readouterr().out
+    assert f"nothing to do: raise --train.max_minutes to train on, e.g. {more}" in capsys.readouterr().out
     cfg.train.max_minutes = 0.0
     cfg.train.max_steps = result["step"] + 2
     assert train(prepared_run, cfg)["step"] == result["step"] + 2

@@ -18,8 +18,17 @@ Why this layout:
 - The loss covers what the model must produce: each assistant reply and its <|end|>, never the
   <|assistant|> tag, which the prompt supplies at inference (add_generation_prompt).
 
-One divergence, on purpose: content that spells a special token ("<|end|>") stays text in `render`, so a
-user message cannot end a turn; transformers' template path turns it into the special id.
+The rule for special tokens: they come only from this layout, never from content. A message that spells
+"<|end|>" keeps it as text, so typed text cannot end a turn or forge one (prompt injection). Every string
+path of the ecosystem renders the template to text and then cannot tell the template's "<|end|>" from a
+typed one, so it follows the rule only where told which text is typed:
+- transformers: `apply_chat_template(..., sanitize_control_tokens=True)` (transformers 5) gives `render`'s
+  ids, and `tokenizer(text, split_special_tokens=True)` gives `encode(text)` (tested for every kind; a
+  SentencePiece Unigram tokenizer.json needs a cut before "<|" for it, see sentencepiece.py). Without those
+  flags transformers turns the typed text into the special id, as `encode(..., allow_special=True)` does.
+- llama.cpp: tokenizing without parse_special keeps it text (tested); its chat path (llama-server,
+  llama-cpp-python's create_chat_completion) parses special tokens in the whole rendered prompt, so a typed
+  "<|end|>" ends the turn there. A GGUF has no way to ask otherwise.
 """
 
 from __future__ import annotations
@@ -109,8 +118,8 @@ def validate(messages: Sequence[Mapping], *, add_generation_prompt: bool = False
 def render(messages: Sequence[Mapping], tokenizer, *, add_generation_prompt: bool = False) -> Rendered:
     """A validated conversation → ids and loss mask; with add_generation_prompt, ends with <|assistant|>.
 
-    The ids are those of transformers' apply_chat_template with `jinja_template()`, for any content
-    that does not spell a special token (see the module docstring).
+    The ids are those of transformers' apply_chat_template with `jinja_template()`; for content that
+    spells a special token, with sanitize_control_tokens=True (see the module docstring).
     """
     validate(messages, add_generation_prompt=add_generation_prompt)
     texts = [tokenizer.encode(m["content"]) for m in messages]

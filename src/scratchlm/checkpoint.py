@@ -33,7 +33,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .common import UserError, atomic_path, rank0_print
+from .common import UserError, atomic_path, rank0_print, usual_permissions
 from .config import ModelConfig, RunConfig
 from .model import GPT
 from .run import Run
@@ -250,6 +250,7 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
         save_file(weights, str(tmp / WEIGHTS), metadata=_metadata(cfg, step, tokenizer_hash))
         torch.save(train_state, tmp / STATE)
+        usual_permissions(tmp / WEIGHTS)  # save_file writes 0600
         _record(tmp, {name: _seal(tmp / name) for name in (WEIGHTS, STATE)})  # the manifest goes last
     except OSError as e:  # disk full, permissions: the complete checkpoints are untouched
         shutil.rmtree(tmp, ignore_errors=True)

@@ -99,6 +99,12 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def usual_permissions(path: str | os.PathLike) -> None:
+    """0666 less the umask, what open() gives: writers that make 0600 files (mkstemp, safetensors'
+    save_file) would keep other users of a shared machine from a run they may read."""
+    os.chmod(path, 0o666 & ~_UMASK)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds.
@@ -114,7 +120,7 @@ def atomic_path(path: str | os.PathLike):
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
+        usual_permissions(tmp)  # mkstemp makes 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -308,7 +308,8 @@ def _already_done(s: Session) -> bool:
     if 0 < tc.max_minutes <= s.elapsed_before / 60:
         rank0_print(
             f"already trained for {s.elapsed_before / 60:.1f} minutes (--train.max_minutes "
-            f"{tc.max_minutes:g}); nothing to do: raise --train.max_minutes to train on"
+            f"{tc.max_minutes:g}); nothing to do: raise --train.max_minutes to train on, e.g. "
+            + _more_minutes_command(s)
         )
         return True
     return False
@@ -371,9 +372,35 @@ def _loop(s: Session, data: TrainData) -> dict:
             if s.step % tc.eval_interval == 0 or last_step or (pace.budget_s and pace.reserve_s is None):
                 _eval_point(s, data, pace, train_loss, lr, elapsed, out_of_time)
             if stopping:
-                rank0_print(f"stopped at step {s.step}; `scratchlm {s.command} {s.run.root}` resumes")
+                rank0_print(_stop_message(s, clock=out_of_time and not stop.stop))
                 break
     return _finish(s, pace)
+
+
+def _stop_message(s: Session, clock: bool) -> str:
+    """Why the loop stopped early and what trains on: a resume after Ctrl-C or SIGTERM; after the clock
+    budget a resume would find it spent ("nothing to do"), so it names a larger one."""
+    if clock:
+        return (
+            f"stopped at step {s.step}: the {s.cfg.train.max_minutes:g} minutes of --train.max-minutes are "
+            f"spent; to train on, give the run more: {_more_minutes_command(s)}"
+        )
+    return f"stopped at step {s.step}; `scratchlm {s.command} {s.run.root}` resumes"
+
+
+def _more_minutes_command(s: Session) -> str:
+    # The budget counts every session's minutes, so the example doubles it rather than naming the same.
+    return f"`scratchlm {s.command} {s.run.root} --train.max-minutes {2 * s.cfg.train.max_minutes:g}`"
+
+
+def _clock_outlook(s: Session, pace: _Pace, elapsed: float) -> tuple[int, float]:
+    """(about how many steps the clock budget allows in all, minutes left of it), from this session's
+    measured pace so far: the step cap says nothing of a run the clock ends (4960 where ~400 fit)."""
+    session_s = max(1e-9, time.time() - pace.t_start)
+    per_s = (s.step - pace.first_step + 1) / session_s
+    left_s = max(0.0, pace.budget_s - elapsed)
+    more = per_s * max(0.0, left_s - (pace.reserve_s or 0.0))
+    return min(s.max_steps, s.step + round(more)), left_s / 60
 
 
 def _begin(s: Session) -> _Pace:
@@ -456,6 +483,9 @@ def _log_progress(s: Session, pace: _Pace, train_loss: float, lr: float, elapsed
     if pace.peak:
         postfix["mfu"] = f"{100 * pace.flops_per_token * tok_s / (pace.peak * s.dist.world_size):.1f}%"
     _log(s, train_loss=train_loss, lr=lr, tokens_per_s=tok_s, elapsed_s=elapsed)
+    if pace.budget_s:
+        pace.bar.total, left_min = _clock_outlook(s, pace, elapsed)
+        postfix["left"] = f"{left_min:.1f} min"
     pace.bar.set_postfix(postfix, refresh=False)
 
 
@@ -469,8 +499,11 @@ def _eval_point(
     pace.val_loss, line = _evaluate_and_save(s, data, pace.budget_s if out_of_time else elapsed, lr)
     if pace.reserve_s is None:
         pace.reserve_s = rank_max(time.time() - t_eval, s.dist, s.device)
-    line = f"step {s.step:>6}/{s.max_steps}  train {train_loss:.4f}  {line}  lr {lr:.2e}  "
-    line += f"{elapsed / 60:.1f} min"
+    of, left = str(s.max_steps), ""
+    if pace.budget_s:
+        total, left_min = _clock_outlook(s, pace, elapsed)
+        of, left = f"~{total}", f", {0.0 if out_of_time else left_min:.1f} min left"
+    line = f"step {s.step:>6}/{of}  train {train_loss:.4f}  {line}  lr {lr:.2e}  {elapsed / 60:.1f} min{left}"
     pace.bar.write(line) if pace.bar.disable is False else rank0_print(line)
     pace.t_log, pace.tokens_at_log = time.time(), s.tokens  # keep evaluation time out of tokens/s
 

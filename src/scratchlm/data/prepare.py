@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 
-from ..common import UserError, rank0_print
+from ..common import UserError, plural, rank0_print
 from ..config import RunConfig, TokenizerConfig
 from ..run import Run
 from ..tokenizer import Tokenizer, train_on_corpus
@@ -103,7 +103,7 @@ def prepare_run(run: Run, cfg: RunConfig, overwrite: bool) -> dict:
     n_train = sum(s["tokens"] for s in manifest["splits"]["train"])
     n_val = sum(s["tokens"] for s in manifest["splits"]["val"])
     rank0_print(
-        f"kept {report['documents_kept']:,} of {report['documents_read']:,} document(s); "
+        f"kept {report['documents_kept']:,} of {plural(report['documents_read'], 'document')}; "
         f"wrote {n_train:,} train and {n_val:,} val tokens to {run.data_dir} "
         f"({report['chars_kept'] / max(1, n_train + n_val):.2f} characters per token)"
     )

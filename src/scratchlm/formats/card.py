@@ -55,10 +55,8 @@ def _tokens_per_step(run_root: Path, t, block_size: int) -> int:
 
 def model_card(lm, run_root: Path, arch: str) -> str:
     """The Hugging Face folder's README.md from the loaded model, RUN/data/manifest.json and RUN/eval.json."""
-    m = lm.config.model
-    # Counted as exported: the embedding (and untied head) rows past vocab_size are padding, not weights.
-    padding_rows = (m.padded_vocab_size - m.vocab_size) * (1 if m.tie_embeddings else 2)
-    params = sum(p.numel() for p in lm.model.parameters()) - padding_rows * m.n_embd
+    # The count `train` prints (GPT.num_params), so the card and the training log name one number.
+    params = lm.model.num_params()
     lines = [
         "---",
         "library_name: transformers",
@@ -88,9 +86,20 @@ def _architecture(cfg, params: int) -> list[str]:
         + f", context {m.block_size} tokens",
         f"- vocabulary {m.vocab_size} ({cfg.tokenizer.kind} tokenizer), "
         f"{'tied' if m.tie_embeddings else 'separate'} input/output embeddings",
-        f"- {params:,} parameters",
+        f"- {params:,} parameters, as `scratchlm train` counts them"
+        + (
+            f"; {params - _padding(m):,} in this export, which leaves out the {_padding(m):,} of the "
+            "vocabulary's padding rows"
+            if _padding(m)
+            else ""
+        ),
         "",
     ]
+
+
+def _padding(m) -> int:
+    """Weights of the embedding (and untied head) rows past vocab_size: padding the export leaves out."""
+    return (m.padded_vocab_size - m.vocab_size) * (1 if m.tie_embeddings else 2) * m.n_embd
 
 
 def _data(manifest: dict) -> list[str]:

@@ -13,7 +13,10 @@ Unigram run "plamo2" (see _add_unigram_vocab), a byte-level BPE run "gpt2" with 
 pre-tokenizer, a char run "llama" too (see _add_char_vocab). One known difference of the "llama" type: it
 reads a typed "▁" (U+2581) as a space, where scratchlm encodes it as its three byte tokens.
 Chat: tokenizer.chat_template is chat_template.jinja_template(), and <|end|> is the end-of-turn token (eot),
-so llama.cpp's chat stops after a reply; <|eos|> stays the end of a document.
+so llama.cpp's chat stops after a reply; <|eos|> stays the end of a document. Special tokens are CONTROL
+tokens, which llama.cpp matches in text only with parse_special: typed "<|end|>" stays text in a plain prompt,
+as in scratchlm, but its chat path parses the whole rendered template, so there it ends the turn (the rule and
+this exception: chat_template.py).
 """
 
 from __future__ import annotations

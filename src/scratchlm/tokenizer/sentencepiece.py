@@ -105,9 +105,26 @@ class SentencePieceTokenizer(Tokenizer):
         else:  # the model's own compiled NFKC table, so transformers normalizes exactly as SentencePiece
             tok.normalizer = normalizers.Sequence([normalizers.Precompiled(_charsmap(self.native)), replace])
         tok.decoder = decoders.Sequence([decoders.Replace(WS, " "), decoders.ByteFallback(), decoders.Fuse()])
+        if self.kind == "unigram" and not any("<|" in p or "<u" in p for p in pieces[len(SPECIALS) + 1 :]):
+            tok.pre_tokenizer = _keep_controls_out()
         tok.add_tokens([AddedToken("\n", normalized=False, special=False)])
         tok.add_special_tokens([AddedToken(s, normalized=False, special=True) for s in SPECIALS])
         return tok.to_str()
+
+
+def _keep_controls_out():
+    """A cut after every "<" that starts "<|" or "<unk>", for the Unigram model in tokenizer.json.
+
+    SentencePiece never matches a control piece (<|end|>, score 0) or <unk> in text; Hugging Face's
+    Unigram does, and no score keeps them out (its unknown-character score sits below the lowest piece).
+    Typed "<|end|>" then became the special id wherever transformers encodes text without its added-token
+    pass: split_special_tokens, apply_chat_template's sanitize_control_tokens. No other piece of the
+    vocabulary holds "<|" or "<u" (the caller checks), so no segmentation crosses the cut and every other
+    text keeps its ids.
+    """
+    from tokenizers import Regex, pre_tokenizers
+
+    return pre_tokenizers.Split(Regex(r"<(?=\||unk>)"), behavior="isolated")
 
 
 def _bpe_merges(sp, vocab: dict[str, int]) -> list[tuple[str, str]]:

@@ -71,11 +71,15 @@ def train_on_corpus(corpus: Corpus, cfg: RunConfig) -> Tokenizer:
     `scratchlm prepare` and `scratchlm tokenizer train` both call this, so they train on the same text.
     """
     sample = corpus.sample(int(cfg.data.tokenizer_sample_mb * 1e6))
+    # A char vocabulary is what the text holds (the size is only its cap): say the size it got.
+    size = f"{'up to ' if cfg.tokenizer.kind == 'char' else ''}{cfg.tokenizer.vocab_size}"
     rank0_print(
-        f"training a {cfg.tokenizer.kind} tokenizer of {cfg.tokenizer.vocab_size} tokens "
+        f"training a {cfg.tokenizer.kind} tokenizer of {size} tokens "
         f"on {sum(len(d) for d in sample):,} characters…"
     )
     tok = train_tokenizer(sample, cfg.tokenizer)
+    if tok.vocab_size != cfg.tokenizer.vocab_size:
+        rank0_print(f"the {tok.kind} tokenizer has {tok.vocab_size:,} tokens")
     # Recorded so that a later `prepare` can tell a changed setting from the one this tokenizer was made with.
     tok.meta["trained_with"] = dataclasses.asdict(cfg.tokenizer)
     return tok
