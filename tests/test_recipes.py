@@ -326,7 +326,7 @@ def test_train_text_trains_continues_and_never_overwrites_a_trained_run(tmp_path
     ("kwargs", "message"),
     [
         (dict(text="books/missing.txt"), "books/missing.txt: no such file"),
-        (dict(train=dict(max_step=3)), "unknown setting 'max_step'"),
+        (dict(train=dict(max_step=3)), "unknown key 'train.max_step' (did you mean 'max_steps'?)"),
         (dict(train=dict(max_steps=0)), "max_steps 0"),
         (dict(model=[1]), "expected a ModelConfig or a dict"),
         (dict(preset="huge"), "use one of gpt2, small, tiny"),
