@@ -61,7 +61,7 @@ SUMMARIES = {
     "tokenizer": "train / encode / decode / stats of the tokenizer",
 }
 # The flat settings dataclass of the commands whose options are unprefixed (--temperature, --stride).
-FLAT_SECTIONS = {"sample": SampleConfig, "chat": SampleConfig, "eval": EvalConfig}
+FLAT_SECTIONS = {"sample": SampleConfig, "chat": SampleConfig, "serve": SampleConfig, "eval": EvalConfig}
 # Parameters spelt otherwise on the command line.
 FLAG_NAMES = {"recipe": "config", "base": "from"}
 PYTHON_ONLY = {"config", "origin", "top", "settings"}

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import socket
 from pathlib import Path
+from typing import Any
 
 from ..common import UserError
+from ..settings import resolve
 
 
 def serve(
@@ -17,6 +20,8 @@ def serve(
     api_key: str | None = None,
     max_batch: int = 16,
     checkpoint: str = "best",
+    origin: str = "scratchlm.serve()",
+    **settings: Any,
 ) -> None:
     """An OpenAI-compatible HTTP API (/v1/...) and a chat page (/) for a run's model, until Ctrl-C.
 
@@ -27,6 +32,9 @@ def serve(
         api_key: require Authorization: Bearer KEY on /v1/ requests
         max_batch: sequences decoded together
         checkpoint: best, last, or a path to a .safetensors file
+
+    The sampling settings a request leaves out are the run's (RUN/config.yaml's sample section, as `sample`
+    and `chat` use them), changed by the keyword settings (the flags: --temperature, --top-k, ...).
     """
     if max_batch < 1:
         raise UserError(f"--max_batch {max_batch}: must be an integer >= 1")
@@ -43,7 +51,9 @@ def serve(
     from ..checkpoint import load
     from ..common import pick_device
 
+    sample = resolve(run, "serve", overrides={"sample": settings}, origin=origin).sample
     lm = load(run, checkpoint, device=pick_device("auto", "--device"))
+    lm.config = dataclasses.replace(lm.config, sample=sample)  # requests default to these, as sample/chat
     sock = _bound(host, port)  # before announcing: a busy port is one line, and --port 0 names the real one
     port = sock.getsockname()[1]
     app = create_app(lm, Path(run).resolve().name, api_key=api_key, max_batch=max_batch)
