@@ -11,7 +11,6 @@ import yaml
 
 import scratchlm
 from scratchlm.cli import main
-from scratchlm.commands.sft import settings_for as sft_settings
 from scratchlm.common import UserError
 from scratchlm.config import SFT_TRAIN_DEFAULTS, FrozenError, RunConfig
 from scratchlm.run import Run
@@ -107,8 +106,9 @@ def test_a_changed_setting_on_resume_is_announced(trained_run, capsys):
     assert f"train.max_steps {steps} → {steps + 1} for this run" in out
 
 
-def test_python_sft_gets_the_sft_defaults(trained_run, tmp_path):
-    cfg = sft_settings(tmp_path / "chat", base=str(trained_run))
+def test_python_sft_gets_the_sft_defaults(trained_run, tmp_path, capsys):
+    cfg = scratchlm.sft(tmp_path / "chat", base=str(trained_run), print_config=True)
+    assert yaml.safe_load(capsys.readouterr().out) == cfg.to_dict()
     for key, value in SFT_TRAIN_DEFAULTS.items():
         assert getattr(cfg.train, key) == value, key
     assert cfg.model == Run.at(trained_run).load_config().model  # the base's model, whoever calls

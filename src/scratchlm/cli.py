@@ -19,7 +19,6 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
-import yaml
 from jsonargparse import ArgumentParser, DefaultHelpFormatter, set_parsing_settings
 
 from .common import UserError
@@ -229,10 +228,6 @@ def _command_parser(name: str, fn: Callable) -> ArgumentParser:
         if pname in PYTHON_ONLY or pname in sections or param.kind is inspect.Parameter.VAR_KEYWORD:
             continue
         _add_parameter(p, pname, param, hints.get(pname), docs.get(pname, ""))
-    if "recipe" in inspect.signature(fn).parameters:
-        p.add_argument(
-            "--print_config", action="store_true", help="print the resolved settings as YAML and exit"
-        )
     for section in sections:
         p.add_class_arguments(SECTION_CLASSES[section], section)
     if name in FLAT_SECTIONS:
@@ -352,14 +347,8 @@ def _command_of(argv: list[str]) -> str:
 
 
 def run_command(name: str, kwargs: dict) -> None:
-    """Call the command's function (or, with --print_config, print the settings it would run with)."""
-    fn = command_function(name)
-    if kwargs.pop("print_config", False):
-        settings_for = sys.modules[fn.__module__].settings_for
-        cfg = settings_for(**kwargs)
-        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True), end="")
-        return
-    fn(**kwargs)
+    """Call the command's function with what the command line gave."""
+    command_function(name)(**kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -82,7 +82,7 @@ def copy_tokenizer(base: Run, run: Run) -> None:
 
 
 def _steps(s: Session, rows_per_epoch: int) -> int:
-    """The run's optimizer steps: from --sft.epochs, or --train.max-steps when epochs is 0 (settings_for sets
+    """The run's optimizer steps: from --sft.epochs, or --train.max-steps when epochs is 0 (commands/sft sets
     it to 0 when the user gave a step count and no epochs)."""
     if s.cfg.sft.epochs > 0:
         return max(1, math.ceil(s.cfg.sft.epochs * rows_per_epoch / (s.global_batch * s.grad_accum)))

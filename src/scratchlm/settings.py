@@ -227,3 +227,9 @@ def build_section(cls: type, base: Any, values: Mapping[str, Any], origin: str) 
     except SettingError as e:
         flag = origin in (FLAGS, FLAT_FLAGS)
         raise e.named(f"--{e.name}".replace("_", "-") if flag else f"{origin}: {e.name}") from None
+
+
+def print_settings(cfg: RunConfig) -> RunConfig:
+    """--print_config: the resolved settings as YAML on stdout (nothing is written); returns them."""
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True), end="")
+    return cfg

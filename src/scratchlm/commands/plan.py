@@ -28,9 +28,7 @@ def plan(run: str | Path, *, minutes: float, device: str = "auto"):
     print("\n".join(made.lines()))
     command = f"scratchlm train {target.root} --preset auto --train.max-minutes {minutes:g}"
     if target.has_checkpoints():  # `train --preset auto` continues a trained run in its own shape
-        print(
-            f"{target.root} has checkpoints, which `{command}` continues; this plan trains with --fresh"
-        )
+        print(f"{target.root} has checkpoints, which `{command}` continues; this plan trains with --fresh")
     else:
         print(f"to train it: {command}")
     return made

@@ -8,30 +8,7 @@ from typing import Any
 
 from ..config import RunConfig
 from ..run import Run
-from ..settings import resolve, with_inputs
-
-
-def settings_for(
-    run: str | Path,
-    config: RunConfig | None = None,
-    *,
-    input: Sequence[str] | None = None,
-    recipe: str | None = None,
-    data: Mapping[str, Any] | None = None,
-    tokenizer: Mapping[str, Any] | None = None,
-    origin: str = "scratchlm.prepare()",
-    **_: Any,
-) -> RunConfig:
-    """The settings `prepare` runs with (--print_config prints them)."""
-    data = with_inputs(data, input)
-    return resolve(
-        run,
-        "prepare",
-        config=config,
-        recipe=recipe,
-        overrides={"data": data, "tokenizer": tokenizer},
-        origin=origin,
-    )
+from ..settings import print_settings, resolve, with_inputs
 
 
 def prepare(
@@ -43,8 +20,9 @@ def prepare(
     recipe: str | None = None,
     data: Mapping[str, Any] | None = None,
     tokenizer: Mapping[str, Any] | None = None,
+    print_config: bool = False,
     origin: str = "scratchlm.prepare()",
-) -> dict:
+) -> dict | RunConfig:
     """Read a corpus, train a tokenizer and write train/val token shards into RUN.
 
     Args:
@@ -56,10 +34,14 @@ def prepare(
         recipe: a YAML recipe whose data and tokenizer sections apply (flags and keywords override it)
         data: data settings to change, e.g. dict(val_fraction=0.1)
         tokenizer: tokenizer settings to change, e.g. dict(vocab_size=8000)
+        print_config: print the resolved settings as YAML (and return them) instead of preparing
     """
     from ..data.prepare import prepare_run
 
-    cfg = settings_for(run, config, input=input, recipe=recipe, data=data, tokenizer=tokenizer, origin=origin)
+    overrides = {"data": with_inputs(data, input), "tokenizer": tokenizer}
+    cfg = resolve(run, "prepare", config=config, recipe=recipe, overrides=overrides, origin=origin)
+    if print_config:
+        return print_settings(cfg)
     target = Run.at(run)
     target.refuse_sft_run("prepare")
     with target.writer_lock("prepare"):

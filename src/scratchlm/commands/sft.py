@@ -9,7 +9,7 @@ from typing import Any
 from ..common import UserError
 from ..config import RunConfig
 from ..run import Run
-from ..settings import announce_changes, resolve
+from ..settings import announce_changes, print_settings, resolve
 
 
 def _paths(value: str | Sequence[str] | None) -> list[str] | None:
@@ -18,24 +18,17 @@ def _paths(value: str | Sequence[str] | None) -> list[str] | None:
     return [str(value)] if isinstance(value, (str, Path)) else [str(p) for p in value]
 
 
-def settings_for(
-    run: str | Path,
-    config: RunConfig | None = None,
-    *,
-    base: str | None = None,
-    input: Sequence[str] | None = None,
-    val_input: Sequence[str] | None = None,
-    recipe: str | None = None,
-    resume: bool | None = None,
-    fresh: bool = False,
-    train: Mapping[str, Any] | None = None,
-    sft: Mapping[str, Any] | None = None,
-    origin: str = "scratchlm.sft()",
-    **_: Any,
-) -> RunConfig:
-    """The settings `sft` runs with (--print_config prints them): the SFT defaults for a new run, and the
-    base's model, tokenizer and data sections, which a fine-tuned run keeps."""
-    target = Run.at(run)
+def _settings(target: Run, config, recipe, train, sft: dict, origin: str) -> RunConfig:
+    """The settings `sft` runs with: the SFT defaults for a new run, and (once the base has checkpoints)
+    the base's model, tokenizer and data sections, which a fine-tuned run keeps."""
+    sft.update(_steps_or_epochs(train, sft, recipe))
+    overrides = {"train": train, "sft": sft}
+    cfg = resolve(target, "sft", config=config, recipe=recipe, overrides=overrides, origin=origin)
+    return with_base(cfg) if cfg.sft.base and Run.at(cfg.sft.base).has_checkpoints() else cfg
+
+
+def _sft_section(sft, base, input, val_input) -> dict:
+    """The sft settings with the command's own spellings of sft.base, sft.inputs and sft.val_inputs."""
     sft = dict(sft or {})
     for key, value in (
         ("base", base and str(base)),
@@ -44,11 +37,7 @@ def settings_for(
     ):
         if value:
             sft[key] = value
-    sft.update(_steps_or_epochs(train, sft, recipe))
-    cfg = resolve(
-        target, "sft", config=config, recipe=recipe, overrides={"train": train, "sft": sft}, origin=origin
-    )
-    return with_base(cfg) if cfg.sft.base and Run.at(cfg.sft.base).has_checkpoints() else cfg
+    return sft
 
 
 def _steps_or_epochs(train, sft: dict, recipe) -> dict:
@@ -83,8 +72,9 @@ def sft(
     fresh: bool = False,
     train: Mapping[str, Any] | None = None,
     sft: Mapping[str, Any] | None = None,
+    print_config: bool = False,
     origin: str = "scratchlm.sft()",
-) -> dict:
+) -> dict | RunConfig:
     """Instruction-tune a pretrained run on conversations (JSONL) into a new run RUN: a copy of the base's
     tokenizer, its best weights as the start, the loss on the assistant replies only.
 
@@ -101,6 +91,7 @@ def sft(
         fresh: start from step 0; the old checkpoints and metrics go to RUN/previous/<time>/
         train: training settings to change, e.g. dict(max_steps=200)
         sft: SFT settings to change, e.g. dict(epochs=2)
+        print_config: print the resolved settings as YAML (and return them) instead of training
     """
     from ..finetuning import check_target, copy_tokenizer, sft_data
     from ..trainer import fit
@@ -108,19 +99,9 @@ def sft(
     if resume and fresh:
         raise UserError("--resume and --fresh: give one of them")
     target = Run.at(run)
-    cfg = settings_for(
-        target.root,
-        config,
-        base=base,
-        input=input,
-        val_input=val_input,
-        recipe=recipe,
-        resume=resume,
-        fresh=fresh,
-        train=train,
-        sft=sft,
-        origin=origin,
-    )
+    cfg = _settings(target, config, recipe, train, _sft_section(sft, base, input, val_input), origin)
+    if print_config:
+        return print_settings(cfg)
     cfg = with_base(cfg) if check_target(target, cfg.sft.base, fresh or resume is False) else cfg
     if not fresh:
         announce_changes(target, cfg)

@@ -11,27 +11,10 @@ from typing import TYPE_CHECKING, Any
 from ..common import UserError, rank0_print
 from ..config import RunConfig
 from ..run import Run
-from ..settings import resolve, with_inputs
+from ..settings import print_settings, resolve, with_inputs
 
 if TYPE_CHECKING:
     from ..tokenizer import Tokenizer
-
-
-def settings_for(
-    run: str | Path,
-    config: RunConfig | None = None,
-    *,
-    input: Sequence[str] | None = None,
-    recipe: str | None = None,
-    data: Mapping[str, Any] | None = None,
-    tokenizer: Mapping[str, Any] | None = None,
-    origin: str = "scratchlm tokenizer train",
-    **_: Any,
-) -> RunConfig:
-    """The settings `tokenizer train` runs with (--print_config prints them)."""
-    data = with_inputs(data, input)
-    overrides = {"data": data, "tokenizer": tokenizer}
-    return resolve(run, "tokenizer train", config=config, recipe=recipe, overrides=overrides, origin=origin)
 
 
 def train(
@@ -43,8 +26,9 @@ def train(
     recipe: str | None = None,
     data: Mapping[str, Any] | None = None,
     tokenizer: Mapping[str, Any] | None = None,
+    print_config: bool = False,
     origin: str = "scratchlm tokenizer train",
-) -> Tokenizer:
+) -> Tokenizer | RunConfig:
     """Train RUN's tokenizer on the inputs and record the settings in RUN/config.yaml.
 
     Args:
@@ -52,11 +36,15 @@ def train(
         input: as for `prepare`; repeatable
         overwrite: replace the run's existing tokenizer
         recipe: a YAML recipe whose data and tokenizer sections apply
+        print_config: print the resolved settings as YAML (and return them) instead of training
     """
     from ..data.corpus import Corpus
     from ..tokenizer import exists, train_on_corpus
 
-    cfg = settings_for(run, config, input=input, recipe=recipe, data=data, tokenizer=tokenizer, origin=origin)
+    overrides = {"data": with_inputs(data, input), "tokenizer": tokenizer}
+    cfg = resolve(run, "tokenizer train", config=config, recipe=recipe, overrides=overrides, origin=origin)
+    if print_config:
+        return print_settings(cfg)
     target = Run.at(run)
     with target.writer_lock("tokenizer train"):
         if exists(target.tokenizer_dir) and not overwrite:

@@ -9,27 +9,13 @@ from typing import Any, Literal
 from ..common import UserError
 from ..config import RunConfig
 from ..run import Run
-from ..settings import announce_changes, resolve, with_tokenizer_vocab
+from ..settings import announce_changes, print_settings, resolve, with_tokenizer_vocab
 
 
-def settings_for(
-    run: str | Path,
-    config: RunConfig | None = None,
-    *,
-    preset: str | None = None,
-    recipe: str | None = None,
-    resume: bool | None = None,
-    fresh: bool = False,
-    model: Mapping[str, Any] | None = None,
-    train: Mapping[str, Any] | None = None,
-    origin: str = "scratchlm.train()",
-    **_: Any,
-) -> RunConfig:
-    """The settings `train` runs with (--print_config prints them); --preset auto plans here."""
-    target = Run.at(run)
-    overrides = {"model": model, "train": train}
+def _settings(target: Run, config, preset, recipe, overrides: dict, origin: str, fresh: bool) -> RunConfig:
+    """The settings `train` runs with; --preset auto plans here."""
     if preset == "auto":
-        preset = _auto_preset(target, config, recipe, overrides, origin, fresh or resume is False)
+        preset = _auto_preset(target, config, recipe, overrides, origin, fresh)
     cfg = resolve(
         target, "train", config=config, preset=preset, recipe=recipe, overrides=overrides, origin=origin
     )
@@ -64,8 +50,9 @@ def train(
     fresh: bool = False,
     model: Mapping[str, Any] | None = None,
     train: Mapping[str, Any] | None = None,
+    print_config: bool = False,
     origin: str = "scratchlm.train()",
-) -> dict:
+) -> dict | RunConfig:
     """Train (or continue training) the run's model.
 
     Args:
@@ -79,6 +66,7 @@ def train(
         fresh: start from step 0; the old checkpoints and metrics go to RUN/previous/<time>/
         model: model settings to change, e.g. dict(n_layer=6)
         train: training settings to change, e.g. dict(max_steps=500, lr=1e-3)
+        print_config: print the resolved settings as YAML (and return them) instead of training
     """
     from ..pretraining import pretraining_data
     from ..trainer import fit
@@ -87,17 +75,10 @@ def train(
         raise UserError("--resume and --fresh: give one of them")
     target = Run.at(run)
     target.refuse_sft_run("train")
-    cfg = settings_for(
-        target.root,
-        config,
-        preset=preset,
-        recipe=recipe,
-        resume=resume,
-        fresh=fresh,
-        model=model,
-        train=train,
-        origin=origin,
-    )
+    overrides = {"model": model, "train": train}
+    cfg = _settings(target, config, preset, recipe, overrides, origin, fresh or resume is False)
+    if print_config:
+        return print_settings(cfg)
     target.require_data()  # after the settings: a bad flag is named first, whatever the run holds
     if not fresh:
         announce_changes(target, cfg)
