@@ -339,9 +339,9 @@ def test_a_browser_chats_streams_stops_and_starts_over(chat_lm, tmp_path):
     engine = Engine(chat_lm.model)
     real_push = engine_mod.Request._push
 
-    def slow_push(self, token):
+    def slow_push(self, token, *rest):
         time.sleep(0.02)
-        real_push(self, token)
+        real_push(self, token, *rest)
 
     engine_mod.Request._push = slow_push
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=DRIVER))
