@@ -609,7 +609,7 @@ def test_bad_input_is_one_line_exit_2(prepared, tmp_path, capsys):
     assert "--force" in _error(capsys, ["export", str(run), "--format", "hf", "--out", str(out)])
     (out / "keep.txt").write_text("mine")
     assert main(["export", str(run), "--format", "hf", "--out", str(out), "--force"]) == 0
-    assert (out / "config.json").is_file() and (out / "keep.txt").read_text() == "mine"  # the user's file stays
+    assert (out / "config.json").is_file() and (out / "keep.txt").read_text() == "mine"  # kept
 
     assert "is a folder" in _error(
         capsys, ["export", str(run), "--format", "gguf", "--out", str(out), "--force"]

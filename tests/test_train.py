@@ -331,7 +331,6 @@ def test_train_leaves_the_callers_settings_as_they_were(prepared_run):
 def test_a_stage_sets_the_number_of_steps_through_its_data(prepared_run):
     """TrainData.max_steps (what SFT derives from its epochs) replaces --train.max-steps for the session."""
     from scratchlm.pretraining import pretraining_data
-
     from scratchlm.trainer import fit
 
     def three_steps(s):
