@@ -135,3 +135,13 @@ def test_a_failed_train_text_leaves_no_half_made_run(tmp_path):
     with pytest.raises(UserError, match="left as it was"):
         scratchlm.train_text("x\n" * 3, run, data=dict(min_chars=10**6), train=dict(max_steps=1))
     assert not run.exists()
+
+
+def test_the_model_card_of_an_sft_run_names_its_data(sft_run, trained_run, tmp_path):
+    pytest.importorskip("transformers")
+    out = tmp_path / "hf"
+    scratchlm.export(sft_run, format="hf", out=out)
+    card = (out / "README.md").read_text()
+    assert "manifest.json is missing" not in card
+    assert "instruction-tuned on the bundled Self-Instruct seed tasks" in card
+    assert "train split:" in card  # the base's pretraining data

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..chat_template import LAYOUT
 from ..common import UserError
+from ..run import Run
 from .adapters import start_id
 
 # The bundled book is the only source whose licence scratchlm knows; anything else is the user's to state.
@@ -69,7 +70,7 @@ def model_card(lm, run_root: Path, arch: str) -> str:
         "",
     ]
     lines += _architecture(lm.config, params)
-    lines += _data(_read_json(run_root / "data" / "manifest.json") or {})
+    lines += _data(_read_json(_pretraining_run(run_root).manifest_path) or {}, lm.config.sft)
     lines += _training(lm, run_root)
     lines += _evaluation(_read_json(run_root / "eval.json"))
     lines += _use(lm.tokenizer)
@@ -102,9 +103,24 @@ def _padding(m) -> int:
     return (m.padded_vocab_size - m.vocab_size) * (1 if m.tie_embeddings else 2) * m.n_embd
 
 
-def _data(manifest: dict) -> list[str]:
-    """The sources with their licences, and the tokens of each split, from RUN/data/manifest.json."""
+def _pretraining_run(run_root: Path) -> Run:
+    """The run whose data/ the model was pretrained on: the run itself, or the base of an SFT run (which has
+    no data/ of its own; its card said "not recorded")."""
+    run = Run.at(run_root)
+    return Run.at(run.base) if run.base and not run.has_data() else run
+
+
+def _data(manifest: dict, sft) -> list[str]:
+    """The sources with their licences, and the tokens of each split, from the pretraining run's
+    data/manifest.json; for an SFT run, its conversations too."""
     lines = ["## Data"]
+    if sft.base:
+        tuned_on = (
+            ", ".join(f"`{Path(p).name}`" for p in sft.inputs) or "the bundled Self-Instruct seed tasks"
+        )
+        lines.append(
+            f"- instruction-tuned on {tuned_on}, from the base run `{Path(sft.base).name}`, pretrained on:"
+        )
     sources = manifest.get("sources") or []
     if sources:
         for s in sources:
