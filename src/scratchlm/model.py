@@ -63,7 +63,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> 
 class KVCache:
     """Keys and values of past positions, preallocated per layer: (B, n_kv_head, max_len, head_dim).
 
-    `pos` is where the next tokens go: an int shared by every row (sample.py's batch of 1, eval), or a
+    `pos` is where the next tokens go: an int shared by every row (decode.py's batch of 1, eval), or a
     (B,) long tensor, one position per row, so rows of different lengths decode together (engine.py).
     """
 
