@@ -306,16 +306,16 @@ def parse(argv: list[str]) -> tuple[str, dict]:
     return name, given
 
 
-def _one_line(message: str, in_file: bool = False) -> str:
+def _one_line(message: str) -> str:
     """A jsonargparse message on one line; 'Parser key "k": Expected a <class 'int'>. Got value: v' (and its
-    Union form) said as the option (or the YAML key, in_file), the value and what it must be."""
+    Union form) said as the option, the value and what it must be."""
     message = message.replace("Problems parsing config: ", "")
     m = re.match(r'Parser key "([^"]+)":\s*Expected a (.+?)\. Got value: (.*)', message, re.S)
     if m:
         key, expected, value = m.groups()
         choices = re.match(r"typing\.Literal\[(.*)\]$", expected)
         want = _KINDS.get(expected) or (f"one of {choices.group(1)}" if choices else expected)
-        return f"{_option(key, in_file)} {value.strip()}: must be {want}"
+        return f"{_option(key)} {value.strip()}: must be {want}"
     literal = re.sub(r"typing\.Literal\[([^\]]*)\]", r"\1", message)  # int | Literal['auto'] -> 'auto'
     m = re.match(
         r'Parser key "([^"]+)":.*Union subtypes.*Subtypes: \[(.*?)\].*Given value: (.*)', literal, re.S
@@ -323,13 +323,13 @@ def _one_line(message: str, in_file: bool = False) -> str:
     if m:  # e.g. --train.compile, a bool | None
         key, subtypes, value = m.groups()
         want = " or ".join(_KINDS.get(t.strip(), t.strip()) for t in subtypes.split(","))
-        return f"{_option(key, in_file)} {value.strip()}: must be {want}"
+        return f"{_option(key)} {value.strip()}: must be {want}"
     return " ".join(message.split())
 
 
-def _option(key: str, in_file: bool = False) -> str:
-    """train.max_steps as the user wrote it: --train.max-steps on the command line, as is in a YAML file."""
-    return key if in_file else "--" + key.replace("_", "-")
+def _option(key: str) -> str:
+    """train.max_steps as the user wrote it on the command line: --train.max-steps."""
+    return "--" + key.replace("_", "-")
 
 
 _KINDS = {

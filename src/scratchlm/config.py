@@ -398,20 +398,19 @@ class RunConfig(Checked):
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def frozen(self) -> RunConfig:
-        """A checked copy that refuses assignment (what settings.resolve returns)."""
-        copy = RunConfig.from_dict(self.to_dict())
+    def freeze(self) -> RunConfig:
+        """Refuse assignment from now on, in every section (what settings.resolve returns); returns self."""
         for name in SECTION_CLASSES:
-            getattr(copy, name)._freeze()
-        copy._freeze()
-        return copy
+            getattr(self, name)._freeze()
+        self._freeze()
+        return self
 
     def replace(self, **sections: dict[str, Any]) -> RunConfig:
         """A new, frozen config with some fields changed, checked as any: cfg.replace(train=dict(lr=1e-3))."""
         d = self.to_dict()
         for name, values in sections.items():
             d[name] = {**d[name], **values}
-        return RunConfig.from_dict(d).frozen()
+        return RunConfig.from_dict(d).freeze()
 
     def validate(self) -> None:
         """Every section's own checks: commands call this before they write anything into the run."""
@@ -433,16 +432,15 @@ class RunConfig(Checked):
         return cls(**kwargs)
 
 
-def check_keys(d: Any, source: str = "", sections: tuple[str, ...] | None = None) -> None:
+def check_keys(d: Any, source: str = "") -> None:
     """The one unknown-key check of settings from any source (a run's config.yaml, a recipe, a checkpoint,
     keyword arguments): a misspelt key is an error naming where it is, never silently dropped."""
     where = f"{source}: " if source else ""
     if not isinstance(d, dict):
         raise UserError(f"{where}expected sections such as 'model:' and 'train:' at the top level")
     for section, values in d.items():
-        if section not in SECTION_CLASSES or (sections is not None and section not in sections):
-            known = sections or tuple(SECTION_CLASSES)
-            raise UserError(f"{where}unknown section '{section}'{did_you_mean(section, known)}")
+        if section not in SECTION_CLASSES:
+            raise UserError(f"{where}unknown section '{section}'{did_you_mean(section, SECTION_CLASSES)}")
         if values is not None and not isinstance(values, dict):
             raise UserError(f"{where}section '{section}' must hold option: value lines")
         fields = [f.name for f in dataclasses.fields(SECTION_CLASSES[section])]

@@ -28,8 +28,8 @@ from .trainer import Session, TrainData
 STATS_FILE = "sft_data.json"
 
 
-def check_target(run: Run, base: str, fresh: bool) -> Run:
-    """The base run as a Run, once RUN and BASE are known to make sense together for fine-tuning."""
+def check_target(run: Run, base: str, fresh: bool) -> None:
+    """Refuse, in one line, a RUN and BASE that do not make sense together for fine-tuning."""
     if not base:
         raise UserError(f"give the pretrained run to start from: scratchlm sft {run.root} --from BASE_RUN")
     base_run = Run.at(base)
@@ -49,7 +49,6 @@ def check_target(run: Run, base: str, fresh: bool) -> Run:
                 f"{run.root}: fine-tuned from {saved}, not {base}; add --fresh to start it over from {base}, "
                 "or give a new RUN"
             )
-    return base_run
 
 
 def base_sections(base_run: Run) -> dict[str, dict]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from .common import UserError, atomic_write_text
 from .config import RunConfig
 from .lm import LoadedModel, load
 from .run import Run
-from .settings import resolve
+from .settings import resolve, section_values
 
 TEXT_FILE = "input.txt"  # a text given as a string is kept here, in the run, as the corpus prepare reads
 ORIGIN = "scratchlm.train_text()"
@@ -65,7 +65,7 @@ def train_text(
     new_text = _text_given(text)
     text_path = run.root / TEXT_FILE
     inputs = [str(text_path)] if new_text is not None else [str(p) for p in _paths(text)]
-    data = {**_fields(data), "inputs": inputs}
+    data = {**(section_values("data", data) if data is not None else {}), "inputs": inputs}
     sections = dict(data=data, tokenizer=tokenizer, model=model, train=train, sample=sample)
     cfg = resolve(run, "train_text", config=config, preset=preset, overrides=sections, origin=ORIGIN)
 
@@ -78,17 +78,6 @@ def train_text(
             prepare(run.root, cfg, overwrite=fresh)
     pretrain(run.root, cfg, fresh=fresh)
     return load(run.root)
-
-
-def _fields(section: Any) -> dict:
-    """A section given as its dataclass or as a dict, as a dict (checked later with the others)."""
-    if section is None:
-        return {}
-    if dataclasses.is_dataclass(section):
-        return dataclasses.asdict(section)
-    if isinstance(section, Mapping):
-        return dict(section)
-    raise UserError(f"{ORIGIN}: data=...: expected a DataConfig or a dict, got {type(section).__name__}")
 
 
 def _text_given(text) -> str | None:

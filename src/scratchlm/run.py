@@ -56,6 +56,7 @@ class Run:
     def step_dir(self, step: int) -> Path:
         """The checkpoint folder of `step` (checkpoint.py writes it atomically)."""
         return self.checkpoints_dir / f"step_{step:06d}"
+
     previous_dir = property(lambda self: self.root / "previous")
     lock_path = property(lambda self: self.root / ".lock")
 
@@ -99,7 +100,7 @@ class Run:
         """What to do about a run without a checkpoint, by what the run is (or whether it is one)."""
         if not self.root.is_dir():
             return f"{self.root}: no such run directory; give a trained run (or `scratchlm demo` makes one)"
-        if self.base:
+        if self.base:  # reads config.yaml: only where the message is needed
             return f"{self.root}: no checkpoint yet; run `scratchlm sft {self.root}` first"
         if self.has_data():
             return f"{self.root}: no checkpoint yet; run `scratchlm train {self.root}` first"
@@ -107,9 +108,10 @@ class Run:
 
     def refuse_sft_run(self, command: str) -> None:
         """`prepare`, `train` and `plan` are for pretraining runs; an SFT run has no data of its own."""
-        if self.base:
+        base = self.base  # config.yaml, read once
+        if base:
             raise UserError(
-                f"{self.root}: an SFT run (tuned from {self.base}), which `{command}` does not apply to; "
+                f"{self.root}: an SFT run (tuned from {base}), which `{command}` does not apply to; "
                 f"`scratchlm sft {self.root}` continues it, and `scratchlm {command} NEW_RUN` makes a new "
                 "pretraining run"
             )

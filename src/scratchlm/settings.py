@@ -58,11 +58,18 @@ class Layer:
     origin: str  # FLAGS or FLAT_FLAGS, a file path, "scratchlm.train()", "--preset tiny"
 
     def name(self, section: str, key: str) -> str:
-        if self.origin == FLAGS:
-            return f"--{section}.{key}".replace("_", "-")
-        if self.origin == FLAT_FLAGS:
-            return f"--{key}".replace("_", "-")
-        return f"{self.origin}: {section}.{key}"
+        return setting_name(self.origin, section, key)
+
+
+def setting_name(origin: str, section: str, key: str) -> str:
+    """A setting as the user gave it: --train.lr on the command line (--top-p for the unprefixed options of
+    sample, chat, serve and eval), FILE: train.lr in a file, scratchlm.train(): train.lr in Python."""
+    dotted = f"{section}.{key}" if section else key
+    if origin == FLAGS:
+        return f"--{dotted}".replace("_", "-")
+    if origin == FLAT_FLAGS:
+        return f"--{key}".replace("_", "-")
+    return f"{origin}: {dotted}"
 
 
 FLAGS = "--section.key"  # the command line: --train.lr
@@ -96,16 +103,23 @@ def resolve(
         layers.append(Layer(read_recipe(recipe, sections), str(recipe)))
     if overrides:
         layers.append(_override_layer(overrides, sections, origin))
-    cfg = _build(layers)
+    cfg = _build(layers)  # a new object: frozen in place
     cfg.validate()
-    return cfg.frozen()
+    return cfg.freeze()
+
+
+def as_paths(value: Any) -> list[str] | None:
+    """One path or a list of them (what --input repeats) as a list of strings; None stays None."""
+    if value is None:
+        return None
+    return [str(value)] if isinstance(value, (str, Path)) else [str(p) for p in value]
 
 
 def with_inputs(data: Mapping[str, Any] | None, inputs: Any) -> dict[str, Any]:
-    """The data section with `input` (one path or a list, what --input repeats) as data.inputs."""
+    """The data section with `input` as data.inputs."""
     data = dict(data or {})
     if inputs:
-        data["inputs"] = [str(p) for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs)]
+        data["inputs"] = as_paths(inputs)
     return data
 
 
@@ -152,15 +166,20 @@ def _override_layer(overrides: Mapping[str, Any], sections: tuple[str, ...], ori
             continue
         if section not in sections:
             raise UserError(f"{origin}: {section}=...: this command takes only {', '.join(sections)}")
-        cls = SECTION_CLASSES[section]
-        if isinstance(given, cls):
-            values[section] = dataclasses.asdict(given)
-        elif isinstance(given, Mapping):
-            values[section] = dict(given)
-        else:
-            raise UserError(f"{section}=...: expected a {cls.__name__} or a dict, got {type(given).__name__}")
+        values[section] = section_values(section, given)
     check_keys(values, origin if origin not in (FLAGS, FLAT_FLAGS) else "")
     return Layer(values, origin)
+
+
+def section_values(section: str, given: Any) -> dict[str, Any]:
+    """A section's settings given as its dataclass (which then replaces the whole section) or as a dict of
+    the fields to change."""
+    cls = SECTION_CLASSES[section]
+    if isinstance(given, cls):
+        return dataclasses.asdict(given)
+    if isinstance(given, Mapping):
+        return dict(given)
+    raise UserError(f"{section}=...: expected a {cls.__name__} or a dict, got {type(given).__name__}")
 
 
 def _build(layers: list[Layer]) -> RunConfig:
@@ -225,8 +244,7 @@ def build_section(cls: type, base: Any, values: Mapping[str, Any], origin: str) 
     try:
         return dataclasses.replace(base if base is not None else cls(), **values)
     except SettingError as e:
-        flag = origin in (FLAGS, FLAT_FLAGS)
-        raise e.named(f"--{e.name}".replace("_", "-") if flag else f"{origin}: {e.name}") from None
+        raise e.named(setting_name(FLAT_FLAGS if origin == FLAGS else origin, "", e.name)) from None
 
 
 def print_settings(cfg: RunConfig) -> RunConfig:

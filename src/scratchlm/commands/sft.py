@@ -9,22 +9,15 @@ from typing import Any
 from ..common import UserError
 from ..config import RunConfig
 from ..run import Run
-from ..settings import announce_changes, print_settings, resolve
-
-
-def _paths(value: str | Sequence[str] | None) -> list[str] | None:
-    if value is None:
-        return None
-    return [str(value)] if isinstance(value, (str, Path)) else [str(p) for p in value]
+from ..settings import announce_changes, as_paths, print_settings, resolve
 
 
 def _settings(target: Run, config, recipe, train, sft: dict, origin: str) -> RunConfig:
-    """The settings `sft` runs with: the SFT defaults for a new run, and (once the base has checkpoints)
-    the base's model, tokenizer and data sections, which a fine-tuned run keeps."""
+    """The settings `sft` runs with, before its base's sections are added (with_base): the SFT defaults for a
+    new run, and the step count or the epochs, whichever the user gave."""
     sft.update(_steps_or_epochs(train, sft, recipe))
     overrides = {"train": train, "sft": sft}
-    cfg = resolve(target, "sft", config=config, recipe=recipe, overrides=overrides, origin=origin)
-    return with_base(cfg) if cfg.sft.base and Run.at(cfg.sft.base).has_checkpoints() else cfg
+    return resolve(target, "sft", config=config, recipe=recipe, overrides=overrides, origin=origin)
 
 
 def _sft_section(sft, base, input, val_input) -> dict:
@@ -32,8 +25,8 @@ def _sft_section(sft, base, input, val_input) -> dict:
     sft = dict(sft or {})
     for key, value in (
         ("base", base and str(base)),
-        ("inputs", _paths(input)),
-        ("val_inputs", _paths(val_input)),
+        ("inputs", as_paths(input)),
+        ("val_inputs", as_paths(val_input)),
     ):
         if value:
             sft[key] = value
@@ -100,9 +93,12 @@ def sft(
         raise UserError("--resume and --fresh: give one of them")
     target = Run.at(run)
     cfg = _settings(target, config, recipe, train, _sft_section(sft, base, input, val_input), origin)
-    if print_config:
-        return print_settings(cfg)
-    cfg = with_base(cfg) if check_target(target, cfg.sft.base, fresh or resume is False) else cfg
+    if print_config:  # the base's sections when it has a model to take them from
+        return print_settings(
+            with_base(cfg) if cfg.sft.base and Run.at(cfg.sft.base).has_checkpoints() else cfg
+        )
+    check_target(target, cfg.sft.base, fresh or resume is False)
+    cfg = with_base(cfg)
     if not fresh:
         announce_changes(target, cfg)
     with target.removed_if_it_fails_untrained():

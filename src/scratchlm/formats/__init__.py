@@ -23,16 +23,8 @@ DTYPES = {"hf": ("f32", "f16", "bf16"), "gguf": ("f32", "f16", "q8_0")}
 # so a mistyped --out never deletes a run, its parent, or anything else export did not write.
 MARKER = ".scratchlm-export"
 GGUF_MAGIC = b"GGUF"
-EXPORT_NAMES = {
-    "config.json",
-    "generation_config.json",
-    "model.safetensors",
-    "README.md",
-    "tokenizer.json",
-    "tokenizer.model",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-}
+# Beside the tokenizer files (hf_folder.TOKENIZER_FILES): what an export made before its marker listed them.
+MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "README.md")
 
 
 def write_export(
@@ -148,8 +140,10 @@ def _replace_dir(out: Path, write) -> None:
 def _exported_names(folder: Path) -> set[str]:
     """What an earlier export wrote into `folder`: the names its marker lists (an export made before the
     marker listed them: the files every export writes)."""
+    from .hf_folder import TOKENIZER_FILES
+
     listed = (folder / MARKER).read_text(encoding="utf-8").splitlines()[1:]
-    return {MARKER, *listed} if listed else {MARKER, *EXPORT_NAMES}
+    return {MARKER, *listed} if listed else {MARKER, *MODEL_FILES, *TOKENIZER_FILES}
 
 
 def _keep_users_files(old: Path, new: Path) -> None:
