@@ -27,6 +27,8 @@ from scratchlm.model import GPT
 from scratchlm.run import Run
 from scratchlm.tokenizer import KINDS, Tokenizer
 
+from .conftest import missing_tool
+
 transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
 
@@ -492,7 +494,7 @@ def llama_cpp_llama():
     try:
         from llama_cpp import Llama
     except ImportError:
-        pytest.skip("llama-cpp-python is not installed (pip install 'scratchlm[gguf-check]')")
+        missing_tool("llama-cpp-python is not installed (pip install 'scratchlm[gguf-check]')")
     return Llama
 
 

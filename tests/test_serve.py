@@ -8,10 +8,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import torch
@@ -29,6 +27,8 @@ from scratchlm.cli import main  # noqa: E402
 from scratchlm.decode import generate_ids, prompt_ids_for  # noqa: E402
 from scratchlm.engine import Engine  # noqa: E402
 from scratchlm.server.app import create_app, running  # noqa: E402
+
+from .conftest import need_chromium  # noqa: E402
 
 NAME = "tiny"
 
@@ -319,14 +319,8 @@ def test_serve_cli_mistakes_are_one_line(trained_run_template, tmp_path, capsys)
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
-CHROMIUM, DRIVER = "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
-
-
-@pytest.mark.skipif(
-    not (Path(CHROMIUM).is_file() and Path(DRIVER).is_file()),
-    reason="needs /usr/bin/chromium and chromedriver: apt-get install chromium chromium-driver",
-)
 def test_a_browser_chats_streams_stops_and_starts_over(chat_lm, tmp_path):
+    CHROMIUM, DRIVER = need_chromium()
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
