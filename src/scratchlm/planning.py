@@ -64,7 +64,9 @@ USEFUL_EPOCHS = 5
 MIN_ROWS, MAX_ROWS = 4, 256  # micro-batch rows per step, whatever the steps target asks for
 # What every planned model is: the speedrun's sweeps (docs/benchmarks.md) found the llama flavour with
 # QK-norm and Muon ahead of gpt2 + AdamW at the same minutes (1.765 vs 1.925 nats/char in 60 s).
-PLANNED_MODEL = {"flavour": "llama", "qk_norm": True, "n_kv_head": 0, "mlp_hidden": 0}
+# No biases, as modern models: they export as Qwen3ForCausalLM, and bias=true measured no better
+# (docs/benchmarks.md, "Biases in the automatic plan").
+PLANNED_MODEL = {"flavour": "llama", "qk_norm": True, "bias": False, "n_kv_head": 0, "mlp_hidden": 0}
 OPTIMIZER = "muon"
 EVAL_SHARE = 0.05  # of the budget: periodic evaluations and the final one with its checkpoint
 # What CPU training measured beyond the sum of the parts the estimate counts (docs/benchmarks.md).
@@ -274,9 +276,10 @@ def unexportable_note(model: ModelConfig) -> list[str]:
     blocker = export_blocker(model)
     if not blocker:
         return []
+    why, _, todo = blocker.partition("; ")
     return [
-        f"  note: {blocker.split(';')[0]}: this model trains, evaluates, samples and serves here, but "
-        "`scratchlm export` refuses it (add --model.qk-norm false for one that exports)"
+        f"  note: {why}: this model trains, evaluates, samples and serves here, but `scratchlm export` "
+        f"refuses it ({todo or 'see scratchlm export'})"
     ]
 
 

@@ -19,7 +19,7 @@ def export(
 
     Args:
         run: a trained run directory
-        format: hf (GPT2LMHeadModel / LlamaForCausalLM folder) or gguf
+        format: hf (GPT2LMHeadModel / LlamaForCausalLM / Qwen3ForCausalLM folder) or gguf
         out: output folder (hf) or .gguf file
         checkpoint: best, last, or a path to a .safetensors file
         dtype: hf: f32, f16 or bf16; gguf: f32, f16 or q8_0

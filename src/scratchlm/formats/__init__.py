@@ -50,12 +50,12 @@ def write_export(
     lm = load(run.root, checkpoint)
 
     if fmt == "hf":
-        from .adapters import check_exportable
+        from .adapters import check_exportable, hf_class
         from .card import model_card
         from .hf_folder import write_hf_folder
 
         check_exportable(lm.config.model)
-        arch = "GPT2LMHeadModel" if lm.config.model.flavour == "gpt2" else "LlamaForCausalLM"
+        arch = hf_class(lm.config.model)
         card = model_card(lm, run.root, arch)
 
         def write(tmp: Path) -> None:

@@ -1,4 +1,6 @@
-"""The key map between scratchlm's GPT and transformers' GPT2LMHeadModel / LlamaForCausalLM.
+"""The key map between scratchlm's GPT and transformers' GPT2LMHeadModel / LlamaForCausalLM /
+Qwen3ForCausalLM (the llama flavour with QK-norm: Qwen3 is Llama plus a per-head RMSNorm on q and k
+before RoPE, with the model's rms_norm_eps, exactly what model.py computes).
 
 scratchlm keeps GPT-2's and Llama's math and names on purpose, so export is renaming plus three
 layout changes, all exact:
@@ -26,24 +28,37 @@ HF_ACTIVATION = {"gelu": "gelu", "gelu_tanh": "gelu_new"}
 _ACTIVATION_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 
 
+def hf_class(cfg: ModelConfig) -> str:
+    """The transformers class that holds this model exactly."""
+    if cfg.flavour == "gpt2":
+        return "GPT2LMHeadModel"
+    return "Qwen3ForCausalLM" if cfg.qk_norm else "LlamaForCausalLM"
+
+
 def export_blocker(cfg: ModelConfig) -> str | None:
-    """Why GPT2LMHeadModel / LlamaForCausalLM cannot express this model (the first option that stops it), or
-    None when it exports."""
+    """Why no transformers class holds this model exactly (the first option that stops it), or None when
+    it exports."""
     if cfg.flavour not in ("gpt2", "llama"):
         return f"model.flavour={cfg.flavour!r}: only gpt2 and llama can be exported"
-    cls = "GPT2LMHeadModel" if cfg.flavour == "gpt2" else "LlamaForCausalLM"
     if cfg.flavour == "gpt2" and cfg.kv_heads != cfg.n_head:
         return (
             f"model.n_kv_head={cfg.n_kv_head}: GPT2LMHeadModel has no grouped-query attention; "
             "export needs n_kv_head 0 (= n_head) for the gpt2 flavour"
         )
-    if cfg.qk_norm:
-        return f"model.qk_norm=true: {cls} has no QK-norm; it cannot be exported"
+    if cfg.flavour == "gpt2" and cfg.qk_norm:
+        return "model.qk_norm=true: GPT2LMHeadModel has no QK-norm; use the llama flavour for a QK-norm model"
+    # Llama has QK-norm nowhere and Qwen3 biases only on attention, while model.bias sets attention and MLP
+    # biases together: no class computes the MLP biases of a QK-norm model.
+    if cfg.qk_norm and cfg.bias:
+        return (
+            "model.bias=true with model.qk_norm=true: Qwen3ForCausalLM (Llama with QK-norm) has no MLP "
+            "biases and LlamaForCausalLM no QK-norm; retrain with --model.bias false to export"
+        )
     return None
 
 
 def check_exportable(cfg: ModelConfig) -> None:
-    """Raise UserError naming the first option that GPT2LMHeadModel / LlamaForCausalLM cannot express."""
+    """Raise UserError naming the first option that no transformers class can express."""
     blocker = export_blocker(cfg)
     if blocker:
         raise UserError(blocker)
@@ -71,9 +86,10 @@ def hf_config_dict(cfg: ModelConfig, bos_id: int | None, eos_id: int | None, pad
             "tie_word_embeddings": cfg.tie_embeddings,
             **ids,
         }
+    qwen3 = cfg.qk_norm
     return {
-        "model_type": "llama",
-        "architectures": ["LlamaForCausalLM"],
+        "model_type": "qwen3" if qwen3 else "llama",
+        "architectures": [hf_class(cfg)],
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.n_embd,
         "intermediate_size": cfg.ffn_hidden,
@@ -86,7 +102,7 @@ def hf_config_dict(cfg: ModelConfig, bos_id: int | None, eos_id: int | None, pad
         "rms_norm_eps": cfg.norm_eps,
         "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
         "attention_bias": cfg.bias,
-        "mlp_bias": cfg.bias,
+        **({"use_sliding_window": False} if qwen3 else {"mlp_bias": cfg.bias}),
         "attention_dropout": cfg.dropout,
         "tie_word_embeddings": cfg.tie_embeddings,
         **ids,
@@ -94,12 +110,11 @@ def hf_config_dict(cfg: ModelConfig, bos_id: int | None, eos_id: int | None, pad
 
 
 def hf_config(cfg: ModelConfig, bos_id=None, eos_id=None, pad_id=None):
-    """A transformers GPT2Config or LlamaConfig object (imports transformers)."""
-    from transformers import GPT2Config, LlamaConfig
+    """A transformers GPT2Config, LlamaConfig or Qwen3Config object (imports transformers)."""
+    from transformers import AutoConfig
 
     d = hf_config_dict(cfg, bos_id, eos_id, pad_id)
-    d.pop("model_type")
-    return (GPT2Config if cfg.flavour == "gpt2" else LlamaConfig)(**d)
+    return AutoConfig.for_model(d.pop("model_type"), **d)
 
 
 def model_config_from_hf(d: dict, vocab_multiple: int = 64) -> ModelConfig:
@@ -107,11 +122,12 @@ def model_config_from_hf(d: dict, vocab_multiple: int = 64) -> ModelConfig:
     model_type = d.get("model_type")
     if model_type == "gpt2":
         return _gpt2_config_from_hf(d, vocab_multiple)
-    if model_type == "llama":
+    if model_type in ("llama", "qwen3"):
         return _llama_config_from_hf(d, vocab_multiple)
     archs = ", ".join(d.get("architectures") or []) or "none listed"
     raise UserError(
-        f"config.json model_type={model_type!r} (architectures: {archs}): only gpt2 and llama can be imported"
+        f"config.json model_type={model_type!r} (architectures: {archs}): only gpt2, llama and qwen3 can "
+        "be imported"
     )
 
 
@@ -160,8 +176,12 @@ def _llama_config_from_hf(d: dict, vocab_multiple: int) -> ModelConfig:
             f"rope_type={rope.get('rope_type', rope.get('type'))!r}: only default RoPE is supported"
         )
     theta = rope.get("rope_theta", d.get("rope_theta", 10000.0))
+    qwen3 = d.get("model_type") == "qwen3"
+    # Qwen3 has no MLP biases: its attention_bias must be false for scratchlm's one model.bias.
     if bool(d.get("attention_bias", False)) != bool(d.get("mlp_bias", False)):
         raise UserError("attention_bias != mlp_bias: scratchlm's model.bias sets both")
+    if qwen3 and d.get("use_sliding_window"):
+        raise UserError("use_sliding_window=true: scratchlm's attention is full causal attention")
     return ModelConfig(
         flavour="llama",
         vocab_size=d["vocab_size"],
@@ -173,6 +193,7 @@ def _llama_config_from_hf(d: dict, vocab_multiple: int) -> ModelConfig:
         mlp_hidden=d["intermediate_size"],
         dropout=float(d.get("attention_dropout", 0.0)),
         bias=bool(d.get("attention_bias", False)),
+        qk_norm=qwen3,
         tie_embeddings=d.get("tie_word_embeddings", False),
         rope_theta=float(theta),
         norm_eps=d.get("rms_norm_eps", 1e-6),
@@ -223,13 +244,16 @@ def to_hf_state_dict(sd: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tenso
             out[q + f"mlp.gate_proj.{suffix}"] = gate.contiguous()
             out[q + f"mlp.up_proj.{suffix}"] = up.contiguous()
             out[q + f"mlp.down_proj.{suffix}"] = sd[p + "mlp.c_proj." + suffix]
+        if cfg.qk_norm:  # (head_dim,): one gain shared by every head, as in Qwen3
+            out[q + "self_attn.q_norm.weight"] = sd[p + "attn.q_norm.weight"]
+            out[q + "self_attn.k_norm.weight"] = sd[p + "attn.k_norm.weight"]
     out["model.norm.weight"] = sd["transformer.ln_f.weight"]
     out["lm_head.weight"] = sd["lm_head.weight"][:V]
     return out
 
 
 def to_hf_model(model, bos_id=None, eos_id=None, pad_id=None, dtype: torch.dtype = torch.float32):
-    """An in-memory transformers GPT2LMHeadModel / LlamaForCausalLM with the weights of a scratchlm GPT."""
+    """An in-memory transformers model (the class hf_class names) with the weights of a scratchlm GPT."""
     from transformers import AutoModelForCausalLM
 
     cfg = model.config
@@ -290,6 +314,9 @@ def from_hf_state_dict(hf: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Ten
                     [take(q + f"mlp.up_proj.{suffix}"), take(q + f"mlp.gate_proj.{suffix}")]
                 )
                 out[p + "mlp.c_proj." + suffix] = take(q + f"mlp.down_proj.{suffix}")
+            if cfg.qk_norm:
+                out[p + "attn.q_norm.weight"] = take(q + "self_attn.q_norm.weight")
+                out[p + "attn.k_norm.weight"] = take(q + "self_attn.k_norm.weight")
         out["transformer.ln_f.weight"] = take("model.norm.weight")
         head = "model.embed_tokens.weight" if cfg.tie_embeddings else "lm_head.weight"
     out["lm_head.weight"] = out["transformer.wte.weight"] if cfg.tie_embeddings else _pad_rows(take(head), P)
@@ -297,7 +324,7 @@ def from_hf_state_dict(hf: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Ten
 
 
 def from_hf_model(hf_model, vocab_multiple: int = 64):
-    """A scratchlm GPT with the weights of an in-memory GPT2LMHeadModel / LlamaForCausalLM."""
+    """A scratchlm GPT with the weights of an in-memory GPT-2, Llama or Qwen3 model of transformers."""
     from ..model import GPT
 
     cfg = model_config_from_hf(hf_model.config.to_dict(), vocab_multiple)

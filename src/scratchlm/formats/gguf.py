@@ -52,22 +52,39 @@ def _permute_rope(w: torch.Tensor, n_head: int) -> torch.Tensor:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+_ARCH = {
+    "gpt2": lambda g: g.MODEL_ARCH.GPT2,
+    "llama": lambda g: g.MODEL_ARCH.LLAMA,
+    "qwen3": lambda g: g.MODEL_ARCH.QWEN3,
+}
+
+
+def gguf_arch(cfg) -> str:
+    """llama.cpp's architecture name for this model: the llama flavour with QK-norm is its qwen3 (per-head
+    attn_q_norm / attn_k_norm before RoPE; no bias tensors, which export_blocker keeps away)."""
+    if cfg.flavour == "llama" and cfg.qk_norm:
+        return "qwen3"
+    return cfg.flavour
+
+
 def gguf_tensors(model_sd: dict[str, torch.Tensor], cfg) -> dict[str, torch.Tensor]:
     """scratchlm state dict → {gguf tensor name: tensor in torch (out, in) layout}."""
     import gguf
 
     check_exportable(cfg)
-    arch = gguf.MODEL_ARCH.GPT2 if cfg.flavour == "gpt2" else gguf.MODEL_ARCH.LLAMA
-    names = gguf.get_tensor_name_map(arch, cfg.n_layer)
+    names = gguf.get_tensor_name_map(_ARCH[gguf_arch(cfg)](gguf), cfg.n_layer)
+    # llama.cpp's llama graph rotates interleaved pairs; its qwen3 graph rotates halves (NEOX) as we do, so
+    # Qwen3's q and k stay as they are, as llama.cpp's own converter leaves them.
+    permute = cfg.flavour == "llama" and not cfg.qk_norm
     out = {}
     for key, t in to_hf_state_dict(model_sd, cfg).items():
         if key == "lm_head.weight" and cfg.tie_embeddings:
             continue  # llama.cpp reuses token_embd when there is no output tensor
         if cfg.flavour == "gpt2" and key.endswith(_GPT2_CONV1D):
             t = t.t()  # back from Conv1D (in, out) to (out, in), as llama.cpp's converter does
-        if cfg.flavour == "llama" and ".self_attn.q_proj." in key:
+        if permute and ".self_attn.q_proj." in key:
             t = _permute_rope(t, cfg.n_head)
-        if cfg.flavour == "llama" and ".self_attn.k_proj." in key:
+        if permute and ".self_attn.k_proj." in key:
             t = _permute_rope(t, cfg.kv_heads)
         name = names.get_name(key, try_suffixes=(".weight", ".bias"))
         if name is None:
@@ -94,7 +111,7 @@ def write_gguf(lm, tok_dir: Path, path: Path, dtype: str = "f32", name: str = "s
 
     cfg = lm.config.model
     tensors = gguf_tensors({k: v.cpu() for k, v in lm.model.state_dict().items()}, cfg)
-    w = gguf.GGUFWriter(str(path), cfg.flavour)  # "gpt2" and "llama" are also llama.cpp's names
+    w = gguf.GGUFWriter(str(path), gguf_arch(cfg))
     w.add_name(name)
     w.add_file_type(
         {

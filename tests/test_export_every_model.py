@@ -1,0 +1,100 @@
+"""Every model scratchlm can train exports: each architecture a preset, a configs/*.yaml recipe or the
+automatic plan can choose, shrunk to a tiny model, matches scratchlm in transformers (logits) and in
+llama.cpp (greedy ids)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import scratchlm
+from scratchlm import planning
+from scratchlm.config import PRESETS, ModelConfig
+from scratchlm.formats import write_export as export
+from scratchlm.formats.adapters import export_blocker
+
+from .test_export import greedy, llama_cpp_llama, make_run, prepared, prompt_ids  # noqa: F401
+
+transformers = pytest.importorskip("transformers")
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+# What decides the architecture (sizes aside): the options a tiny model keeps from its source.
+ARCH_KEYS = ("flavour", "qk_norm", "bias", "tie_embeddings", "activation", "rope_theta", "norm_eps")
+
+
+def sources() -> dict[str, ModelConfig]:
+    """Every model a user gets without hand-picking options: presets, recipes, and the plan's ladder (the
+    plan picks one of its shapes, whatever the minutes or corpus, and gives it PLANNED_MODEL's options)."""
+    out = {f"preset {name}": ModelConfig(**p.get("model", {})) for name, p in PRESETS.items()}
+    for path in CONFIGS:
+        recipe = yaml.safe_load(path.read_text()) or {}
+        preset = PRESETS.get(recipe.get("preset"), {}).get("model", {})
+        out[f"configs/{path.name}"] = ModelConfig(**{**preset, **(recipe.get("model") or {})})
+    for shape in planning.LADDER:
+        out[f"plan {shape.n_layer}x{shape.n_embd}"] = planning._model_config(shape, 4096)
+    return out
+
+
+def architecture(cfg: ModelConfig) -> dict:
+    """The options of a tiny model with cfg's architecture: 2 layers, 64 wide, 2 heads (1 key/value head
+    where cfg groups its queries), a hidden MLP width of its own where cfg sets one."""
+    arch = {k: getattr(cfg, k) for k in ARCH_KEYS}
+    arch["n_kv_head"] = 1 if cfg.kv_heads != cfg.n_head else 0
+    arch["mlp_hidden"] = 160 if cfg.mlp_hidden else 0
+    return arch
+
+
+SOURCES = sources()
+ARCHITECTURES: dict[str, dict] = {}
+for _name, _cfg in SOURCES.items():
+    _arch = architecture(_cfg)
+    if _arch not in ARCHITECTURES.values():
+        ARCHITECTURES[_name] = _arch
+
+
+@pytest.mark.parametrize("name", SOURCES)
+def test_no_preset_recipe_or_plan_is_refused(name):
+    assert export_blocker(SOURCES[name]) is None
+
+
+def test_the_plan_says_nothing_about_export():
+    assert planning.unexportable_note(planning._model_config(planning.LADDER[0], 4096)) == []
+
+
+def test_the_walk_covers_qk_norm_and_both_flavours():
+    seen = {(a["flavour"], a["qk_norm"]) for a in ARCHITECTURES.values()}
+    assert {("gpt2", False), ("llama", True)} <= seen
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_every_architecture_matches_in_transformers_and_llama_cpp(prepared, tmp_path, name):  # noqa: F811
+    """Logits equal in transformers' own class; greedy ids equal in llama.cpp."""
+    run = make_run(prepared, tmp_path / "run", kind="bpe", **ARCHITECTURES[name])
+    lm = scratchlm.load(run)
+    export(run, "hf", tmp_path / "hf")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    ids = prompt_ids(lm, "Prince Andrew said that")
+    with torch.no_grad():
+        ours = lm.model(torch.tensor([ids]))[0][0]
+        torch.testing.assert_close(hf(torch.tensor([ids])).logits[0], ours, atol=1e-4, rtol=0)
+
+    Llama = llama_cpp_llama()
+    export(run, "gguf", tmp_path / "m.gguf", dtype="f32")
+    llm = Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=128, n_threads=1, verbose=False, logits_all=True)
+    try:
+        llm.eval(ids)
+        # llama.cpp's kernels land within ~3e-3 of torch (tests/test_export.py); a wrong map is off by O(1).
+        np.testing.assert_allclose(np.asarray(llm.scores[: len(ids)]), ours.numpy(), atol=1e-2, rtol=0)
+        want = greedy(lm, ids)
+        theirs = []
+        for t in llm.generate(ids, top_k=1, temp=0.0, reset=True):
+            if t == lm.tokenizer.eos_id or len(theirs) == len(want):
+                break
+            theirs.append(t)
+        assert theirs == want and len(set(want)) > 3, (want, theirs)
+    finally:
+        llm.close()
