@@ -625,7 +625,7 @@ def test_bad_input_is_one_line_exit_2(prepared, tmp_path, capsys):
     bert.mkdir()
     (bert / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
     err = _error(capsys, ["import", str(bert), str(tmp_path / "imported")])
-    assert "model_type='bert'" in err and "gpt2 and llama" in err
+    assert "model_type='bert'" in err and "gpt2, llama and qwen3" in err
     assert not (tmp_path / "imported").exists()
     assert "not empty" in _error(capsys, ["import", str(out), str(run)])
 

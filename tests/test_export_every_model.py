@@ -14,6 +14,7 @@ import yaml
 import scratchlm
 from scratchlm import planning
 from scratchlm.config import PRESETS, ModelConfig
+from scratchlm.formats import import_run
 from scratchlm.formats import write_export as export
 from scratchlm.formats.adapters import export_blocker
 
@@ -72,7 +73,7 @@ def test_the_walk_covers_qk_norm_and_both_flavours():
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
 def test_every_architecture_matches_in_transformers_and_llama_cpp(prepared, tmp_path, name):  # noqa: F811
-    """Logits equal in transformers' own class; greedy ids equal in llama.cpp."""
+    """Logits equal in transformers' own class and after `scratchlm import`; greedy ids equal in llama.cpp."""
     run = make_run(prepared, tmp_path / "run", kind="bpe", **ARCHITECTURES[name])
     lm = scratchlm.load(run)
     export(run, "hf", tmp_path / "hf")
@@ -81,6 +82,9 @@ def test_every_architecture_matches_in_transformers_and_llama_cpp(prepared, tmp_
     with torch.no_grad():
         ours = lm.model(torch.tensor([ids]))[0][0]
         torch.testing.assert_close(hf(torch.tensor([ids])).logits[0], ours, atol=1e-4, rtol=0)
+        back = scratchlm.load(import_run(tmp_path / "hf", tmp_path / "imported"))  # and `scratchlm import`
+        assert back.config.model.qk_norm == lm.config.model.qk_norm
+        torch.testing.assert_close(back.model(torch.tensor([ids]))[0][0], ours, atol=1e-5, rtol=0)
 
     Llama = llama_cpp_llama()
     export(run, "gguf", tmp_path / "m.gguf", dtype="f32")
@@ -98,3 +102,8 @@ def test_every_architecture_matches_in_transformers_and_llama_cpp(prepared, tmp_
         assert theirs == want and len(set(want)) > 3, (want, theirs)
     finally:
         llm.close()
+
+
+def test_plan_and_train_name_the_flag_for_a_model_export_refuses():
+    note = planning.unexportable_note(ModelConfig(flavour="llama", qk_norm=True, bias=True))
+    assert len(note) == 1 and "refuses it" in note[0] and "--model.bias false" in note[0]

@@ -1,4 +1,5 @@
-"""The in-memory key map: scratchlm GPT ↔ transformers GPT2LMHeadModel / LlamaForCausalLM."""
+"""The in-memory key map: scratchlm GPT ↔ transformers GPT2LMHeadModel / LlamaForCausalLM /
+Qwen3ForCausalLM."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ CASES = {
     "gpt2-nobias-untied": dict(flavour="gpt2", bias=False, tie_embeddings=False),
     "llama-gqa-untied": dict(flavour="llama", bias=False, n_kv_head=2, tie_embeddings=False),
     "llama-bias-theta": dict(flavour="llama", bias=True, rope_theta=500.0, norm_eps=1e-6),
+    "qwen3-gqa": dict(flavour="llama", qk_norm=True, bias=False, n_kv_head=2, norm_eps=1e-6),
 }
 
 
@@ -35,7 +37,8 @@ def random_model(**kw) -> GPT:
 def test_logits_match_transformers_and_back(case):
     model = random_model(**CASES[case])
     hf = to_hf_model(model)
-    assert type(hf).__name__ == ("GPT2LMHeadModel" if model.config.flavour == "gpt2" else "LlamaForCausalLM")
+    want_class = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+    assert type(hf).__name__ == want_class[case.split("-")[0]]
     idx = torch.randint(0, 300, (2, 20))
     with torch.no_grad():
         ours = model(idx)[0]
@@ -52,7 +55,7 @@ def test_logits_match_transformers_and_back(case):
 @pytest.mark.parametrize(
     "kw, option",
     [
-        (dict(flavour="llama", qk_norm=True), "qk_norm"),
+        (dict(flavour="llama", qk_norm=True, bias=True), "bias false"),
         (dict(flavour="gpt2", qk_norm=True), "qk_norm"),
         (dict(flavour="gpt2", n_kv_head=2), "n_kv_head"),
     ],

@@ -156,7 +156,7 @@ def _keep_users_files(old: Path, new: Path) -> None:
 
 
 def import_run(hf_dir: str | Path, run_dir: str | Path) -> Path:
-    """`scratchlm import HF_DIR RUN`: a Hugging Face GPT-2 / Llama folder → a scratchlm run."""
+    """`scratchlm import HF_DIR RUN`: a Hugging Face GPT-2 / Llama / Qwen3 folder → a scratchlm run."""
     from .hf_import import import_hf
 
     hf_dir, run_dir = Path(hf_dir), Path(run_dir)

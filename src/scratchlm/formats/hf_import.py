@@ -1,5 +1,5 @@
-"""Read a Hugging Face GPT-2 / Llama folder into a new scratchlm run: safetensors weights (never pickles),
-config.json through adapters.py's config map, and the tokenizer when it is a kind scratchlm has.
+"""Read a Hugging Face GPT-2 / Llama / Qwen3 folder into a new scratchlm run: safetensors weights (never
+pickles), config.json through adapters.py's config map, and the tokenizer when it is a kind scratchlm has.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def read_hf_config(hf_dir: Path) -> ModelConfig:
 
 
 def import_hf(hf_dir: str | Path, run_dir: str | Path) -> None:
-    """Turn a GPT-2 or Llama Hugging Face folder into a scratchlm run in the (new, empty) run_dir.
+    """Turn a GPT-2, Llama or Qwen3 Hugging Face folder into a scratchlm run in the (new, empty) run_dir.
 
     The run gets config.yaml, tokenizer/ and a weights-only step-0 checkpoint (+ best.safetensors), so
     eval, sample and train (which then starts at step 0 from these weights) accept it.
