@@ -84,6 +84,7 @@ def _architecture(cfg, params: int) -> list[str]:
         f"- {m.flavour} flavour: {m.n_layer} layers, {m.n_head} heads ({m.kv_heads} key/value heads), "
         f"width {m.n_embd}, MLP hidden {m.ffn_hidden}"
         + (", SwiGLU" if m.flavour == "llama" else f", {_ACTIVATION_NAMES[m.activation]}")
+        + (", QK-norm (RMSNorm per head on queries and keys, before RoPE)" if m.qk_norm else "")
         + f", context {m.block_size} tokens",
         f"- vocabulary {m.vocab_size} ({cfg.tokenizer.kind} tokenizer), "
         f"{'tied' if m.tie_embeddings else 'separate'} input/output embeddings",
