@@ -131,6 +131,23 @@ def write_gguf(lm, tok_dir: Path, path: Path, dtype: str = "f32", name: str = "s
 
 
 # ---------------------------------------------------------------- vocabulary
+def write_vocab_gguf(tokenizer, tok_dir: Path, path: Path) -> None:
+    """A GGUF holding only a tokenizer's vocabulary (and the few hyperparameters llama.cpp reads before
+    it): what `Llama(model_path, vocab_only=True)` needs to tokenize as the exported model would."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    for add in (w.add_context_length, w.add_embedding_length, w.add_feed_forward_length):
+        add(64)
+    w.add_block_count(1)
+    w.add_head_count(1)
+    w.add_layer_norm_rms_eps(1e-5)
+    _add_vocab(w, Path(tok_dir), tokenizer)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.close()
+
+
 def _add_vocab(w, tok_dir: Path, tokenizer) -> None:
     if tokenizer.kind in ("unigram", "bpe"):
         _add_sentencepiece_vocab(w, tok_dir / "tokenizer.model")
