@@ -30,6 +30,7 @@ import torch
 
 from .. import chat_template
 from ..common import UserError
+from ..tokenizer.sentencepiece import _SCORE_GRID
 from .adapters import check_exportable, start_id, to_hf_state_dict
 
 _GPT2_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -199,9 +200,9 @@ def _add_sentencepiece_vocab(w, path: Path) -> None:
 
 
 # llama.cpp's PLaMo-2 tokenizer keeps round(score * 1e4) as an integer. Unigram scores are multiples of
-# 1/32 (_SCORE_GRID in tokenizer/sentencepiece.py), so scores are written times 1024/1e4: every score and
-# every sum stays exact, where the plain scores would round 312.5 * k half away from zero and shift ties.
-_PLAMO2_SCALE = 1024 / 1e4
+# 1/_SCORE_GRID (tokenizer/sentencepiece.py), so scores are written times _SCORE_GRID/1e4: every score and
+# every sum stays exact, where the plain scores would round and shift ties.
+_PLAMO2_SCALE = _SCORE_GRID / 1e4
 
 
 def _add_unigram_vocab(w, proto) -> None:
@@ -212,10 +213,12 @@ def _add_unigram_vocab(w, proto) -> None:
     tokenizers of War and Peace, alone or with Soseki's "I Am a Cat"): "llama" merges greedily (13 tokens
     for a 4-token prompt); "t5" (UGM) searches as SentencePiece does but has no byte fallback, so every
     character outside the vocabulary becomes <unk>: 2% of English lines, 99.7% of Japanese lines (31% with
-    Soseki in the tokenizer). "plamo2" differs only where two segmentations score exactly the same, as
-    permutations of the same pieces do: SentencePiece keeps the longest last piece, PLaMo-2 the longest first
-    ("    " is "▁|▁▁▁" in one, "▁▁▁|▁" in the other), 1.5% of English and 0.5% of Japanese lines, each an
-    equally likely segmentation of the same text. No choice of scores can separate two permutations.
+    Soseki in the tokenizer). "plamo2" differs only where two segmentations score exactly the same:
+    SentencePiece keeps the longest last piece, PLaMo-2 the longest first ("r|est" vs "re|st"). Scores on the
+    fine grid of tokenizer/sentencepiece._SCORE_GRID make such ties rare enough that none of ~7,000 held-out
+    lines differs (bench/tokenize_parity.py); permutations of the same pieces ("    " as "▁|▁▁▁" or "▁▁▁|▁")
+    still tie, as no choice of scores can separate them. A tokenizer trained on the older 1/32 grid still
+    gets other ids on ~1% of lines: train it again to be rid of them.
 
     PLaMo-2 reads pieces as plain text (a space, not "▁"), byte tokens as <0xXX> of type BYTE, and gives
     every other token its score: control and unknown tokens get -inf, which it skips, so typed text such
