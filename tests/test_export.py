@@ -807,3 +807,36 @@ def test_bytelevel_bpe_vocab_is_written_as_gpt2(tmp_path):
     assert merges and all(len(m.split(" ")) == 2 for m in merges)
     first = merges[0].split(" ")
     assert tk.encode(first[0] + first[1]).ids == [vocab[first[0] + first[1]]]
+
+
+def test_gguf_export_writes_an_ollama_modelfile_beside_it(prepared, tmp_path, capsys):
+    """<stem>.Modelfile: FROM the .gguf beside it, the run's sample settings, <|end|> as a stop; an SFT run's
+    chat layout as an Ollama (Go) template, a base run's plain prompt; a user's file of that name stays."""
+    base = make_run(prepared, tmp_path / "base", kind="bpe", flavour="llama")
+    sft = make_run(prepared, tmp_path / "sft", flavour="llama")
+    cfg = Run.at(sft).load_config()
+    cfg.sft.base = str(base)
+    cfg.sample.temperature, cfg.sample.top_k = 0.5, 7
+    Run.at(sft).save_config(cfg)
+    export(base, "gguf", tmp_path / "base.gguf")
+    export(sft, "gguf", tmp_path / "chat.gguf")
+    plain = (tmp_path / "base.Modelfile").read_text().splitlines()
+    chat = (tmp_path / "chat.Modelfile").read_text().splitlines()
+    assert "FROM ./base.gguf" in plain and "FROM ./chat.gguf" in chat
+    assert 'TEMPLATE """{{ .Prompt }}"""' in plain  # llama.cpp adds the BOS itself for a bpe vocabulary
+    # The Unigram vocabulary gets no automatic BOS in llama.cpp, so the template writes it, as render does.
+    template = "<|bos|>{{- range .Messages }}<|{{ .Role }}|>{{ .Content }}<|end|>{{ end }}<|assistant|>"
+    assert f'TEMPLATE """{template}"""' in chat
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    filled = "<|bos|>" + "".join(f"<|{m['role']}|>{m['content']}<|end|>" for m in messages) + "<|assistant|>"
+    tok = scratchlm.load(sft).tokenizer
+    assert tok.encode(filled, allow_special=True) == render(messages, tok, add_generation_prompt=True).ids
+    for lines, (temp, top_k) in ((plain, ("0.8", 50)), (chat, ("0.5", 7))):
+        assert 'PARAMETER stop "<|end|>"' in lines and f"PARAMETER temperature {temp}" in lines
+        assert f"PARAMETER top_k {top_k}" in lines and "PARAMETER num_ctx 128" in lines
+
+    (tmp_path / "chat.Modelfile").write_text("FROM mine\n")
+    capsys.readouterr()
+    export(sft, "gguf", tmp_path / "chat.gguf", force=True)
+    assert (tmp_path / "chat.Modelfile").read_text() == "FROM mine\n"
+    assert "chat.Modelfile exists and was not written by `scratchlm export`" in capsys.readouterr().err

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
-from ..common import UserError, atomic_path
+from ..common import UserError, atomic_path, atomic_write_text
 from ..run import Run
 
 FORMATS = ("hf", "gguf")
@@ -73,7 +74,19 @@ def write_export(
 
         with atomic_path(out) as tmp:
             write_gguf(lm, run.tokenizer_dir, tmp, dtype, name=run.root.name)
+        _write_modelfile(lm, out, sft=bool(run.base), sample=run.load_config().sample)
     return out
+
+
+def _write_modelfile(lm, out: Path, sft: bool, sample) -> None:
+    """<stem>.Modelfile beside the .gguf, for Ollama; a file of that name export did not write stays."""
+    from .gguf import MODELFILE_MARKER, modelfile
+
+    path = out.with_name(out.stem + ".Modelfile")
+    if path.exists() and not path.read_text(encoding="utf-8", errors="replace").startswith(MODELFILE_MARKER):
+        print(f"note: {path} exists and was not written by `scratchlm export`: kept", file=sys.stderr)
+        return
+    atomic_write_text(path, modelfile(lm, out.name, sft, sample))
 
 
 def check_out(out: Path, run_root: Path, fmt: str, force: bool) -> None:

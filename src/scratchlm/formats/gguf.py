@@ -311,3 +311,31 @@ def _add_char_vocab(w, path: Path) -> None:
     w.add_token_scores([0.0] * len(tokens))  # only merges use scores, and a char vocabulary has none
     w.add_token_types(types)
     w.add_add_space_prefix(False)
+
+
+# ---------------------------------------------------------------- Ollama
+MODELFILE_MARKER = "# Written by `scratchlm export`"
+
+
+def modelfile(lm, gguf_name: str, sft: bool, sample) -> str:
+    """An Ollama Modelfile for the .gguf beside it: the run's chat layout for an SFT run (Ollama writes
+    templates in Go's syntax, not Jinja), the plain prompt for a base run, and the run's sample settings.
+    llama.cpp's PLaMo-2 vocabulary (Unigram runs) adds no BOS token, so there the template writes it."""
+    s = sample  # the run's config.yaml, as `scratchlm sample RUN` reads it
+    bos = "<|bos|>" if lm.tokenizer.kind == "unigram" else ""
+    if sft:
+        template = bos + "{{- range .Messages }}<|{{ .Role }}|>{{ .Content }}<|end|>{{ end }}<|assistant|>"
+    else:
+        template = bos + "{{ .Prompt }}"
+    lines = [
+        f"{MODELFILE_MARKER}; `ollama create NAME -f THIS_FILE` loads it.",
+        f"FROM ./{gguf_name}",
+        f'TEMPLATE """{template}"""',
+        'PARAMETER stop "<|end|>"',
+        'PARAMETER stop "<|eos|>"',
+        f"PARAMETER temperature {s.temperature:g}",
+        f"PARAMETER top_k {s.top_k}",
+        f"PARAMETER top_p {s.top_p:g}",
+        f"PARAMETER num_ctx {lm.config.model.block_size}",
+    ]
+    return "\n".join(lines) + "\n"
