@@ -131,6 +131,32 @@ def write_gguf(lm, tok_dir: Path, path: Path, dtype: str = "f32", name: str = "s
     w.close()
 
 
+# ---------------------------------------------------------------- 4-bit
+def llama_cpp_quantizer():
+    """llama.cpp's own quantizer (K-quants need its importance mixes, which the gguf package lacks)."""
+    try:
+        import llama_cpp
+    except ImportError:
+        raise UserError(
+            "--dtype q4_k_m: needs llama.cpp's quantizer: pip install 'scratchlm[gguf-check]' "
+            "(llama-cpp-python), or export --dtype q8_0"
+        ) from None
+    return llama_cpp
+
+
+def quantize_gguf(src: Path, dst: Path, dtype: str) -> None:
+    """An f16 GGUF → Q4_K_M with llama.cpp's quantizer. Matrices whose rows are not a multiple of 256 (the
+    K-quant block) fall back, per tensor, to a type llama.cpp picks (q5_0/q8_0 for a 64-wide model)."""
+    import ctypes
+
+    llama_cpp = llama_cpp_quantizer()
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = {"q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M}[dtype]
+    params.nthread = 1
+    if llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params)) != 0:
+        raise RuntimeError(f"llama.cpp could not quantize {src} to {dtype}")
+
+
 # ---------------------------------------------------------------- vocabulary
 def write_vocab_gguf(tokenizer, tok_dir: Path, path: Path) -> None:
     """A GGUF holding only a tokenizer's vocabulary (and the few hyperparameters llama.cpp reads before
