@@ -26,8 +26,9 @@ from scratchlm.formats import write_export as export
 from scratchlm.model import GPT
 from scratchlm.run import Run
 from scratchlm.tokenizer import KINDS, Tokenizer
+from scratchlm.tokenizer.sentencepiece import _SCORE_GRID
 
-from .conftest import missing_tool
+from .conftest import missing_tool, shared_file
 
 transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
@@ -343,7 +344,7 @@ def test_gguf_reads_back_with_metadata_and_tensors(prepared, tmp_path, flavour, 
     assert tokens[space] == sp.id_to_piece(space).replace("\u2581", " ")
     for i in (space, *sp.encode("the")):
         assert scores[i] * 1e4 == pytest.approx(round(scores[i] * 1e4), abs=1e-3)
-        assert round(scores[i] * 1e4) == sp.get_score(i) * 1024
+        assert round(scores[i] * 1e4) == sp.get_score(i) * _SCORE_GRID
     assert scores[tok.eos_id] == -np.inf and scores[sp.unk_id()] == -np.inf
     types = _field(r, "tokenizer.ggml.token_type")
     assert types[tok.bos_id] == gguf.TokenType.CONTROL and types[sp.unk_id()] == gguf.TokenType.UNKNOWN
@@ -527,6 +528,30 @@ def test_llama_cpp_tokenizes_typed_text_as_scratchlm(prepared, tmp_path, kind):
             assert llm.detokenize(tok.encode(text)) == text.encode(), text
     finally:
         llm.close()
+
+
+@pytest.mark.parametrize("kind", ("unigram", "bpe", "bytelevel"))
+def test_llama_cpp_tokenizes_held_out_prose_as_scratchlm(tmp_path, kind):
+    """Every held-out line of English and Japanese prose gets scratchlm's ids in llama.cpp. Unigram
+    vocabularies once differed on ~1% of such lines, wherever two segmentations scored exactly the same
+    (see tokenizer/sentencepiece._SCORE_GRID)."""
+    from scratchlm.config import TokenizerConfig
+    from scratchlm.formats.gguf import write_vocab_gguf
+    from scratchlm.tokenizer import train_tokenizer
+
+    Llama = llama_cpp_llama()
+    wp = shared_file("war_and_peace.txt").read_text(encoding="utf-8").split("\n")
+    neko = shared_file("soseki_wagahai_neko.txt").read_text(encoding="utf-8").split("\n")
+    tok = train_tokenizer(["\n".join(wp[:20_000]), "\n".join(neko[:1_000])], TokenizerConfig(kind=kind))
+    tok.save(tmp_path / "tok")
+    write_vocab_gguf(tok, tmp_path / "tok", tmp_path / "v.gguf")
+    lines = [s for s in wp[40_000:42_000] + neko[1_400:2_000] if s.strip()]
+    llm = Llama(model_path=str(tmp_path / "v.gguf"), vocab_only=True, verbose=False)
+    try:
+        differ = [s for s in lines if llm.tokenize(s.encode(), add_bos=False, special=False) != tok.encode(s)]
+    finally:
+        llm.close()
+    assert len(lines) > 2_000 and differ == [], (len(differ), differ[:3])
 
 
 def test_llama_cpp_unigram_breaks_exact_score_ties_the_other_way(prepared, tmp_path):
@@ -782,3 +807,94 @@ def test_bytelevel_bpe_vocab_is_written_as_gpt2(tmp_path):
     assert merges and all(len(m.split(" ")) == 2 for m in merges)
     first = merges[0].split(" ")
     assert tk.encode(first[0] + first[1]).ids == [vocab[first[0] + first[1]]]
+
+
+def test_gguf_export_writes_an_ollama_modelfile_beside_it(prepared, tmp_path, capsys):
+    """<stem>.Modelfile: FROM the .gguf beside it, the run's sample settings, <|end|> as a stop; an SFT run's
+    chat layout as an Ollama (Go) template, a base run's plain prompt; a user's file of that name stays."""
+    base = make_run(prepared, tmp_path / "base", kind="bpe", flavour="llama")
+    sft = make_run(prepared, tmp_path / "sft", flavour="llama")
+    cfg = Run.at(sft).load_config()
+    cfg.sft.base = str(base)
+    cfg.sample.temperature, cfg.sample.top_k = 0.5, 7
+    Run.at(sft).save_config(cfg)
+    export(base, "gguf", tmp_path / "base.gguf")
+    export(sft, "gguf", tmp_path / "chat.gguf")
+    plain = (tmp_path / "base.Modelfile").read_text().splitlines()
+    chat = (tmp_path / "chat.Modelfile").read_text().splitlines()
+    assert "FROM ./base.gguf" in plain and "FROM ./chat.gguf" in chat
+    assert 'TEMPLATE """{{ .Prompt }}"""' in plain  # llama.cpp adds the BOS itself for a bpe vocabulary
+    # The Unigram vocabulary gets no automatic BOS in llama.cpp, so the template writes it, as render does.
+    template = "<|bos|>{{- range .Messages }}<|{{ .Role }}|>{{ .Content }}<|end|>{{ end }}<|assistant|>"
+    assert f'TEMPLATE """{template}"""' in chat
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    filled = "<|bos|>" + "".join(f"<|{m['role']}|>{m['content']}<|end|>" for m in messages) + "<|assistant|>"
+    tok = scratchlm.load(sft).tokenizer
+    assert tok.encode(filled, allow_special=True) == render(messages, tok, add_generation_prompt=True).ids
+    for lines, (temp, top_k) in ((plain, ("0.8", 50)), (chat, ("0.5", 7))):
+        assert 'PARAMETER stop "<|end|>"' in lines and f"PARAMETER temperature {temp}" in lines
+        assert f"PARAMETER top_k {top_k}" in lines and "PARAMETER num_ctx 128" in lines
+
+    (tmp_path / "chat.Modelfile").write_text("FROM mine\n")
+    capsys.readouterr()
+    export(sft, "gguf", tmp_path / "chat.gguf", force=True)
+    assert (tmp_path / "chat.Modelfile").read_text() == "FROM mine\n"
+    assert "chat.Modelfile exists and was not written by `scratchlm export`" in capsys.readouterr().err
+
+
+def _llama_cpp_logits(path: Path, ids: list[int]) -> np.ndarray:
+    llm = llama_cpp_llama()(model_path=str(path), n_ctx=128, n_threads=1, verbose=False, logits_all=True)
+    try:
+        llm.eval(ids)
+        return np.asarray(llm.scores[: len(ids)]).copy()
+    finally:
+        llm.close()
+
+
+# Measured on this random-weight model: mean |logit - f32 logit| / std(f32 logits) 0.043 for q8_0 (93% of
+# argmaxes equal) and 0.32 for q4_k_m (43%: random weights leave near-ties everywhere); a file whose
+# weights were scrambled would be ~1.1 (uncorrelated logits). So the bounds catch a broken quantization,
+# not small drifts of quality, which bench/quantize.py is meant to measure on a trained model.
+@pytest.mark.parametrize("dtype, rel_tol, agree_min", [("q8_0", 0.08, 0.85), ("q4_k_m", 0.5, 0.0)])
+def test_quantized_gguf_loads_in_llama_cpp_close_to_f32(prepared, tmp_path, dtype, rel_tol, agree_min):
+    """A 256-wide model, so that the K-quant (256-value blocks) applies to the attention matrices; the
+    rest falls back per tensor, as llama.cpp chooses; the file is smaller and llama.cpp runs it."""
+    run = make_run(prepared, tmp_path / "run", flavour="llama", n_embd=256, n_head=4)
+    export(run, "gguf", tmp_path / "f32.gguf")
+    assert (
+        main(["export", str(run), "--format", "gguf", "--out", str(tmp_path / "q.gguf"), "--dtype", dtype])
+        == 0
+    )
+    types = {t.name: t.tensor_type for t in gguf.GGUFReader(tmp_path / "q.gguf").tensors}
+    want = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_k_m": gguf.GGMLQuantizationType.Q4_K}[dtype]
+    assert types["blk.0.attn_q.weight"] == want
+    assert (tmp_path / "q.gguf").stat().st_size < (tmp_path / "f32.gguf").stat().st_size / 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "f32.Modelfile",
+        "f32.gguf",
+        "q.Modelfile",
+        "q.gguf",
+        "run",
+    ]
+    ids = prompt_ids(scratchlm.load(run), PROMPTS[0] + " the war was over and")
+    ref, got = _llama_cpp_logits(tmp_path / "f32.gguf", ids), _llama_cpp_logits(tmp_path / "q.gguf", ids)
+    diff = np.abs(got - ref)
+    rel = diff.mean() / ref.std()
+    agree = (got.argmax(1) == ref.argmax(1)).mean()
+    assert rel < rel_tol and agree >= agree_min, (rel, agree)
+
+
+def test_dtype_accepts_torch_style_names(prepared, tmp_path):
+    run = make_run(prepared, tmp_path / "run", flavour="llama")
+    assert (
+        main(
+            ["export", str(run), "--format", "gguf", "--out", str(tmp_path / "m.gguf"), "--dtype", "float16"]
+        )
+        == 0
+    )
+    types = {t.name: t.tensor_type for t in gguf.GGUFReader(tmp_path / "m.gguf").tensors}
+    assert types["blk.0.attn_q.weight"] == gguf.GGMLQuantizationType.F16
+    export(run, "hf", tmp_path / "hf", dtype="bfloat16")
+    assert {t.dtype for t in load_file(str(tmp_path / "hf" / "model.safetensors")).values()} == {
+        torch.bfloat16
+    }

@@ -22,7 +22,8 @@ def export(
         format: hf (GPT2LMHeadModel / LlamaForCausalLM / Qwen3ForCausalLM folder) or gguf
         out: output folder (hf) or .gguf file
         checkpoint: best, last, or a path to a .safetensors file
-        dtype: hf: f32, f16 or bf16; gguf: f32, f16 or q8_0
+        dtype: hf: f32, f16 or bf16; gguf: f32, f16, q8_0 or q4_k_m (needs llama-cpp-python); float32,
+            float16, bfloat16 name f32, f16, bf16
         force: replace --out if an earlier export wrote it
     """
     from ..formats import write_export

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
-from ..common import UserError, atomic_path
+from ..common import UserError, atomic_path, atomic_write_text
 from ..run import Run
 
 FORMATS = ("hf", "gguf")
-DTYPES = {"hf": ("f32", "f16", "bf16"), "gguf": ("f32", "f16", "q8_0")}
+DTYPES = {"hf": ("f32", "f16", "bf16"), "gguf": ("f32", "f16", "q8_0", "q4_k_m")}
+DTYPE_ALIASES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 # Every exported folder holds this file: --force replaces only a folder that has it (or a GGUF file),
 # so a mistyped --out never deletes a run, its parent, or anything else export did not write.
 MARKER = ".scratchlm-export"
@@ -40,6 +42,7 @@ def write_export(
 
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt}: unknown format; use hf or gguf")
+    dtype = DTYPE_ALIASES.get(dtype, dtype)
     if dtype not in DTYPES[fmt]:
         raise UserError(f"--dtype {dtype}: {fmt} export supports {', '.join(DTYPES[fmt])}")
     out = Path(out)
@@ -47,6 +50,10 @@ def write_export(
     if not run.root.is_dir():
         raise UserError(f"{run.root}: no such run directory")
     check_out(out, run.root, fmt, force)
+    if dtype == "q4_k_m":
+        from .gguf import llama_cpp_quantizer
+
+        llama_cpp_quantizer()  # a missing llama-cpp-python fails before anything is written
     lm = load(run.root, checkpoint)
 
     if fmt == "hf":
@@ -72,8 +79,27 @@ def write_export(
         from .gguf import write_gguf
 
         with atomic_path(out) as tmp:
-            write_gguf(lm, run.tokenizer_dir, tmp, dtype, name=run.root.name)
+            if dtype == "q4_k_m":
+                from .gguf import quantize_gguf
+
+                with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as d:
+                    write_gguf(lm, run.tokenizer_dir, Path(d) / "f16.gguf", "f16", name=run.root.name)
+                    quantize_gguf(Path(d) / "f16.gguf", tmp, dtype)
+            else:
+                write_gguf(lm, run.tokenizer_dir, tmp, dtype, name=run.root.name)
+        _write_modelfile(lm, out, sft=bool(run.base), sample=run.load_config().sample)
     return out
+
+
+def _write_modelfile(lm, out: Path, sft: bool, sample) -> None:
+    """<stem>.Modelfile beside the .gguf, for Ollama; a file of that name export did not write stays."""
+    from .gguf import MODELFILE_MARKER, modelfile
+
+    path = out.with_name(out.stem + ".Modelfile")
+    if path.exists() and not path.read_text(encoding="utf-8", errors="replace").startswith(MODELFILE_MARKER):
+        print(f"note: {path} exists and was not written by `scratchlm export`: kept", file=sys.stderr)
+        return
+    atomic_write_text(path, modelfile(lm, out.name, sft, sample))
 
 
 def check_out(out: Path, run_root: Path, fmt: str, force: bool) -> None:

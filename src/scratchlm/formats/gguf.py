@@ -30,6 +30,7 @@ import torch
 
 from .. import chat_template
 from ..common import UserError
+from ..tokenizer.sentencepiece import _SCORE_GRID
 from .adapters import check_exportable, start_id, to_hf_state_dict
 
 _GPT2_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -147,7 +148,50 @@ def write_gguf(lm, tok_dir: Path, path: Path, dtype: str = "f32", name: str = "s
     w.close()
 
 
+# ---------------------------------------------------------------- 4-bit
+def llama_cpp_quantizer():
+    """llama.cpp's own quantizer (K-quants need its importance mixes, which the gguf package lacks)."""
+    try:
+        import llama_cpp
+    except ImportError:
+        raise UserError(
+            "--dtype q4_k_m: needs llama.cpp's quantizer: pip install 'scratchlm[gguf-check]' "
+            "(llama-cpp-python), or export --dtype q8_0"
+        ) from None
+    return llama_cpp
+
+
+def quantize_gguf(src: Path, dst: Path, dtype: str) -> None:
+    """An f16 GGUF → Q4_K_M with llama.cpp's quantizer. Matrices whose rows are not a multiple of 256 (the
+    K-quant block) fall back, per tensor, to a type llama.cpp picks (q5_0/q8_0 for a 64-wide model)."""
+    import ctypes
+
+    llama_cpp = llama_cpp_quantizer()
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = {"q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M}[dtype]
+    params.nthread = 1
+    if llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params)) != 0:
+        raise RuntimeError(f"llama.cpp could not quantize {src} to {dtype}")
+
+
 # ---------------------------------------------------------------- vocabulary
+def write_vocab_gguf(tokenizer, tok_dir: Path, path: Path) -> None:
+    """A GGUF holding only a tokenizer's vocabulary (and the few hyperparameters llama.cpp reads before
+    it): what `Llama(model_path, vocab_only=True)` needs to tokenize as the exported model would."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    for add in (w.add_context_length, w.add_embedding_length, w.add_feed_forward_length):
+        add(64)
+    w.add_block_count(1)
+    w.add_head_count(1)
+    w.add_layer_norm_rms_eps(1e-5)
+    _add_vocab(w, Path(tok_dir), tokenizer)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.close()
+
+
 def _add_vocab(w, tok_dir: Path, tokenizer) -> None:
     if tokenizer.kind in ("unigram", "bpe"):
         _add_sentencepiece_vocab(w, tok_dir / "tokenizer.model")
@@ -199,9 +243,9 @@ def _add_sentencepiece_vocab(w, path: Path) -> None:
 
 
 # llama.cpp's PLaMo-2 tokenizer keeps round(score * 1e4) as an integer. Unigram scores are multiples of
-# 1/32 (_SCORE_GRID in tokenizer/sentencepiece.py), so scores are written times 1024/1e4: every score and
-# every sum stays exact, where the plain scores would round 312.5 * k half away from zero and shift ties.
-_PLAMO2_SCALE = 1024 / 1e4
+# 1/_SCORE_GRID (tokenizer/sentencepiece.py), so scores are written times _SCORE_GRID/1e4: every score and
+# every sum stays exact, where the plain scores would round and shift ties.
+_PLAMO2_SCALE = _SCORE_GRID / 1e4
 
 
 def _add_unigram_vocab(w, proto) -> None:
@@ -212,10 +256,12 @@ def _add_unigram_vocab(w, proto) -> None:
     tokenizers of War and Peace, alone or with Soseki's "I Am a Cat"): "llama" merges greedily (13 tokens
     for a 4-token prompt); "t5" (UGM) searches as SentencePiece does but has no byte fallback, so every
     character outside the vocabulary becomes <unk>: 2% of English lines, 99.7% of Japanese lines (31% with
-    Soseki in the tokenizer). "plamo2" differs only where two segmentations score exactly the same, as
-    permutations of the same pieces do: SentencePiece keeps the longest last piece, PLaMo-2 the longest first
-    ("    " is "▁|▁▁▁" in one, "▁▁▁|▁" in the other), 1.5% of English and 0.5% of Japanese lines, each an
-    equally likely segmentation of the same text. No choice of scores can separate two permutations.
+    Soseki in the tokenizer). "plamo2" differs only where two segmentations score exactly the same:
+    SentencePiece keeps the longest last piece, PLaMo-2 the longest first ("r|est" vs "re|st"). Scores on the
+    fine grid of tokenizer/sentencepiece._SCORE_GRID make such ties rare enough that none of ~7,000 held-out
+    lines differs (bench/tokenize_parity.py); permutations of the same pieces ("    " as "▁|▁▁▁" or "▁▁▁|▁")
+    still tie, as no choice of scores can separate them. A tokenizer trained on the older 1/32 grid still
+    gets other ids on ~1% of lines: train it again to be rid of them.
 
     PLaMo-2 reads pieces as plain text (a space, not "▁"), byte tokens as <0xXX> of type BYTE, and gives
     every other token its score: control and unknown tokens get -inf, which it skips, so typed text such
@@ -308,3 +354,31 @@ def _add_char_vocab(w, path: Path) -> None:
     w.add_token_scores([0.0] * len(tokens))  # only merges use scores, and a char vocabulary has none
     w.add_token_types(types)
     w.add_add_space_prefix(False)
+
+
+# ---------------------------------------------------------------- Ollama
+MODELFILE_MARKER = "# Written by `scratchlm export`"
+
+
+def modelfile(lm, gguf_name: str, sft: bool, sample) -> str:
+    """An Ollama Modelfile for the .gguf beside it: the run's chat layout for an SFT run (Ollama writes
+    templates in Go's syntax, not Jinja), the plain prompt for a base run, and the run's sample settings.
+    llama.cpp's PLaMo-2 vocabulary (Unigram runs) adds no BOS token, so there the template writes it."""
+    s = sample  # the run's config.yaml, as `scratchlm sample RUN` reads it
+    bos = "<|bos|>" if lm.tokenizer.kind == "unigram" else ""
+    if sft:
+        template = bos + "{{- range .Messages }}<|{{ .Role }}|>{{ .Content }}<|end|>{{ end }}<|assistant|>"
+    else:
+        template = bos + "{{ .Prompt }}"
+    lines = [
+        f"{MODELFILE_MARKER}; `ollama create NAME -f THIS_FILE` loads it.",
+        f"FROM ./{gguf_name}",
+        f'TEMPLATE """{template}"""',
+        'PARAMETER stop "<|end|>"',
+        'PARAMETER stop "<|eos|>"',
+        f"PARAMETER temperature {s.temperature:g}",
+        f"PARAMETER top_k {s.top_k}",
+        f"PARAMETER top_p {s.top_p:g}",
+        f"PARAMETER num_ctx {lm.config.model.block_size}",
+    ]
+    return "\n".join(lines) + "\n"
