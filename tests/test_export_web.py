@@ -31,18 +31,29 @@ def need_runtime() -> Path:
     return NODE_MODULES
 
 
-@pytest.fixture(scope="module")
-def llama_run(tmp_path_factory, tiny_corpus) -> Path:
+def trained_llama(tmp_path_factory, tiny_corpus, kind: str) -> Path:
     """A tiny trained llama-flavour run (llama.cpp's GPT-2 uses tanh GELU, which greedy parity would trip)."""
     from scratchlm.commands.prepare import prepare
     from scratchlm.commands.train import train
 
-    run = tmp_path_factory.mktemp("web") / "base"
+    run = tmp_path_factory.mktemp("web") / kind
     cfg = tiny_config(tiny_corpus)
-    cfg.model.flavour = "llama"
+    cfg.model.flavour, cfg.tokenizer.kind = "llama", kind
     prepare(run, cfg)
     train(run, cfg)
     return run
+
+
+@pytest.fixture(scope="module")
+def llama_run(tmp_path_factory, tiny_corpus) -> Path:
+    # Unigram: llama.cpp's plamo2 tokenizer, which adds no BOS of its own; the page must start at <|bos|>.
+    return trained_llama(tmp_path_factory, tiny_corpus, "unigram")
+
+
+@pytest.fixture(scope="module")
+def bytelevel_run(tmp_path_factory, tiny_corpus) -> Path:
+    # Byte-level BPE: llama.cpp's gpt2 tokenizer, which adds the BOS itself: the page must not add a second.
+    return trained_llama(tmp_path_factory, tiny_corpus, "bytelevel")
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +105,10 @@ def complete_in_page(driver, folder: Path, prompt: str, n: int) -> str:
         thread.join()
 
 
-def test_web_page_continues_text_as_scratchlm_sample(llama_run, browser, tmp_path, capsys):
+@pytest.mark.parametrize("kind", ["unigram", "bytelevel"])
+def test_web_page_continues_text_as_scratchlm_sample(kind, request, browser, tmp_path, capsys):
     vendor = need_runtime()
+    llama_run = request.getfixturevalue("llama_run" if kind == "unigram" else "bytelevel_run")
     out = tmp_path / "site"
     assert (
         main(["export", str(llama_run), "--format", "web", "--out", str(out), "--vendor", str(vendor)]) == 0
