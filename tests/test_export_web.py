@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import threading
@@ -84,25 +85,36 @@ class _Quiet(SimpleHTTPRequestHandler):
         _Quiet.requested.append(self.path)
 
 
-def complete_in_page(driver, folder: Path, prompt: str, n: int) -> str:
-    """Serve `folder` as `python -m http.server` would and call window.scratchlm.complete there."""
+@contextlib.contextmanager
+def opened(driver, folder: Path):
+    """Serve `folder` as `python -m http.server` would and open its page."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(folder)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         driver.get(f"http://127.0.0.1:{server.server_port}/")
-        return driver.execute_async_script(
-            """const [prompt, n, done] = arguments;
-            (async () => {
-              while (!window.scratchlm) await new Promise((r) => setTimeout(r, 50));
-              return await window.scratchlm.complete(prompt, {max_new_tokens: n, temperature: 0, top_k: 1});
-            })().then(done, (e) => done("ERROR: " + e));""",
-            prompt,
-            n,
-        )
+        yield driver
     finally:
         server.shutdown()
         thread.join()
+
+
+def complete(driver, prompt: str, n: int) -> str:
+    """window.scratchlm.complete(prompt) greedy, as a web developer's code would call it."""
+    return driver.execute_async_script(
+        """const [prompt, n, done] = arguments;
+        (async () => {
+          while (!window.scratchlm) await new Promise((r) => setTimeout(r, 50));
+          return await window.scratchlm.complete(prompt, {max_new_tokens: n, temperature: 0});
+        })().then(done, (e) => done("ERROR: " + e));""",
+        prompt,
+        n,
+    )
+
+
+def complete_in_page(driver, folder: Path, prompt: str, n: int) -> str:
+    with opened(driver, folder):
+        return complete(driver, prompt, n)
 
 
 @pytest.mark.parametrize("kind", ["unigram", "bytelevel"])
@@ -145,7 +157,21 @@ def test_web_page_of_an_sft_run_chats_and_stops_at_end_of_turn(llama_run, browse
     out = tmp_path / "site"
     scratchlm.export(run, format="web", out=out, vendor=vendor)
     assert json.loads((out / "scratchlm.json").read_text())["chat"] is True
-    assert complete_in_page(browser, out, question, 20) == reply
+    with opened(browser, out) as page:
+        assert complete(page, question, 20) == reply
+        # The visible page: the same reply streamed into its output, the buttons back at rest.
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        for field, value in (("temperature", "0"), ("max-tokens", "20")):
+            page.find_element(By.ID, field).clear()
+            page.find_element(By.ID, field).send_keys(value)
+        page.find_element(By.ID, "prompt").send_keys(question)
+        page.find_element(By.ID, "send").click()
+        WebDriverWait(page, 60).until(lambda d: d.find_element(By.ID, "status").text == "Done.")
+        assert page.find_element(By.ID, "output").text == reply.strip()
+        assert page.find_element(By.ID, "stop").get_attribute("disabled") is not None
+        assert page.find_element(By.ID, "send").is_enabled()
 
 
 def test_web_export_defaults_to_the_pinned_cdn_and_refuses_a_bad_vendor(trained_run, tmp_path, capsys):
