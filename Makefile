@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 TORCH   := torch==2.13.0
 STAMP   := $(VENV)/.installed
 
-.PHONY: install demo test test-slow lint clean
+.PHONY: install demo test test-slow lint clean web-runtime
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,6 +16,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The browser runtime of `export --format web` (wllama), for its test: installed here, never at test time.
+WLLAMA  := @wllama/wllama@3.13.0
+web-runtime:
+	npm install --ignore-scripts --no-audit --no-fund --prefix build/web-runtime $(WLLAMA)
 
 demo: $(STAMP)
 	$(BIN)/scratchlm demo

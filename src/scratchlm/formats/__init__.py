@@ -18,8 +18,8 @@ from pathlib import Path
 from ..common import UserError, atomic_path, atomic_write_text
 from ..run import Run
 
-FORMATS = ("hf", "gguf")
-DTYPES = {"hf": ("f32", "f16", "bf16"), "gguf": ("f32", "f16", "q8_0", "q4_k_m")}
+FORMATS = ("hf", "gguf", "web")
+DTYPES = {"hf": ("f32", "f16", "bf16"), "gguf": ("f32", "f16", "q8_0", "q4_k_m"), "web": ("f32", "f16", "q8_0")}
 DTYPE_ALIASES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 # Every exported folder holds this file: --force replaces only a folder that has it (or a GGUF file),
 # so a mistyped --out never deletes a run, its parent, or anything else export did not write.
@@ -36,12 +36,16 @@ def write_export(
     checkpoint: str = "best",
     dtype: str = "f32",
     force: bool = False,
+    vendor: str | Path | None = None,
 ) -> Path:
-    """Write RUN's model as a Hugging Face folder (fmt "hf") or a .gguf file (fmt "gguf")."""
+    """Write RUN's model as a Hugging Face folder (fmt "hf"), a .gguf file (fmt "gguf") or a static web page
+    folder (fmt "web"; `vendor`: a node_modules folder holding @wllama/wllama, copied in for offline use)."""
     from ..checkpoint import load
 
     if fmt not in FORMATS:
-        raise UserError(f"--format {fmt}: unknown format; use hf or gguf")
+        raise UserError(f"--format {fmt}: unknown format; use hf, gguf or web")
+    if vendor is not None and fmt != "web":
+        raise UserError(f"--vendor: only --format web uses it, not {fmt}")
     dtype = DTYPE_ALIASES.get(dtype, dtype)
     if dtype not in DTYPES[fmt]:
         raise UserError(f"--dtype {dtype}: {fmt} export supports {', '.join(DTYPES[fmt])}")
@@ -54,6 +58,10 @@ def write_export(
         from .gguf import llama_cpp_quantizer
 
         llama_cpp_quantizer()  # a missing llama-cpp-python fails before anything is written
+    if fmt == "web":
+        from .webpage import check_vendor
+
+        check_vendor(vendor)  # before the slow part
     lm = load(run.root, checkpoint)
 
     if fmt == "hf":
@@ -67,12 +75,15 @@ def write_export(
 
         def write(tmp: Path) -> None:
             write_hf_folder(lm, run.tokenizer_dir, tmp, dtype, card)
-            written = sorted(p.name for p in tmp.iterdir())
-            (tmp / MARKER).write_text(
-                "Written by `scratchlm export`: `--force` replaces the files listed below and keeps the "
-                "rest.\n" + "".join(f"{name}\n" for name in written),
-                encoding="utf-8",
-            )
+            _write_marker(tmp)
+
+        _replace_dir(out, write)
+    elif fmt == "web":
+        from .webpage import write_web
+
+        def write(tmp: Path) -> None:
+            write_web(lm, run.tokenizer_dir, tmp, dtype, run.root.name, bool(run.base), vendor)
+            _write_marker(tmp)
 
         _replace_dir(out, write)
     else:
@@ -102,10 +113,19 @@ def _write_modelfile(lm, out: Path, sft: bool, sample) -> None:
     atomic_write_text(path, modelfile(lm, out.name, sft, sample))
 
 
+def _write_marker(folder: Path) -> None:
+    written = sorted(p.name for p in folder.iterdir())
+    (folder / MARKER).write_text(
+        "Written by `scratchlm export`: `--force` replaces the files listed below and keeps the "
+        "rest.\n" + "".join(f"{name}\n" for name in written),
+        encoding="utf-8",
+    )
+
+
 def check_out(out: Path, run_root: Path, fmt: str, force: bool) -> None:
     """Refuse an --out that is, holds or sits inside a run, or that exists and was not written by export."""
     where, run_root = out.resolve(), run_root.resolve()
-    beside = run_root.with_name(run_root.name + ("-hf" if fmt == "hf" else ".gguf"))
+    beside = run_root.with_name(run_root.name + {"hf": "-hf", "gguf": ".gguf", "web": "-web"}[fmt])
     owner = next((p for p in (where, *where.parents) if Run.at(p).is_run()), None)
     if owner is not None:
         relation = "is the run directory" if owner == where else f"is inside the run directory {owner}"
@@ -124,7 +144,7 @@ def check_out(out: Path, run_root: Path, fmt: str, force: bool) -> None:
                     "export: choose another path"
                 )
     elif not out.is_dir():
-        raise UserError(f"--out {out}: is a file; hf export writes a folder: choose another path")
+        raise UserError(f"--out {out}: is a file; {fmt} export writes a folder: choose another path")
     elif not any(out.iterdir()):
         return  # an empty folder: nothing to lose
     elif not (out / MARKER).is_file():
