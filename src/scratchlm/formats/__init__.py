@@ -17,8 +17,8 @@ from pathlib import Path
 from ..common import UserError, atomic_path
 from ..run import Run
 
-FORMATS = ("hf", "gguf")
-DTYPES = {"hf": ("f32", "f16", "bf16"), "gguf": ("f32", "f16", "q8_0")}
+FORMATS = ("hf", "gguf", "onnx")
+DTYPES = {"hf": ("f32", "f16", "bf16"), "gguf": ("f32", "f16", "q8_0"), "onnx": ("f32",)}
 # Every exported folder holds this file: --force replaces only a folder that has it (or a GGUF file),
 # so a mistyped --out never deletes a run, its parent, or anything else export did not write.
 MARKER = ".scratchlm-export"
@@ -39,7 +39,7 @@ def write_export(
     from ..checkpoint import load
 
     if fmt not in FORMATS:
-        raise UserError(f"--format {fmt}: unknown format; use hf or gguf")
+        raise UserError(f"--format {fmt}: unknown format; use {', '.join(FORMATS)}")
     if dtype not in DTYPES[fmt]:
         raise UserError(f"--dtype {dtype}: {fmt} export supports {', '.join(DTYPES[fmt])}")
     out = Path(out)
@@ -47,6 +47,10 @@ def write_export(
     if not run.root.is_dir():
         raise UserError(f"{run.root}: no such run directory")
     check_out(out, run.root, fmt, force)
+    if fmt == "onnx":
+        from .onnx import check_onnx_installed
+
+        check_onnx_installed()
     lm = load(run.root, checkpoint)
 
     if fmt == "hf":
@@ -60,14 +64,20 @@ def write_export(
 
         def write(tmp: Path) -> None:
             write_hf_folder(lm, run.tokenizer_dir, tmp, dtype, card)
-            written = sorted(p.name for p in tmp.iterdir())
-            (tmp / MARKER).write_text(
-                "Written by `scratchlm export`: `--force` replaces the files listed below and keeps the "
-                "rest.\n" + "".join(f"{name}\n" for name in written),
-                encoding="utf-8",
-            )
+            _write_marker(tmp)
 
         _replace_dir(out, write)
+    elif fmt == "onnx":
+        from .adapters import check_exportable
+        from .onnx import write_onnx_folder
+
+        check_exportable(lm.config.model)  # its config.json is the hf export's: the same models export
+
+        def write_onnx(tmp: Path) -> None:
+            write_onnx_folder(lm, run.tokenizer_dir, tmp)
+            _write_marker(tmp)
+
+        _replace_dir(out, write_onnx)
     else:
         from .gguf import write_gguf
 
@@ -76,10 +86,20 @@ def write_export(
     return out
 
 
+def _write_marker(folder: Path) -> None:
+    """The marker, listing what the export wrote into `folder` (what a later --force may replace)."""
+    written = sorted(p.name for p in folder.iterdir())
+    (folder / MARKER).write_text(
+        "Written by `scratchlm export`: `--force` replaces the files listed below and keeps the rest.\n"
+        + "".join(f"{name}\n" for name in written),
+        encoding="utf-8",
+    )
+
+
 def check_out(out: Path, run_root: Path, fmt: str, force: bool) -> None:
     """Refuse an --out that is, holds or sits inside a run, or that exists and was not written by export."""
     where, run_root = out.resolve(), run_root.resolve()
-    beside = run_root.with_name(run_root.name + ("-hf" if fmt == "hf" else ".gguf"))
+    beside = run_root.with_name(run_root.name + {"hf": "-hf", "gguf": ".gguf"}.get(fmt, f"-{fmt}"))
     owner = next((p for p in (where, *where.parents) if Run.at(p).is_run()), None)
     if owner is not None:
         relation = "is the run directory" if owner == where else f"is inside the run directory {owner}"
@@ -98,7 +118,7 @@ def check_out(out: Path, run_root: Path, fmt: str, force: bool) -> None:
                     "export: choose another path"
                 )
     elif not out.is_dir():
-        raise UserError(f"--out {out}: is a file; hf export writes a folder: choose another path")
+        raise UserError(f"--out {out}: is a file; {fmt} export writes a folder: choose another path")
     elif not any(out.iterdir()):
         return  # an empty folder: nothing to lose
     elif not (out / MARKER).is_file():
