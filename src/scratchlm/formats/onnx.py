@@ -138,19 +138,21 @@ def export_onnx(model: GPT, path: Path) -> None:
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            wrapper,
-            args,
-            dynamo=True,
-            dynamic_shapes=dynamic,
-            input_names=inputs,
-            output_names=outputs,
-            external_data=False,
-            verbose=False,
-        )
-    quiet.setLevel(level)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                wrapper,
+                args,
+                dynamo=True,
+                dynamic_shapes=dynamic,
+                input_names=inputs,
+                output_names=outputs,
+                external_data=False,
+                verbose=False,
+            )
+    finally:
+        quiet.setLevel(level)
     program.save(str(path), external_data=False)
 
 
