@@ -3,6 +3,7 @@ and greedy ids against scratchlm's, with the KV cache fed back as transformers.j
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -16,11 +17,12 @@ from scratchlm.config import ModelConfig
 from scratchlm.formats.onnx import export_onnx
 from scratchlm.model import GPT
 
+from .conftest import missing_tool
 from .test_export import greedy, make_run, prompt_ids, tiny_config
 
-ort = pytest.importorskip("onnxruntime")
-pytest.importorskip("onnx")
-pytest.importorskip("onnxscript")
+if any(importlib.util.find_spec(m) is None for m in ("onnx", "onnxscript", "onnxruntime")):
+    missing_tool("needs onnx, onnxscript and onnxruntime: pip install 'scratchlm[onnx]'")
+import onnxruntime as ort  # noqa: E402
 
 FLAVOURS = {
     "gpt2": dict(flavour="gpt2"),

@@ -1,10 +1,10 @@
-"""Model file formats: write a run's model as a Hugging Face folder or a GGUF file, and read a Hugging Face
-folder into a run (what `scratchlm export` and `scratchlm import` call).
+"""Model file formats: write a run's model as a Hugging Face folder, a GGUF file or a transformers.js (ONNX)
+folder, and read a Hugging Face folder into a run (what `scratchlm export` and `scratchlm import` call).
 
 adapters.py maps keys and configs between scratchlm and transformers; hf_folder.py writes the folder,
-hf_import.py reads one, gguf.py writes llama.cpp's file, card.py the model card. An export never replaces what
-it did not write. transformers and gguf are imported lazily inside the functions that need them (the
-`[export]` extra).
+hf_import.py reads one, gguf.py writes llama.cpp's file, onnx.py transformers.js' folder, card.py the model
+card. An export never replaces what it did not write. transformers and gguf (the `[export]` extra), onnx
+and onnxscript (`[onnx]`) are imported lazily inside the functions that need them.
 """
 
 from __future__ import annotations

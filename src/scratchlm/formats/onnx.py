@@ -30,12 +30,13 @@ ONNX_FILE = "onnx/model.onnx"
 
 
 def check_onnx_installed() -> None:
-    """UserError naming the extra when torch.onnx's exporter cannot run (it needs onnx and onnxscript)."""
+    """UserError naming the extra when torch.onnx's exporter cannot run (it needs onnx and onnxscript) or
+    generation_config.json cannot be written (transformers)."""
     import importlib.util
 
-    missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+    missing = [m for m in ("onnx", "onnxscript", "transformers") if importlib.util.find_spec(m) is None]
     if missing:
-        raise UserError(f"--format onnx needs {' and '.join(missing)}: pip install 'scratchlm[onnx]'")
+        raise UserError(f"--format onnx needs {', '.join(missing)}: pip install 'scratchlm[onnx]'")
 
 
 def io_names(n_layer: int) -> tuple[list[str], list[str]]:
