@@ -3,6 +3,7 @@ and greedy ids against scratchlm's, with the KV cache fed back as transformers.j
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 from pathlib import Path
@@ -20,15 +21,19 @@ from scratchlm.model import GPT
 from .conftest import missing_tool
 from .test_export import greedy, make_run, prompt_ids, tiny_config
 
-if any(importlib.util.find_spec(m) is None for m in ("onnx", "onnxscript", "onnxruntime")):
-    missing_tool("needs onnx, onnxscript and onnxruntime: pip install 'scratchlm[onnx]'")
-import onnxruntime as ort  # noqa: E402
+ort = importlib.import_module("onnxruntime") if importlib.util.find_spec("onnxruntime") else None
 
 FLAVOURS = {
     "gpt2": dict(flavour="gpt2"),
     # GQA: 4 query heads share 2 key/value heads
     "llama": dict(flavour="llama", bias=False, n_head=4, n_kv_head=2, tie_embeddings=False),
 }
+
+
+@pytest.fixture(autouse=True)
+def _needs_onnx():
+    if any(importlib.util.find_spec(m) is None for m in ("onnx", "onnxscript", "onnxruntime")):
+        missing_tool("needs onnx, onnxscript and onnxruntime: pip install 'scratchlm[onnx]'")
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +148,13 @@ def test_onnx_left_padded_batch_equals_each_row_alone(prepared, tmp_path):
         np.testing.assert_allclose(logits[b, width - len(r) :], alone[:-1], atol=1e-4, rtol=0)
         np.testing.assert_allclose(step_logits[b, 0], alone[-1], atol=1e-4, rtol=0)
     assert np.isfinite(logits).all()  # the padded queries see themselves: no NaN
+
+    # --force replaces what export wrote (the onnx/ folder included) and keeps what the user added
+    (out / "onnx" / "model.onnx").write_bytes(b"stale")
+    (out / "notes.txt").write_text("mine")
+    assert main(["export", str(run), "--format", "onnx", "--out", str(out), "--force"]) == 0
+    assert (out / "notes.txt").read_text() == "mine"
+    assert ort.InferenceSession(str(out / "onnx" / "model.onnx")).get_outputs()[0].name == "logits"
 
 
 def test_onnx_graph_runs_qk_norm(tmp_path):
