@@ -1,5 +1,6 @@
 """Export benchmark: export time and file size per format, and greedy generation speed of the same
-weights in scratchlm, transformers and llama.cpp (llama-cpp-python, when installed), in one run.
+weights in scratchlm, transformers, llama.cpp (llama-cpp-python, when installed) and onnxruntime on the
+transformers.js export (when installed), in one run.
 
     PYTHONPATH=src python bench/export.py [--preset small] [--flavour llama] [--tokens 128] [--threads 1]
 
@@ -53,6 +54,40 @@ def make_run(root: Path, preset: str, flavour: str) -> Path:
     return run
 
 
+def ort_generator(folder: Path, ids: list[int], n: int, threads: int):
+    """Greedy decoding in onnxruntime with the KV cache, fed as transformers.js feeds it."""
+    import numpy as np
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = threads
+    session = ort.InferenceSession(str(folder / "onnx" / "model.onnx"), opts)
+    names = [o.name for o in session.get_outputs()]
+    empty = {
+        i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
+        for i in session.get_inputs()
+        if i.name.startswith("past_key_values.")
+    }
+
+    def generate() -> list[int]:
+        out, past, new = [], empty, np.array([ids], dtype=np.int64)
+        while len(out) < n:
+            total = len(ids) + len(out)
+            feeds = {
+                "input_ids": new,
+                "attention_mask": np.ones((1, total), np.int64),
+                "position_ids": np.arange(total - new.shape[1], total, dtype=np.int64)[None],
+                **past,
+            }
+            res = dict(zip(names, session.run(None, feeds), strict=True))
+            out.append(int(res["logits"][0, -1].argmax()))
+            past = {k.replace("present.", "past_key_values."): v for k, v in res.items() if k != "logits"}
+            new = np.array([[out[-1]]], dtype=np.int64)
+        return out
+
+    return generate
+
+
 def timed(fn) -> float:
     t = time.perf_counter()
     fn()
@@ -77,8 +112,9 @@ def main() -> None:
         n_params = sum(p.numel() for p in lm.model.parameters())
         print(f"{a.preset} {a.flavour}: {n_params / 1e6:.1f}M parameters, {a.threads} threads")
         outs = {}
-        for fmt, dtype in (("hf", "f32"), ("gguf", "f32"), ("gguf", "f16"), ("gguf", "q8_0")):
-            out = root / f"{fmt}-{dtype}" if fmt == "hf" else root / f"m-{dtype}.gguf"
+        formats = [("hf", "f32"), ("gguf", "f32"), ("gguf", "f16"), ("gguf", "q8_0"), ("onnx", "f32")]
+        for fmt, dtype in formats:
+            out = root / f"m-{dtype}.gguf" if fmt == "gguf" else root / f"{fmt}-{dtype}"
             s = timed(lambda fmt=fmt, out=out, dtype=dtype: export(run, fmt, out, dtype=dtype))
             size = sum(f.stat().st_size for f in out.rglob("*")) if out.is_dir() else out.stat().st_size
             print(f"export {fmt:4s} {dtype:5s}: {s:6.2f} s, {size / 2**20:7.2f} MiB")
@@ -123,6 +159,10 @@ def main() -> None:
                     return out
 
                 engines[f"llama.cpp ({dtype})"] = gen
+        try:
+            engines["onnxruntime (f32 ONNX)"] = ort_generator(outs[("onnx", "f32")], ids, n, a.threads)
+        except ImportError:
+            print("onnxruntime is not installed: its row is skipped")
         times: dict[str, list[float]] = {name: [] for name in engines}
         outputs = {name: fn() for name, fn in engines.items()}  # one untimed warm-up run each
         for _ in range(a.repeats):
@@ -135,7 +175,11 @@ def main() -> None:
             tps = n / statistics.median(ts)
             same = "same tokens" if outputs[name] == reference else "different tokens"
             print(f"{name:24s} {tps:8.1f} tokens/s  ({tps / base:.2f}x scratchlm)  {same}")
-        f32 = [outputs["transformers (f32)"], outputs.get("llama.cpp (f32)", reference)]
+        f32 = [
+            outputs[k]
+            for k in ("transformers (f32)", "llama.cpp (f32)", "onnxruntime (f32 ONNX)")
+            if k in outputs
+        ]
         if any(out != reference for out in f32):
             raise SystemExit("an f32 engine produced other tokens than scratchlm: the export is wrong")
 

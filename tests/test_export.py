@@ -625,8 +625,11 @@ def test_bad_input_is_one_line_exit_2(prepared, tmp_path, capsys):
     )
 
     run = make_run(prepared, tmp_path / "run")
-    assert "--format onnx: must be one of 'hf', 'gguf'" in _error(
-        capsys, ["export", str(run), "--format", "onnx", "--out", str(tmp_path / "x")]
+    assert "--format tflite: must be one of 'hf', 'gguf', 'onnx'" in _error(
+        capsys, ["export", str(run), "--format", "tflite", "--out", str(tmp_path / "x")]
+    )
+    assert "--dtype f16: onnx export supports f32" in _error(
+        capsys, ["export", str(run), "--format", "onnx", "--out", str(tmp_path / "x"), "--dtype", "f16"]
     )
     assert "--dtype q8_0" in _error(
         capsys, ["export", str(run), "--format", "hf", "--out", str(tmp_path / "x"), "--dtype", "q8_0"]

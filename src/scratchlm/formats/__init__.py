@@ -1,10 +1,10 @@
-"""Model file formats: write a run's model as a Hugging Face folder or a GGUF file, and read a Hugging Face
-folder into a run (what `scratchlm export` and `scratchlm import` call).
+"""Model file formats: write a run's model as a Hugging Face folder, a GGUF file or a transformers.js (ONNX)
+folder, and read a Hugging Face folder into a run (what `scratchlm export` and `scratchlm import` call).
 
 adapters.py maps keys and configs between scratchlm and transformers; hf_folder.py writes the folder,
-hf_import.py reads one, gguf.py writes llama.cpp's file, card.py the model card. An export never replaces what
-it did not write. transformers and gguf are imported lazily inside the functions that need them (the
-`[export]` extra).
+hf_import.py reads one, gguf.py writes llama.cpp's file, onnx.py transformers.js' folder, card.py the model
+card. An export never replaces what it did not write. transformers and gguf (the `[export]` extra), onnx
+and onnxscript (`[onnx]`) are imported lazily inside the functions that need them.
 """
 
 from __future__ import annotations
@@ -18,8 +18,13 @@ from pathlib import Path
 from ..common import UserError, atomic_path, atomic_write_text
 from ..run import Run
 
-FORMATS = ("hf", "gguf", "web")
-DTYPES = {"hf": ("f32", "f16", "bf16"), "gguf": ("f32", "f16", "q8_0", "q4_k_m"), "web": ("f32", "f16", "q8_0")}
+FORMATS = ("hf", "gguf", "onnx", "web")
+DTYPES = {
+    "hf": ("f32", "f16", "bf16"),
+    "gguf": ("f32", "f16", "q8_0", "q4_k_m"),
+    "onnx": ("f32",),
+    "web": ("f32", "f16", "q8_0"),
+}
 DTYPE_ALIASES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 # Every exported folder holds this file: --force replaces only a folder that has it (or a GGUF file),
 # so a mistyped --out never deletes a run, its parent, or anything else export did not write.
@@ -43,7 +48,7 @@ def write_export(
     from ..checkpoint import load
 
     if fmt not in FORMATS:
-        raise UserError(f"--format {fmt}: unknown format; use hf, gguf or web")
+        raise UserError(f"--format {fmt}: unknown format; use {', '.join(FORMATS)}")
     if vendor is not None and fmt != "web":
         raise UserError(f"--vendor: only --format web uses it, not {fmt}")
     dtype = DTYPE_ALIASES.get(dtype, dtype)
@@ -62,6 +67,10 @@ def write_export(
         from .webpage import check_vendor
 
         check_vendor(vendor)  # before the slow part
+    if fmt == "onnx":
+        from .onnx import check_onnx_installed
+
+        check_onnx_installed()
     lm = load(run.root, checkpoint)
 
     if fmt == "hf":
@@ -86,6 +95,17 @@ def write_export(
             _write_marker(tmp)
 
         _replace_dir(out, write)
+    elif fmt == "onnx":
+        from .adapters import check_exportable
+        from .onnx import write_onnx_folder
+
+        check_exportable(lm.config.model)  # its config.json is the hf export's: the same models export
+
+        def write_onnx(tmp: Path) -> None:
+            write_onnx_folder(lm, run.tokenizer_dir, tmp)
+            _write_marker(tmp)
+
+        _replace_dir(out, write_onnx)
     else:
         from .gguf import write_gguf
 
@@ -114,10 +134,11 @@ def _write_modelfile(lm, out: Path, sft: bool, sample) -> None:
 
 
 def _write_marker(folder: Path) -> None:
+    """The marker, listing what the export wrote into `folder` (what a later --force may replace)."""
     written = sorted(p.name for p in folder.iterdir())
     (folder / MARKER).write_text(
-        "Written by `scratchlm export`: `--force` replaces the files listed below and keeps the "
-        "rest.\n" + "".join(f"{name}\n" for name in written),
+        "Written by `scratchlm export`: `--force` replaces the files listed below and keeps the rest.\n"
+        + "".join(f"{name}\n" for name in written),
         encoding="utf-8",
     )
 

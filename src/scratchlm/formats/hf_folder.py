@@ -39,7 +39,6 @@ def _tokenizer_config(tok_dir: Path, tokenizer) -> dict:
 
 def write_hf_folder(lm, tok_dir: Path, out: Path, dtype: str, card: str) -> None:
     """Write the model, tokenizer, generation config and model card of a LoadedModel into `out`."""
-    from transformers import GenerationConfig
     from transformers.utils import logging
 
     logging.disable_progress_bar()  # one "wrote DIR" line is enough for a model this small
@@ -47,7 +46,16 @@ def write_hf_folder(lm, tok_dir: Path, out: Path, dtype: str, card: str) -> None
     torch_dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[dtype]
     hf = to_hf_model(lm.model, start_id(tok), tok.eos_id, tok.pad_id, dtype=torch_dtype)
     hf.save_pretrained(out)
-    sc = lm.config.sample
+    write_generation_config(lm, out)
+    write_tokenizer_files(tok, tok_dir, out)
+    (out / "README.md").write_text(card, encoding="utf-8")
+
+
+def write_generation_config(lm, out: Path) -> None:
+    """generation_config.json: the run's start and stop ids and its sampling settings."""
+    from transformers import GenerationConfig
+
+    tok, sc = lm.tokenizer, lm.config.sample
     gen = GenerationConfig(
         bos_token_id=start_id(tok),
         eos_token_id=stop_ids(tok),  # generate() ends a chat reply at <|end|>, a document at <|eos|>
@@ -59,9 +67,12 @@ def write_hf_folder(lm, tok_dir: Path, out: Path, dtype: str, card: str) -> None
         max_length=lm.config.model.block_size,
     )
     gen.save_pretrained(out)
+
+
+def write_tokenizer_files(tok, tok_dir: Path, out: Path) -> None:
+    """The run's tokenizer files, with tokenizer_config.json naming the special tokens and chat template."""
     for name in TOKENIZER_FILES:
         if (tok_dir / name).is_file() and name != "tokenizer_config.json":
             shutil.copyfile(tok_dir / name, out / name)
     cfg_text = json.dumps(_tokenizer_config(tok_dir, tok), indent=2, ensure_ascii=False) + "\n"
     (out / "tokenizer_config.json").write_text(cfg_text, encoding="utf-8")
-    (out / "README.md").write_text(card, encoding="utf-8")
