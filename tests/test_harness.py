@@ -87,3 +87,29 @@ def test_rolling_log_likelihood_matches_hflm(trained_run, tmp_path, monkeypatch,
     assert a["results"]["wp_pages"]["bits_per_byte,none"] == pytest.approx(
         b["results"]["wp_pages"]["bits_per_byte,none"], rel=1e-5
     )
+
+
+def test_eval_command_runs_a_local_task_into_eval_json_and_report(trained_run, monkeypatch, one_thread):
+    import json
+
+    from scratchlm.cli import main
+
+    monkeypatch.chdir(REPO)
+    tasks = "tests/assets/lm_eval_tasks"
+    argv = ["eval", str(trained_run), "--tasks", "wp_next", "--include-path", tasks, "--limit", "4"]
+    assert main(argv + ["--prompts", "[]"]) == 0
+    bench = json.loads((trained_run / "eval.json").read_text())["benchmarks"]
+    assert set(bench["tasks"]["wp_next"]) >= {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr"}
+    assert "| wp_next | acc |" in (trained_run / "report.md").read_text()
+
+
+@pytest.mark.slow  # lm-eval indexes its ~15,000 bundled tasks: about a minute here
+def test_unknown_task_is_one_line(trained_run, monkeypatch, capsys):
+    from scratchlm.cli import main
+
+    monkeypatch.chdir(REPO)
+    argv = ["eval", str(trained_run), "--tasks", "no_such_task", "--include-path", str(TASKS)]
+    # Not in the include path: lm-eval's own ~15,000 tasks are indexed, then the name is refused.
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no_such_task" in err[0]
