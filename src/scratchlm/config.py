@@ -342,6 +342,17 @@ class EvalConfig(Checked):
     """New tokens per eval sample."""
     seed: int = bounded(1234, ge=0)
     """Seed of every eval sample, so reports of different runs and steps are comparable."""
+    tasks: list[str] | str = field(default_factory=list)
+    """lm-evaluation-harness tasks to run (pip install 'scratchlm[eval]'): hellaswag,arc_easy,... or a task
+    of --include-path; results go to eval.json's benchmarks section and report.md."""
+    include_path: str | None = None
+    """A folder of your own lm-eval task YAMLs (lm-eval reads their data_files from the current folder)."""
+    limit: float | None = bounded(None, gt=0)
+    """Documents per task (a number below 1: that share of them); default all."""
+    num_fewshot: int | None = bounded(None, ge=0)
+    """Few-shot examples per prompt (default: each task's own)."""
+    apply_chat_template: bool = False
+    """Render prompts with the run's chat template (SFT runs)."""
 
 
 @dataclass

@@ -134,6 +134,10 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out=None) -
         **_train_facts(run),
         "samples": [{"prompt": p, "text": t, "seed": cfg.seed} for p, t in samples],
     }
+    if cfg.tasks:
+        from .benchmarks import run_benchmarks
+
+        result["benchmarks"] = run_benchmarks(lm, cfg)
     # Shown before anything is written, so a read-only run still gives its numbers.
     print(
         f"{run.root} on {source}: loss {result['loss']:.4f}  perplexity {result['perplexity']:.2f}  "
@@ -190,6 +194,10 @@ def render_report(result: dict, config: dict, run: Run) -> str:
             "```",
             "",
         ]
+    if result.get("benchmarks"):
+        from .benchmarks import report_lines
+
+        lines += report_lines(result["benchmarks"])
     lines += ["## Config", "", "```yaml", yaml.safe_dump(config, sort_keys=False).rstrip(), "```", ""]
     return "\n".join(lines)
 

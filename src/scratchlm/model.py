@@ -255,14 +255,22 @@ class GPT(nn.Module):
         matmul_weights = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
         return 6 * matmul_weights + 12 * c.n_layer * c.n_embd * c.block_size
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None):
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        logits_to_keep: int = 0,
+    ):
         """idx (B, T) → logits (B, T, vocab_size), and the mean loss when targets are given.
 
         Targets of -1 are ignored. With a cache, positions continue from `cache.pos` (per row when a tensor).
+        logits_to_keep > 0 (transformers' name) computes the logits of the last that many positions only:
+        a prefill that needs one position's logits skips the head's matmul for the rest.
         """
         B, T = idx.shape
         if cache is not None and not isinstance(cache.pos, int):
-            return self._forward_rows(idx, cache)
+            return self._forward_rows(idx, cache, logits_to_keep)
         start = cache.pos if cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
@@ -277,9 +285,9 @@ class GPT(nn.Module):
             x = block(x, rope, cache, i)
         if cache is not None:
             cache.pos += T
-        return self._head(x, targets)
+        return self._head(x, targets, logits_to_keep)
 
-    def _forward_rows(self, idx: torch.Tensor, cache: KVCache):
+    def _forward_rows(self, idx: torch.Tensor, cache: KVCache, logits_to_keep: int = 0):
         """The cached forward when each row continues from its own position cache.pos[b]: logits, None.
 
         A separate path so the scalar one (batch-1 sampling, eval) keeps its few ops per step.
@@ -305,9 +313,12 @@ class GPT(nn.Module):
         for i, block in enumerate(self.transformer.h):
             x = block(x, rope, cache, i, slots)
         cache.pos += T
-        return self._head(x, None)
+        return self._head(x, None, logits_to_keep)
 
-    def _head(self, x: torch.Tensor, targets: torch.Tensor | None):
+    def _head(self, x: torch.Tensor, targets: torch.Tensor | None, logits_to_keep: int = 0):
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]  # (B, logits_to_keep, n_embd)
+            targets = None if targets is None else targets[:, -logits_to_keep:]
         x = self.transformer.ln_f(x)
         # Padding rows of the head exist only for matmul speed: they are cut so they are never sampled.
         logits = self.lm_head(x)  # (B, T, padded_vocab_size)
