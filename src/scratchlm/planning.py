@@ -250,7 +250,9 @@ class Plan:
             f"plan for {self.minutes:g} minutes on {self.device} (measured tokens/s: {measured})",
             f"  model: {s.n_layer} layers x {s.n_embd} wide, {s.n_head} heads, context {s.block_size}: "
             f"{self.chosen.params:,} parameters",
-            f"  train: {self.rows} x {s.block_size} tokens a step, ~{self.steps:,} steps, "
+            f"  train: {self.rows} x {s.block_size} tokens a step, ~{self.steps:,} steps at the probe's "
+            "speed "
+            "(evaluations and saves counted; a busier machine trains fewer), "
             f"{self.settings['train']['optimizer']} at lr {s.lr:g}, {self.chosen.dtype}, "
             f"{self.chosen.tokens_per_s:,.0f} tokens/s",
             f"  data:  ~{self.train_tokens:,} tokens = {epochs:.1f} epochs of the "
