@@ -323,7 +323,8 @@ def make_plan(run_dir, cfg: RunConfig, minutes: float) -> Plan:
         # The probe's own steps (PROBE_ROWS rows) are part of the same process's peak under --preset auto:
         # 6x384 at 4 rows measured 1,170 MB against 780 MB estimated at the training's rows.
         peak_rows = max(rows, PROBE_ROWS)
-        mem = estimate_memory(_model_config(shape, vocab), peak_rows, OPTIMIZER, p.dtype == "bfloat16", baseline)
+        bf16 = p.dtype == "bfloat16"
+        mem = estimate_memory(_model_config(shape, vocab), peak_rows, OPTIMIZER, bf16, baseline)
         if chosen is not None and available and device.type == "cpu" and mem.total > 0.8 * available:
             why = "a larger model would not fit in memory"
             break
