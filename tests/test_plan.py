@@ -186,3 +186,23 @@ def test_batch_probe_takes_out_of_memory_as_does_not_fit():
     assert fits == 16
     assert all(p.grad is None for p in model.parameters())  # the probe leaves no gradients behind
     assert torch.equal(before, torch.random.get_rng_state())  # nor a shifted random stream
+
+
+def test_a_tiny_budget_plans_no_more_steps_than_it_trains(prepared, monkeypatch, capsys):
+    """3 s promised dozens of steps and trained a few (0.6 s: 12 and 2): the first evaluation and save,
+    and the final one, take most of a short budget, and the plan now counts them."""
+    from scratchlm.commands.train import train
+
+    monkeypatch.setattr(planning, "LADDER", planning.LADDER[:1])
+    planned = planning.make_plan(prepared, RunConfig(), 0.05)
+    trained = train(prepared, preset="auto", train={"max_minutes": 0.05})["step"]
+    assert 1 <= planned.steps <= trained, (planned.steps, trained)
+
+
+def test_the_step_estimate_counts_evaluations_and_saves():
+    """A minute at 0.1 s a step is 600 steps of compute; the evaluations (first, every quarter, last) and
+    their checkpoint writes take their share, and the bigger the model the more its writes cost."""
+    small = planning.steps_in_budget(60, 0.1, 1_000_000, eval_batches=20)
+    assert 400 < small < 600
+    assert planning.steps_in_budget(60, 0.1, 100_000_000, eval_batches=20) < small
+    assert planning.steps_in_budget(1, 0.1, 1_000_000, eval_batches=20) == 1

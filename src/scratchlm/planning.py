@@ -132,6 +132,9 @@ def _params(model: ModelConfig) -> int:
         return GPT(model).num_params()
 
 
+_PLAN_BASELINE: dict[str, int] = {}  # the process's memory when it first planned, before any probe
+
+
 def _rss() -> int:
     """This process's resident memory now (Linux), 0 where /proc is absent."""
     return _proc_bytes("/proc/self/status", "VmRSS:") or 0
@@ -160,7 +163,10 @@ class Probe:
     params: int
 
 
-def probe(shape: Shape, vocab_size: int, device, rows: int = 8, seconds: float = 0.6) -> Probe:
+PROBE_ROWS = 8
+
+
+def probe(shape: Shape, vocab_size: int, device, rows: int = PROBE_ROWS, seconds: float = 0.6) -> Probe:
     """Training tokens/s of `shape` on this machine: a few real steps (forward, backward, optimizer) on
     random tokens, float32 and, where the hardware has bfloat16, autocast bf16; the faster one."""
     import torch
@@ -249,7 +255,9 @@ class Plan:
             f"plan for {self.minutes:g} minutes on {self.device} (measured tokens/s: {measured})",
             f"  model: {s.n_layer} layers x {s.n_embd} wide, {s.n_head} heads, context {s.block_size}: "
             f"{self.chosen.params:,} parameters",
-            f"  train: {self.rows} x {s.block_size} tokens a step, ~{self.steps:,} steps, "
+            f"  train: {self.rows} x {s.block_size} tokens a step, ~{self.steps:,} steps at the probe's "
+            "speed "
+            "(evaluations and saves counted; a busier machine trains fewer), "
             f"{self.settings['train']['optimizer']} at lr {s.lr:g}, {self.chosen.dtype}, "
             f"{self.chosen.tokens_per_s:,.0f} tokens/s",
             f"  data:  ~{self.train_tokens:,} tokens = {epochs:.1f} epochs of the "
@@ -299,7 +307,7 @@ def make_plan(run_dir, cfg: RunConfig, minutes: float) -> Plan:
     corpus = sum(s["tokens"] for s in manifest["splits"]["train"])
     vocab = manifest["vocab_size"]
     device = pick_device(cfg.train.device)
-    baseline = _rss()
+    baseline = _PLAN_BASELINE.setdefault("rss", _rss())
     train_s = minutes * 60 * (1 - EVAL_SHARE)
     available = _available_memory()
     probes: list[Probe] = []
@@ -315,14 +323,19 @@ def make_plan(run_dir, cfg: RunConfig, minutes: float) -> Plan:
             why = f"a larger model would have over {MAX_PARAMS_PER_TOKEN:g} parameters per corpus token"
             break
         rows = _rows(tokens, shape)
-        mem = estimate_memory(_model_config(shape, vocab), rows, OPTIMIZER, p.dtype == "bfloat16", baseline)
+        # The probe's own steps (PROBE_ROWS rows) are part of the same process's peak under --preset auto:
+        # 6x384 at 4 rows measured 1,170 MB against 780 MB estimated at the training's rows.
+        peak_rows = max(rows, PROBE_ROWS)
+        bf16 = p.dtype == "bfloat16"
+        mem = estimate_memory(_model_config(shape, vocab), peak_rows, OPTIMIZER, bf16, baseline)
         if chosen is not None and available and device.type == "cpu" and mem.total > 0.8 * available:
             why = "a larger model would not fit in memory"
             break
-        chosen, chosen_tokens, chosen_rows, memory = p, tokens, rows, mem
+        chosen, chosen_rows, memory = p, rows, mem
     assert chosen is not None
     shape, rows = chosen.shape, chosen_rows
-    steps = max(1, int(chosen_tokens / (rows * shape.block_size)))
+    step_s = rows * shape.block_size / chosen.tokens_per_s
+    steps = steps_in_budget(minutes * 60, step_s, chosen.params, cfg.train.eval_batches)
     settings = {
         "model": _model_fields(shape),
         "train": {
@@ -338,10 +351,37 @@ def make_plan(run_dir, cfg: RunConfig, minutes: float) -> Plan:
             "warmup_steps": max(10, min(100, steps // 20)),
             "min_lr_ratio": 0.0,
             "schedule": "cosine",
-            "eval_interval": max(50, steps // 4),
+            "eval_interval": _eval_interval(steps),
         },
     }
     return Plan(minutes, str(device), corpus, probes, chosen, rows, steps, memory, why, settings)
+
+
+# What one evaluation and save costs beyond its forward passes: the best weights and a checkpoint (weights
+# and optimizer state) written and synced, metrics.csv and loss.png redrawn: 3 s for the first and
+# 1.5-3 s for later ones on this (contended) VM for models under 10M parameters (docs/benchmarks.md,
+# "Plan estimates against training").
+SAVE_FIXED_S = 1.5
+FIRST_EVAL_S = 1.5  # the first also imports and sets up matplotlib and the metrics file
+SAVE_BYTES_PER_S = 150 * 2**20
+
+
+def _eval_interval(steps: int) -> int:
+    return max(50, steps // 4)
+
+
+def steps_in_budget(budget_s: float, step_s: float, params: int, eval_batches: int) -> int:
+    """Optimizer steps the trainer fits in `budget_s` seconds at `step_s` a step: what the clock also spends
+    on the first step's warm-up (about two steps' time), an evaluation and save after the first step, at
+    every eval interval and at the end (forward passes over eval_batches micro-batches, ~1/3 of a step
+    each, and the checkpoint writes), and the last two steps' margin the clock keeps. A 0.6-second budget
+    promised 12 steps and trained 2 before this was counted."""
+    eval_s = eval_batches * step_s / 3 + SAVE_FIXED_S + 16 * params / SAVE_BYTES_PER_S
+    steps = max(0.0, budget_s / step_s)
+    for _ in range(3):  # the number of evaluations depends on the steps: settle it
+        evals = 2 + int(steps // _eval_interval(max(1, int(steps))))
+        steps = (budget_s - FIRST_EVAL_S - evals * eval_s) / step_s - 4
+    return max(1, int(steps))
 
 
 def _rows(tokens: float, shape: Shape) -> int:
@@ -366,7 +406,11 @@ def auto_batch(model, cfg: RunConfig, device, autocast, world_size: int = 1) -> 
     if device.type == "cuda":
         rows = largest_fitting(lambda b: _fits_on_gpu(model, b, T, device, autocast), most)
     else:
-        baseline = _rss()
+        # The process before the plan's probes and this model, not now: both are resident (freed memory
+        # the allocator keeps and training reuses) and the estimate counts them itself (counting them
+        # twice put the estimate 47% over the measured peak).
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        baseline = _PLAN_BASELINE.get("rss") or max(0, _rss() - weights)
         room = 0.8 * (_available_memory() or 2**34) + baseline
         bf16 = cfg.train.dtype == "bfloat16"
         rows = largest_fitting(
