@@ -37,7 +37,7 @@ def one(base: Path, work: Path, shape: planning.Shape, minutes: float, rows: int
     if rows:
         p.rows = rows
         p.settings["train"]["batch_size"] = rows
-    planning.apply_plan(cfg, p)
+    cfg = RunConfig.from_dict(p.settings, "the plan")  # what --preset auto would set
     t = time.time()
     with contextlib.redirect_stdout(io.StringIO()):
         train(run, cfg, resume=False)

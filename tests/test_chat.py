@@ -327,8 +327,8 @@ def test_a_base_model_chats_in_completion_mode(trained_run):
     assert out.getvalue() == lm.generate("The war", temperature=0.0, max_new_tokens=10) + "\n\n"
     notes = err.getvalue().splitlines()
     assert notes[0] == (
-        f"scratchlm: {trained_run} is a base model, not made by `scratchlm sft`: completion mode, each line "
-        "is continued as plain text"
+        f"scratchlm: {trained_run} is a base model, not instruction-tuned: completion mode, each line is "
+        f"continued as plain text (`scratchlm sft NEW_RUN --from {trained_run}` makes a chat model of it)"
     )
     assert "a base model has no system prompt" in notes[1]
 

@@ -53,7 +53,7 @@ SUMMARIES = {
     "sample": "generate text",
     "chat": "talk to the model",
     "serve": "OpenAI-compatible API + web chat page",
-    "export": "to Hugging Face transformers or GGUF (llama.cpp)",
+    "export": "to Hugging Face transformers, GGUF (llama.cpp, Ollama), ONNX or a browser page",
     "import": "a Hugging Face GPT-2 / Llama folder → a run",
     "plan": "the model and schedule --preset auto picks for M minutes",
     "demo": "prepare, train, eval and sample on the bundled book",
@@ -104,7 +104,9 @@ EXAMPLES = {
   (in the chat: /system TEXT, /reset, /temp X, /save FILE, /help; Ctrl-C stops a reply, Ctrl-D quits)""",
     "export": """examples:
   scratchlm export runs/demo --format hf --out exports/demo-hf         # AutoModelForCausalLM loads it
-  scratchlm export runs/demo --format gguf --out demo.gguf --dtype q8_0  # for llama.cpp tools
+  scratchlm export runs/demo --format gguf --out demo.gguf --dtype q8_0  # llama.cpp (+ demo.Modelfile for Ollama)
+  scratchlm export runs/demo --format web --out demo-web               # a page that runs it in the browser
+  scratchlm export runs/demo --format onnx --out exports/demo-onnx     # transformers.js / onnxruntime
   scratchlm export runs/demo --format hf --out exports/demo-hf --checkpoint last --force""",
     "import": """examples:
   scratchlm import exports/demo-hf runs/imported   # then eval, sample or train it like any run""",

@@ -42,6 +42,11 @@ def _documents(cfg: EvalConfig) -> tuple[str, list[str]]:
 def _eval_tokens(lm, run: Run, cfg: EvalConfig) -> tuple[str, np.ndarray]:
     """The token stream to score, laid out as in training: <|bos|> document <|eos|>, one after another."""
     if not (cfg.text or cfg.jsonl):
+        if not run.has_data():
+            raise UserError(
+                f"{run.root}: a model without prepared data (imported, or data/ removed), so no validation "
+                f"split; score a text file: `scratchlm eval {run.root} --text FILE`"
+            )
         shards = open_split(run.data_dir, "val", lm.tokenizer.hash)
         if shards.total < 2:
             raise UserError(f"{run.data_dir}: the val split is empty; evaluate a file with --text")

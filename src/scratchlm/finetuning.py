@@ -30,25 +30,25 @@ STATS_FILE = "sft_data.json"
 
 def check_target(run: Run, base: str, fresh: bool) -> None:
     """Refuse, in one line, a RUN and BASE that do not make sense together for fine-tuning."""
+    saved = run.base if run.has_config() else None
+    if saved == "" and run.is_run():
+        first = "" if run.has_checkpoints() else f"`scratchlm train {run.root}` first, then "
+        raise UserError(
+            f"{run.root}: a pretraining run, not an SFT run; SFT makes a new run from it: "
+            f"{first}`scratchlm sft NEW_RUN --from {run.root}`"
+        )
     if not base:
-        raise UserError(f"give the pretrained run to start from: scratchlm sft {run.root} --from BASE_RUN")
+        raise UserError(f"give the pretrained run to start from: `scratchlm sft {run.root} --from BASE_RUN`")
     base_run = Run.at(base)
     if not base_run.has_config():
         raise UserError(f"--from {base}: not a scratchlm run (no config.yaml); give a trained run directory")
     if base_run.root.resolve() == run.root.resolve():
         raise UserError(f"{run.root}: SFT writes a new run beside its base; give another directory for RUN")
-    if run.has_config():
-        saved = run.base
-        if not saved:
-            raise UserError(
-                f"{run.root}: a pretraining run; SFT makes a new run from it: scratchlm sft NEW_RUN --from "
-                f"{run.root}"
-            )
-        if Path(saved).resolve() != base_run.root.resolve() and not fresh:
-            raise UserError(
-                f"{run.root}: fine-tuned from {saved}, not {base}; add --fresh to start it over from {base}, "
-                "or give a new RUN"
-            )
+    if saved and Path(saved).resolve() != base_run.root.resolve() and not fresh:
+        raise UserError(
+            f"{run.root}: fine-tuned from {saved}, not {base}; add --fresh to start it over from {base}, "
+            "or give a new RUN"
+        )
 
 
 def base_sections(base_run: Run) -> dict[str, dict]:

@@ -112,8 +112,8 @@ class Run:
         if base:
             raise UserError(
                 f"{self.root}: an SFT run (tuned from {base}), which `{command}` does not apply to; "
-                f"`scratchlm sft {self.root}` continues it, and `scratchlm {command} NEW_RUN` makes a new "
-                "pretraining run"
+                f"`scratchlm sft {self.root}` continues it; a new pretraining run starts with "
+                "`scratchlm prepare NEW_RUN`"
             )
 
     def save_config(self, cfg: RunConfig) -> None:
@@ -121,8 +121,14 @@ class Run:
         atomic_write_text(self.config_path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     def require_data(self) -> None:
-        if not self.has_data():
-            raise UserError(f"{self.root}: no prepared data; run `scratchlm prepare {self.root}` first")
+        if self.has_data():
+            return
+        if self.has_checkpoints():  # an imported model, or a run whose data/ was removed
+            raise UserError(
+                f"{self.root}: a model without prepared data (imported, or data/ removed); give it text to "
+                f"train on: `scratchlm prepare {self.root} --input FILE` (default: the bundled book)"
+            )
+        raise UserError(f"{self.root}: no prepared data; run `scratchlm prepare {self.root}` first")
 
     def has_checkpoints(self) -> bool:
         ckpt = self.checkpoints_dir

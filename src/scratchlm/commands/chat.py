@@ -204,8 +204,8 @@ def talk(
     session = Chat(lm, cfg, system, out, err, interactive)
     if not lm.is_chat:
         session.note(
-            f"{run_dir} is a base model, not made by `scratchlm sft`: completion mode, each line is "
-            "continued as plain text"
+            f"{run_dir} is a base model, not instruction-tuned: completion mode, each line is continued as "
+            f"plain text (`scratchlm sft NEW_RUN --from {run_dir}` makes a chat model of it)"
         )
     if interactive:
         print(
