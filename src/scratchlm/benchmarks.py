@@ -158,7 +158,7 @@ def report_lines(bench: dict, ran: set[str] | frozenset[str] = frozenset()) -> l
     ]
     for task, metrics in bench["tasks"].items():
         for k, v, err in metric_items(metrics):
-            value = f"{v:.4f}" if err is None else f"{v:.4f} ± {err:.4f}"
+            value = _short(v) if err is None else f"{_short(v)} ± {_short(err)}"
             guess = f"{chance[task]:.3g}" if k in CHANCE_METRICS and task in chance else ""
             refs = []
             for r in references_for(task, k, shots.get(task)):
@@ -207,4 +207,7 @@ def comparison_columns(results: list[dict]) -> tuple[list[str], list[list[str]]]
 
 
 def _short(v) -> str:
-    return "" if not isinstance(v, (int, float)) else f"{v:.4f}"
+    """4 decimals for accuracies and small perplexities; a tiny model's perplexity of 538,785 needs none."""
+    if not isinstance(v, (int, float)):
+        return ""
+    return f"{v:.4f}" if abs(v) < 100 else f"{v:,.1f}"

@@ -134,13 +134,9 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out=None) -
         **_train_facts(run),
         "samples": [{"prompt": p, "text": t, "seed": cfg.seed} for p, t in samples],
     }
-    earlier = _earlier_benchmarks(run)
-    if cfg.tasks:
-        from .benchmarks import merge_benchmarks, run_benchmarks
-
-        earlier = merge_benchmarks(earlier, run_benchmarks(lm, cfg))
-    if earlier:  # kept from earlier `--tasks` evals: a plain eval does not drop them
-        result["benchmarks"] = earlier
+    bench = _benchmarks(lm, run, cfg, out)
+    if bench:
+        result["benchmarks"] = bench
     # Shown before anything is written, so a read-only run still gives its numbers.
     print(
         f"{run.root} on {source}: loss {result['loss']:.4f}  perplexity {result['perplexity']:.2f}  "
@@ -162,12 +158,21 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out=None) -
     return result
 
 
-def _earlier_benchmarks(run: Run) -> dict | None:
-    """The benchmarks section of the run's eval.json, if any (an unreadable file has none to keep)."""
+def _benchmarks(lm, run: Run, cfg: EvalConfig, out) -> dict | None:
+    """eval.json's benchmarks section: the lm-eval tasks of --tasks, run now, and those of earlier evals
+    (in the run's eval.json) that this one did not run again. A plain eval keeps them all."""
     try:
-        return json.loads(run.eval_path.read_text(encoding="utf-8")).get("benchmarks")
-    except (OSError, ValueError, AttributeError):
-        return None
+        earlier = json.loads(run.eval_path.read_text(encoding="utf-8")).get("benchmarks")
+    except (OSError, ValueError, AttributeError):  # no eval.json yet, or one that cannot be read
+        earlier = None
+    if cfg.tasks:
+        from .benchmarks import merge_benchmarks, run_benchmarks
+
+        return merge_benchmarks(earlier, run_benchmarks(lm, cfg))
+    if earlier:
+        kept = ", ".join(earlier.get("tasks", {}))
+        print(f"keeping the lm-eval results of earlier evals (eval.json, report.md): {kept}", file=out)
+    return earlier
 
 
 def render_report(result: dict, config: dict, run: Run, ran: set[str] | frozenset[str] = frozenset()) -> str:
