@@ -121,4 +121,8 @@ def test_plain_eval_keeps_the_earlier_benchmarks_and_says_so(trained_run, monkey
     assert kept == bench
     report = (trained_run / "report.md").read_text()
     assert "| wp_next | acc |" in report and "| 0.25 |" in report
-    assert f"- wp_next: an earlier eval ({bench['calls'][0]['at']}), step 60 (checkpoint best)" in report
+    assert (
+        f"- wp_next (4 questions): an earlier eval ({bench['calls'][0]['at']}), step 60 (checkpoint best)"
+        in report
+    )
+    assert "at most 4 questions per task" in report

@@ -174,7 +174,8 @@ def report_lines(bench: dict, ran: set[str] | frozenset[str] = frozenset()) -> l
 
 
 def _call_line(call: dict, ran) -> str:
-    tasks = ", ".join(call["tasks"])
+    questions = call.get("questions") or {}
+    tasks = ", ".join(f"{t} ({questions[t]} questions)" if questions.get(t) else t for t in call["tasks"])
     if ran & set(call["tasks"]):
         when = "this eval"
     else:
@@ -184,8 +185,10 @@ def _call_line(call: dict, ran) -> str:
         step += f" (checkpoint {call['checkpoint']})"
     n = call.get("num_fewshot")
     shots = "the tasks' default few-shot count" if n is None else f"{n}-shot"
-    limit = f", at most {call['limit']} questions per task" if call.get("limit") else ""
-    line = f"- {tasks}: {when}, {step}, {shots}{limit}, lm-eval {call.get('lm_eval_version') or '?'}."
+    limit = call.get("limit")
+    if limit:
+        limit = f", {limit:.0%} of each task" if limit < 1 else f", at most {int(limit)} questions per task"
+    line = f"- {tasks}: {when}, {step}, {shots}{limit or ''}, lm-eval {call.get('lm_eval_version') or '?'}."
     if call.get("truncated"):
         cut = ", ".join(f"{k} {kind}" for kind, k in call["truncated"].items())
         line += f" Inputs longer than the context, cut from the left: {cut}."
