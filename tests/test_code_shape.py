@@ -16,7 +16,6 @@ SRC = Path(scratchlm.__file__).parent
 MAX_LINES = 80
 
 
-
 def _functions(tree: ast.Module):
     """(qualified name, node) of every function and method, nested ones included."""
     stack: list[tuple[str, ast.AST]] = [("", tree)]

@@ -139,10 +139,9 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out=None) -
         **_train_facts(run),
         "samples": [{"prompt": p, "text": t, "seed": cfg.seed} for p, t in samples],
     }
-    if cfg.tasks:
-        from .benchmarks import run_benchmarks
-
-        result["benchmarks"] = run_benchmarks(lm, cfg)
+    bench = _benchmarks(lm, run, cfg, out)
+    if bench:
+        result["benchmarks"] = bench
     # Shown before anything is written, so a read-only run still gives its numbers.
     print(
         f"{run.root} on {source}: loss {result['loss']:.4f}  perplexity {result['perplexity']:.2f}  "
@@ -152,7 +151,8 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out=None) -
         flush=True,
     )
     atomic_write_text(run.eval_path, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    atomic_write_text(run.root / "report.md", render_report(result, lm.config.to_dict(), run))
+    ran = set(result["benchmarks"]["calls"][-1]["tasks"]) if cfg.tasks else set()
+    atomic_write_text(run.root / "report.md", render_report(result, lm.config.to_dict(), run, ran))
     append_samples(
         run,
         [
@@ -163,7 +163,26 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out=None) -
     return result
 
 
-def render_report(result: dict, config: dict, run: Run) -> str:
+def _benchmarks(lm, run: Run, cfg: EvalConfig, out) -> dict | None:
+    """eval.json's benchmarks section: the lm-eval tasks of --tasks, run now, and those of earlier evals
+    (in the run's eval.json) that this one did not run again. A plain eval keeps them all."""
+    try:
+        earlier = json.loads(run.eval_path.read_text(encoding="utf-8")).get("benchmarks")
+    except (OSError, ValueError, AttributeError):  # no eval.json yet, or one that cannot be read
+        earlier = None
+    if cfg.tasks:
+        from .benchmarks import merge_benchmarks, run_benchmarks
+
+        return merge_benchmarks(earlier, run_benchmarks(lm, cfg))
+    if earlier:
+        kept = ", ".join(earlier.get("tasks", {}))
+        print(f"keeping the lm-eval results of earlier evals (eval.json, report.md): {kept}", file=out)
+    return earlier
+
+
+def render_report(result: dict, config: dict, run: Run, ran: set[str] | frozenset[str] = frozenset()) -> str:
+    """report.md; `ran`: the benchmark tasks this eval ran (the others are from earlier evals)."""
+
     def fmt(v, spec=","):
         return "n/a" if v is None else format(v, spec)
 
@@ -202,14 +221,18 @@ def render_report(result: dict, config: dict, run: Run) -> str:
     if result.get("benchmarks"):
         from .benchmarks import report_lines
 
-        lines += report_lines(result["benchmarks"])
+        lines += report_lines(result["benchmarks"], ran)
     lines += ["## Config", "", "```yaml", yaml.safe_dump(config, sort_keys=False).rstrip(), "```", ""]
     return "\n".join(lines)
 
 
 def comparison_table(results: list[dict]) -> str:
-    """A plain-text table of several runs; bits per byte is the column to compare across tokenizers."""
-    head = ["run", "step", "params", "tokens seen", "loss", "ppl", "bits/byte", "scored tokens"]
+    """A plain-text table of several runs; bits per byte is the column to compare across tokenizers. Then one
+    column per lm-eval task and metric any run has in its eval.json (blank where a run lacks it)."""
+    from .benchmarks import comparison_columns
+
+    bench_head, bench_rows = comparison_columns(results)
+    head = ["run", "step", "params", "tokens seen", "loss", "ppl", "bits/byte", "scored tokens", *bench_head]
     rows = [
         [
             r["run"],
@@ -220,8 +243,9 @@ def comparison_table(results: list[dict]) -> str:
             f"{r['perplexity']:.2f}",
             f"{r['bits_per_byte']:.4f}",
             f"{r['tokens']:,}",
+            *extra,
         ]
-        for r in results
+        for r, extra in zip(results, bench_rows, strict=True)
     ]
     widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=True)]
     lines = [

@@ -53,6 +53,9 @@ class ScratchLM(TemplateLM):
         self.batch_size = batch_size
         self._device = model.transformer.wte.weight.device
         self.truncated: Counter[str] = Counter()  # inputs cut from the left, per request kind
+        # Log-likelihood requests per (task, question): a multiple-choice question's number of choices, from
+        # which benchmarks.py reports the task's chance level.
+        self.requests_per_doc: Counter[tuple[str, int]] = Counter()
 
     # ---------------------------------------------------------------- what lm-eval reads
     @property
@@ -98,6 +101,11 @@ class ScratchLM(TemplateLM):
         return self.tok.decode(ids)
 
     # ---------------------------------------------------------------- log-likelihoods
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        for req in requests:
+            self.requests_per_doc[(req.task_name, req.doc_id)] += 1
+        return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+
     def _loglikelihood_tokens(
         self, requests, disable_tqdm: bool = False, **kwargs
     ) -> list[tuple[float, bool]]:
