@@ -104,7 +104,7 @@ EXAMPLES = {
   (in the chat: /system TEXT, /reset, /temp X, /save FILE, /help; Ctrl-C stops a reply, Ctrl-D quits)""",
     "export": """examples:
   scratchlm export runs/demo --format hf --out exports/demo-hf         # AutoModelForCausalLM loads it
-  scratchlm export runs/demo --format gguf --out demo.gguf --dtype q8_0  # llama.cpp (+ demo.Modelfile for Ollama)
+  scratchlm export runs/demo --format gguf --out demo.gguf --dtype q8_0  # llama.cpp; demo.Modelfile: Ollama
   scratchlm export runs/demo --format web --out demo-web               # a page that runs it in the browser
   scratchlm export runs/demo --format onnx --out exports/demo-onnx     # transformers.js / onnxruntime
   scratchlm export runs/demo --format hf --out exports/demo-hf --checkpoint last --force""",

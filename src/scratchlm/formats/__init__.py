@@ -43,10 +43,35 @@ def write_export(
     force: bool = False,
     vendor: str | Path | None = None,
 ) -> Path:
-    """Write RUN's model as a Hugging Face folder (fmt "hf"), a .gguf file (fmt "gguf") or a static web page
-    folder (fmt "web"; `vendor`: a node_modules folder holding @wllama/wllama, copied in for offline use)."""
+    """Write RUN's model as a Hugging Face folder (fmt "hf"), a .gguf file (fmt "gguf"), a transformers.js
+    folder (fmt "onnx") or a static web page folder (fmt "web"; `vendor`: a node_modules folder holding
+    @wllama/wllama, copied in for offline use)."""
     from ..checkpoint import load
 
+    dtype = _check_request(fmt, dtype, vendor)
+    out = Path(out)
+    run = Run.at(run_dir)
+    if not run.root.is_dir():
+        raise UserError(f"{run.root}: no such run directory")
+    check_out(out, run.root, fmt, force)
+    _check_tools(fmt, dtype, vendor)  # a missing extra fails before the slow part, with nothing written
+    lm = load(run.root, checkpoint)
+    if fmt == "gguf":
+        _write_gguf_file(lm, run, out, dtype)
+        _write_modelfile(lm, out, sft=bool(run.base), sample=run.load_config().sample)
+        return out
+    write_files = _folder_writer(fmt, lm, run, dtype, vendor)
+
+    def write(tmp: Path) -> None:
+        write_files(tmp)
+        _write_marker(tmp)
+
+    _replace_dir(out, write)
+    return out
+
+
+def _check_request(fmt: str, dtype: str, vendor) -> str:
+    """The format's canonical dtype name, or one line naming the flag that does not fit."""
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt}: unknown format; use {', '.join(FORMATS)}")
     if vendor is not None and fmt != "web":
@@ -54,72 +79,58 @@ def write_export(
     dtype = DTYPE_ALIASES.get(dtype, dtype)
     if dtype not in DTYPES[fmt]:
         raise UserError(f"--dtype {dtype}: {fmt} export supports {', '.join(DTYPES[fmt])}")
-    out = Path(out)
-    run = Run.at(run_dir)
-    if not run.root.is_dir():
-        raise UserError(f"{run.root}: no such run directory")
-    check_out(out, run.root, fmt, force)
+    return dtype
+
+
+def _check_tools(fmt: str, dtype: str, vendor) -> None:
     if dtype == "q4_k_m":
         from .gguf import llama_cpp_quantizer
 
-        llama_cpp_quantizer()  # a missing llama-cpp-python fails before anything is written
+        llama_cpp_quantizer()
     if fmt == "web":
         from .webpage import check_vendor
 
-        check_vendor(vendor)  # before the slow part
+        check_vendor(vendor)
     if fmt == "onnx":
         from .onnx import check_onnx_installed
 
         check_onnx_installed()
-    lm = load(run.root, checkpoint)
 
-    if fmt == "hf":
-        from .adapters import check_exportable, hf_class
-        from .card import model_card
-        from .hf_folder import write_hf_folder
 
-        check_exportable(lm.config.model)
-        arch = hf_class(lm.config.model)
-        card = model_card(lm, run.root, arch)
-
-        def write(tmp: Path) -> None:
-            write_hf_folder(lm, run.tokenizer_dir, tmp, dtype, card)
-            _write_marker(tmp)
-
-        _replace_dir(out, write)
-    elif fmt == "web":
+def _folder_writer(fmt: str, lm, run: Run, dtype: str, vendor):
+    """A function that writes the export's files into a (temporary) folder."""
+    if fmt == "web":
         from .webpage import write_web
 
-        def write(tmp: Path) -> None:
-            write_web(lm, run.tokenizer_dir, tmp, dtype, run.root.name, bool(run.base), vendor)
-            _write_marker(tmp)
+        return lambda tmp: write_web(lm, run.tokenizer_dir, tmp, dtype, run.root.name, bool(run.base), vendor)
+    from .adapters import check_exportable
 
-        _replace_dir(out, write)
-    elif fmt == "onnx":
-        from .adapters import check_exportable
+    check_exportable(lm.config.model)  # the onnx folder's config.json is the hf export's: the same models
+    if fmt == "onnx":
         from .onnx import write_onnx_folder
 
-        check_exportable(lm.config.model)  # its config.json is the hf export's: the same models export
+        return lambda tmp: write_onnx_folder(lm, run.tokenizer_dir, tmp)
+    from .adapters import hf_class
+    from .card import model_card
+    from .hf_folder import write_hf_folder
 
-        def write_onnx(tmp: Path) -> None:
-            write_onnx_folder(lm, run.tokenizer_dir, tmp)
-            _write_marker(tmp)
+    card = model_card(lm, run.root, hf_class(lm.config.model))
+    return lambda tmp: write_hf_folder(lm, run.tokenizer_dir, tmp, dtype, card)
 
-        _replace_dir(out, write_onnx)
-    else:
-        from .gguf import write_gguf
 
-        with atomic_path(out) as tmp:
-            if dtype == "q4_k_m":
-                from .gguf import quantize_gguf
+def _write_gguf_file(lm, run: Run, out: Path, dtype: str) -> None:
+    from .gguf import write_gguf
 
-                with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as d:
-                    write_gguf(lm, run.tokenizer_dir, Path(d) / "f16.gguf", "f16", name=run.root.name)
-                    quantize_gguf(Path(d) / "f16.gguf", tmp, dtype)
-            else:
-                write_gguf(lm, run.tokenizer_dir, tmp, dtype, name=run.root.name)
-        _write_modelfile(lm, out, sft=bool(run.base), sample=run.load_config().sample)
-    return out
+    with atomic_path(out) as tmp:
+        if dtype != "q4_k_m":
+            write_gguf(lm, run.tokenizer_dir, tmp, dtype, name=run.root.name)
+            return
+        from .gguf import quantize_gguf
+
+        # llama.cpp's quantizer reads an f16 file: written beside the output, removed whatever happens.
+        with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as d:
+            write_gguf(lm, run.tokenizer_dir, Path(d) / "f16.gguf", "f16", name=run.root.name)
+            quantize_gguf(Path(d) / "f16.gguf", tmp, dtype)
 
 
 def _write_modelfile(lm, out: Path, sft: bool, sample) -> None:
