@@ -8,7 +8,8 @@ and steps trained, for shapes from tiny to GPT-2 small's width, both flavours, w
 Each case is one `train(RUN, preset="auto")` in a child process, the ladder cut down to the case's shape
 (as a user's `--preset auto` would pick it), so the plan, its probe and the training share one process
 as they do for a user; the child's peak RSS is the kernel's count (wait4's ru_maxrss). The estimate is
-the plan's line, or with the batch probe the same estimate at the rows the probe picked.
+the plan's line, what the user is shown; with the batch probe, the estimate that picked its rows is printed
+beside it (auto est).
 """
 
 from __future__ import annotations
@@ -74,14 +75,17 @@ def child(run: Path, case: list, minutes: float) -> None:
     from scratchlm.run import Run
 
     cfg = Run.at(run).load_config()
-    # The estimate the user was shown (the plan's line) or, with the probe, the one that chose the rows.
-    est = p.memory.total if not probe else [t for r, t in estimates if r == cfg.train.batch_size][-1]
+    # The estimate the user was shown: the plan's line (with the probe, the rows it picked are at most the
+    # plan's, and the probe's own estimate is printed beside it).
+    est = p.memory.total
+    auto_est = [t for r, t in estimates if r == cfg.train.batch_size][-1] if probe else None
     print(
         json.dumps(
             {
                 "params": p.chosen.params,
                 "rows": cfg.train.batch_size,
                 "est_mem": est,
+                "auto_est": auto_est,
                 "est_steps": p.steps,
                 "steps": result["step"],
                 "log": out.getvalue()[-400:],
@@ -129,7 +133,7 @@ def main() -> None:
             prepare(base, RunConfig())
         print(
             f"{'shape':<16} {'flavour':<6} {'probe':<5} {'params':>11} {'rows':>4} "
-            f"{'est MB':>7} {'peak MB':>7} {'mem':>5} {'est steps':>9} {'steps':>5}",
+            f"{'est MB':>7} {'peak MB':>7} {'mem':>5} {'est steps':>9} {'steps':>5} {'auto est':>8}",
             flush=True,
         )
         for i in a.cases:
@@ -138,7 +142,8 @@ def main() -> None:
             print(
                 f"{n_layer}x{n_embd} ctx {ctx:<5} {flavour:<6} {'yes' if probe else 'no':<5} "
                 f"{r['params']:>11,} {r['rows']:>4} {r['est_mem'] / 2**20:>7,.0f} {r['peak'] / 2**20:>7,.0f} "
-                f"{r['est_mem'] / r['peak'] - 1:>+5.0%} {r['est_steps']:>9} {r['steps']:>5}",
+                f"{r['est_mem'] / r['peak'] - 1:>+5.0%} {r['est_steps']:>9} {r['steps']:>5} "
+                + (f"{r['auto_est'] / 2**20:>8,.0f}" if r["auto_est"] else f"{'-':>8}"),
                 flush=True,
             )
 
