@@ -106,7 +106,7 @@ def main() -> None:
     ckpt_mb = sum(p.numel() * 4 for p in lm.model.parameters()) / 1e6
 
     def row(name: str, size: str, bpb: float, note: str = "") -> None:
-        print(f"{name:<28} {size:>12} {bpb:>10.4f} {bpb / ref:>8.4f}  {note}".rstrip(), flush=True)
+        print(f"{name:<28} {size:>12} {bpb:>10.5f} {bpb / ref:>8.5f}  {note}".rstrip(), flush=True)
 
     print(f"{'format':<28} {'size':>12} {'bits/byte':>10} {'vs f32':>8}")
     row("scratchlm eval (torch f32)", f"{ckpt_mb:.2f} MB", ref, "(weights as f32; no file)")
