@@ -94,8 +94,9 @@ def test_every_architecture_matches_in_transformers_and_llama_cpp(prepared, tmp_
     assert_llama_cpp_agrees(lm, tmp_path / "m.gguf", ids, ours)
 
 
-def assert_llama_cpp_agrees(lm, path: Path, ids: list[int], ours: torch.Tensor) -> None:
-    """llama.cpp's logits for the prompt `ids` near scratchlm's (`ours`), and its greedy ids equal."""
+def assert_llama_cpp_agrees(lm, path: Path, ids: list[int], ours: torch.Tensor, distinct: int = 4) -> None:
+    """llama.cpp's logits for the prompt `ids` near scratchlm's (`ours`), and its greedy ids equal (and not
+    one token repeated: at least `distinct` different ones)."""
     Llama = llama_cpp_llama()
     llm = Llama(model_path=str(path), n_ctx=128, n_threads=1, verbose=False, logits_all=True)
     try:
@@ -108,7 +109,7 @@ def assert_llama_cpp_agrees(lm, path: Path, ids: list[int], ours: torch.Tensor) 
             if t == lm.tokenizer.eos_id or len(theirs) == len(want):
                 break
             theirs.append(t)
-        assert theirs == want and len(set(want)) > 3, (want, theirs)
+        assert theirs == want and len(set(want)) >= distinct, (want, theirs)
     finally:
         llm.close()
 
@@ -138,7 +139,8 @@ def test_a_preset_auto_run_exports_to_transformers_a_web_page_and_llama_cpp(pres
         p.name for p in site.iterdir()
     }
     assert json.loads((site / "scratchlm.json").read_text())["n_ctx"] == lm.config.model.block_size
-    assert_llama_cpp_agrees(lm, site / "model.gguf", ids, ours)
+    # Trained for seconds, the model soon repeats one token; the logits of every prompt position still count.
+    assert_llama_cpp_agrees(lm, site / "model.gguf", ids, ours, distinct=2)
 
 
 def test_a_preset_auto_run_exports_to_onnx(preset_auto_run, tmp_path):
