@@ -55,6 +55,19 @@ def trained_run_template(tmp_path_factory, tiny_corpus) -> Path:
     return run
 
 
+@pytest.fixture(scope="session")
+def preset_auto_run(tmp_path_factory, tiny_corpus) -> Path:
+    """A run trained as the README and the demo train: `--preset auto` (what the plan picks on this machine
+    for the tiny corpus, a few seconds of it), so the tests export the model users actually get."""
+    from scratchlm.cli import main
+    from scratchlm.commands.prepare import prepare
+
+    run = tmp_path_factory.mktemp("runs") / "auto"
+    prepare(run, tiny_config(tiny_corpus))
+    assert main(["train", str(run), "--preset", "auto", "--train.max-minutes", "0.1"]) == 0
+    return run
+
+
 @pytest.fixture
 def trained_run(trained_run_template, tmp_path) -> Path:
     """A private copy of the tiny trained run, free to modify."""

@@ -4,6 +4,8 @@ llama.cpp (greedy ids)."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,9 @@ from scratchlm.formats import import_run
 from scratchlm.formats import write_export as export
 from scratchlm.formats.adapters import export_blocker
 
+from .conftest import missing_tool
 from .test_export import greedy, llama_cpp_llama, make_run, prepared, prompt_ids  # noqa: F401
+from .test_export_onnx import empty_past, run_step
 
 transformers = pytest.importorskip("transformers")
 
@@ -86,9 +90,15 @@ def test_every_architecture_matches_in_transformers_and_llama_cpp(prepared, tmp_
         assert back.config.model.qk_norm == lm.config.model.qk_norm
         torch.testing.assert_close(back.model(torch.tensor([ids]))[0][0], ours, atol=1e-5, rtol=0)
 
-    Llama = llama_cpp_llama()
     export(run, "gguf", tmp_path / "m.gguf", dtype="f32")
-    llm = Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=128, n_threads=1, verbose=False, logits_all=True)
+    assert_llama_cpp_agrees(lm, tmp_path / "m.gguf", ids, ours)
+
+
+def assert_llama_cpp_agrees(lm, path: Path, ids: list[int], ours: torch.Tensor, distinct: int = 4) -> None:
+    """llama.cpp's logits for the prompt `ids` near scratchlm's (`ours`), and its greedy ids equal (and not
+    one token repeated: at least `distinct` different ones)."""
+    Llama = llama_cpp_llama()
+    llm = Llama(model_path=str(path), n_ctx=128, n_threads=1, verbose=False, logits_all=True)
     try:
         llm.eval(ids)
         # llama.cpp's kernels land within ~3e-3 of torch (tests/test_export.py); a wrong map is off by O(1).
@@ -99,9 +109,51 @@ def test_every_architecture_matches_in_transformers_and_llama_cpp(prepared, tmp_
             if t == lm.tokenizer.eos_id or len(theirs) == len(want):
                 break
             theirs.append(t)
-        assert theirs == want and len(set(want)) > 3, (want, theirs)
+        assert theirs == want and len(set(want)) >= distinct, (want, theirs)
     finally:
         llm.close()
+
+
+def _auto_model(run: Path):
+    """The run's model, its prompt ids and scratchlm's logits for them; the model is the plan's."""
+    lm = scratchlm.load(run)
+    cfg = lm.config.model
+    assert (cfg.flavour, cfg.qk_norm, cfg.bias) == ("llama", True, False), "not what the plan trains"
+    ids = prompt_ids(lm, "Prince Andrew said that")
+    with torch.no_grad():
+        return lm, ids, lm.model(torch.tensor([ids]))[0][0]
+
+
+def test_a_preset_auto_run_exports_to_transformers_a_web_page_and_llama_cpp(preset_auto_run, tmp_path):
+    """The model `--preset auto` trains (README's and the demo's path), as trained rather than built:
+    Qwen3ForCausalLM in transformers, and a web folder whose GGUF llama.cpp runs as scratchlm does."""
+    lm, ids, ours = _auto_model(preset_auto_run)
+    export(preset_auto_run, "hf", tmp_path / "hf")
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"] == ["Qwen3ForCausalLM"]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(hf(torch.tensor([ids])).logits[0], ours, atol=1e-4, rtol=0)
+
+    site = export(preset_auto_run, "web", tmp_path / "site")  # the CDN runtime: the browser test has vendor/
+    assert {"index.html", "page.js", "page.css", "model.gguf", "scratchlm.json"} <= {
+        p.name for p in site.iterdir()
+    }
+    assert json.loads((site / "scratchlm.json").read_text())["n_ctx"] == lm.config.model.block_size
+    # Trained for seconds, the model soon repeats one token; the logits of every prompt position still count.
+    assert_llama_cpp_agrees(lm, site / "model.gguf", ids, ours, distinct=2)
+
+
+def test_a_preset_auto_run_exports_to_onnx(preset_auto_run, tmp_path):
+    if any(importlib.util.find_spec(m) is None for m in ("onnx", "onnxscript", "onnxruntime")):
+        missing_tool("needs onnx, onnxscript and onnxruntime: pip install 'scratchlm[onnx]'")
+    import onnxruntime
+
+    lm, ids, ours = _auto_model(preset_auto_run)
+    export(preset_auto_run, "onnx", tmp_path / "onnx")
+    session = onnxruntime.InferenceSession(str(tmp_path / "onnx" / "onnx" / "model.onnx"))
+    x = np.array([ids], dtype=np.int64)
+    logits, _ = run_step(session, x, np.ones_like(x), empty_past(session, 1))
+    np.testing.assert_allclose(logits[0], ours.numpy(), atol=1e-4, rtol=0)
 
 
 def test_plan_and_train_name_the_flag_for_a_model_export_refuses():

@@ -117,10 +117,14 @@ def complete_in_page(driver, folder: Path, prompt: str, n: int) -> str:
         return complete(driver, prompt, n)
 
 
-@pytest.mark.parametrize("kind", ["unigram", "bytelevel"])
+# "auto": a run trained with `--preset auto` (conftest.preset_auto_run), the model README's path gives users.
+RUNS = {"unigram": "llama_run", "bytelevel": "bytelevel_run", "auto": "preset_auto_run"}
+
+
+@pytest.mark.parametrize("kind", RUNS)
 def test_web_page_continues_text_as_scratchlm_sample(kind, request, browser, tmp_path, capsys):
     vendor = need_runtime()
-    llama_run = request.getfixturevalue("llama_run" if kind == "unigram" else "bytelevel_run")
+    llama_run = request.getfixturevalue(RUNS[kind])
     out = tmp_path / "site"
     assert (
         main(["export", str(llama_run), "--format", "web", "--out", str(out), "--vendor", str(vendor)]) == 0
@@ -136,9 +140,10 @@ def test_web_page_continues_text_as_scratchlm_sample(kind, request, browser, tmp
         "vendor/wllama/wllama.wasm",
     } <= names
     page = json.loads((out / "scratchlm.json").read_text())
-    assert page["chat"] is False and page["n_ctx"] == 64 and "http" not in json.dumps(page["runtime"])
-
     lm = scratchlm.load(llama_run)
+    assert page["chat"] is False and page["n_ctx"] == lm.config.model.block_size
+    assert "http" not in json.dumps(page["runtime"])
+
     expected = "".join(stream_text(lm, PROMPT, SampleConfig(temperature=0, max_new_tokens=20)))
     _Quiet.requested.clear()
     text = complete_in_page(browser, out, PROMPT, 20)

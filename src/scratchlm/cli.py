@@ -107,7 +107,8 @@ EXAMPLES = {
   scratchlm export runs/demo --format gguf --out demo.gguf --dtype q8_0  # llama.cpp; demo.Modelfile: Ollama
   scratchlm export runs/demo --format web --out demo-web               # a page that runs it in the browser
   scratchlm export runs/demo --format onnx --out exports/demo-onnx     # transformers.js / onnxruntime
-  scratchlm export runs/demo --format hf --out exports/demo-hf --checkpoint last --force""",
+  scratchlm export runs/demo --format hf --out exports/demo-hf --checkpoint last --force
+  (where each goes next: docs/deploy.md)""",
     "import": """examples:
   scratchlm import exports/demo-hf runs/imported   # then eval, sample or train it like any run""",
     "tokenizer": """examples:

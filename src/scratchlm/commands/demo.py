@@ -56,7 +56,7 @@ def _print_next_steps(run: Run) -> None:
         (f"scratchlm train {r} --preset auto --train.max-minutes 5 --fresh", "a better model in 5 minutes"),
         (f"scratchlm serve {r}", "a web page and an OpenAI-compatible API"),
         (f"scratchlm sft {r}-chat --from {r}", "instruction-tune it (bundled Self-Instruct tasks)"),
-        (f"scratchlm export {r} --format hf --out {r}-hf", "a transformers model (or --format gguf)"),
+        (f"scratchlm export {r} --format hf --out {r}-hf", "transformers (gguf, web, onnx: docs/deploy.md)"),
         ("scratchlm prepare runs/mine --input your_text.txt", "your own text"),
     ]
     width = max(len(cmd) for cmd, _ in steps_next) + 2

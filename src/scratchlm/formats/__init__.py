@@ -157,7 +157,9 @@ def _write_marker(folder: Path) -> None:
 def check_out(out: Path, run_root: Path, fmt: str, force: bool) -> None:
     """Refuse an --out that is, holds or sits inside a run, or that exists and was not written by export."""
     where, run_root = out.resolve(), run_root.resolve()
-    beside = run_root.with_name(run_root.name + {"hf": "-hf", "gguf": ".gguf", "web": "-web"}[fmt])
+    beside = run_root.with_name(
+        run_root.name + {"hf": "-hf", "gguf": ".gguf", "web": "-web", "onnx": "-onnx"}[fmt]
+    )
     owner = next((p for p in (where, *where.parents) if Run.at(p).is_run()), None)
     if owner is not None:
         relation = "is the run directory" if owner == where else f"is inside the run directory {owner}"

@@ -360,6 +360,15 @@ def _add_char_vocab(w, path: Path) -> None:
 MODELFILE_MARKER = "# Written by `scratchlm export`"
 
 
+# Read in Ollama's source, not run: it sends "qwen3" files to its own engine (OllamaEngineRequired), whose
+# qwen3 model tokenizes with byte-level BPE and Qwen's split rule whatever tokenizer the file declares.
+QWEN3_OLLAMA_NOTE = [
+    "# Caution: Ollama runs qwen3 files (QK-norm models) on its own engine, which tokenizes them",
+    "# as byte-level BPE whatever the file declares, so it may not see scratchlm's tokens; models",
+    "# trained with --model.qk-norm false go through llama.cpp. See scratchlm's docs/deploy.md, Ollama.",
+]
+
+
 def modelfile(lm, gguf_name: str, sft: bool, sample) -> str:
     """An Ollama Modelfile for the .gguf beside it: the run's chat layout for an SFT run (Ollama writes
     templates in Go's syntax, not Jinja), the plain prompt for a base run, and the run's sample settings.
@@ -370,8 +379,10 @@ def modelfile(lm, gguf_name: str, sft: bool, sample) -> str:
         template = bos + "{{- range .Messages }}<|{{ .Role }}|>{{ .Content }}<|end|>{{ end }}<|assistant|>"
     else:
         template = bos + "{{ .Prompt }}"
-    lines = [
-        f"{MODELFILE_MARKER}; `ollama create NAME -f THIS_FILE` loads it.",
+    lines = [f"{MODELFILE_MARKER}; `ollama create NAME -f THIS_FILE` loads it."]
+    if gguf_arch(lm.config.model) == "qwen3":
+        lines += QWEN3_OLLAMA_NOTE
+    lines += [
         f"FROM ./{gguf_name}",
         f'TEMPLATE """{template}"""',
         'PARAMETER stop "<|end|>"',
