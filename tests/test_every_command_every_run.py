@@ -4,6 +4,7 @@ prints a next step prints one that works."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import re
@@ -60,15 +61,23 @@ def build_runs(home: Path, template: Path, corpus: Path, presets: tuple[str, ...
     return made
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, trained_run_template, tiny_corpus) -> dict[str, Path]:
-    torch = pytest.importorskip("torch")
+@contextlib.contextmanager
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine run faster on one thread (conftest.one_thread, module-wide)."""
+    import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield build_runs(tmp_path_factory.mktemp("home"), trained_run_template, tiny_corpus, ("tiny", "auto"))
+        yield
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, trained_run_template, tiny_corpus) -> dict[str, Path]:
+    with one_torch_thread():
+        yield build_runs(tmp_path_factory.mktemp("home"), trained_run_template, tiny_corpus, ("tiny", "auto"))
 
 
 # Each command as a user types it: {run} is the run, {out} and {new} paths that do not exist yet.
@@ -196,10 +205,7 @@ def test_every_command_on_every_kind_of_run(kind, command, runs, tiny_corpus, tm
 
 @pytest.fixture(scope="module")
 def preset_runs(tmp_path_factory, trained_run_template, tiny_corpus) -> dict[str, Path]:
-    torch = pytest.importorskip("torch")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         home = tmp_path_factory.mktemp("home")
         runs = {"base": shutil.copytree(trained_run_template, home / "runs" / "base")}
         for preset in ("small", "gpt2"):
@@ -208,8 +214,6 @@ def preset_runs(tmp_path_factory, trained_run_template, tiny_corpus) -> dict[str
             _ok(["train", run, "--preset", preset, *QUICK, "--train.batch-size", "1"])
             runs[preset] = run
         yield runs
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.mark.slow

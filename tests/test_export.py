@@ -481,14 +481,20 @@ def test_llama_cpp_greedy_output_equals_scratchlm(prepared, tmp_path, variant, k
             # llama.cpp's CPU kernels land within ~3e-3 of torch here (measured); a wrong map is off by O(1).
             np.testing.assert_allclose(np.asarray(llm.scores[: len(ids)]), ours_logits, atol=1e-2, rtol=0)
             ours = greedy(lm, ids)
-            theirs = []
-            for t in llm.generate(ids, top_k=1, temp=0.0, reset=True):
-                if t == lm.tokenizer.eos_id or len(theirs) == len(ours):
-                    break
-                theirs.append(t)
+            theirs = llama_cpp_greedy(llm, ids, len(ours), lm.tokenizer.eos_id)
             assert theirs == ours and len(set(ours)) > 3, (ours, theirs)
     finally:
         llm.close()
+
+
+def llama_cpp_greedy(llm, ids: list[int], n: int, eos_id: int) -> list[int]:
+    """llama.cpp's greedy continuation of `ids`: up to n tokens, stopping at EOS."""
+    theirs = []
+    for t in llm.generate(ids, top_k=1, temp=0.0, reset=True):
+        if t == eos_id or len(theirs) == n:
+            break
+        theirs.append(t)
+    return theirs
 
 
 def llama_cpp_llama():

@@ -21,7 +21,7 @@ from scratchlm.formats import write_export as export
 from scratchlm.formats.adapters import export_blocker
 
 from .conftest import missing_tool
-from .test_export import greedy, llama_cpp_llama, make_run, prepared, prompt_ids  # noqa: F401
+from .test_export import greedy, llama_cpp_greedy, llama_cpp_llama, make_run, prepared, prompt_ids  # noqa: F401
 from .test_export_onnx import empty_past, run_step
 
 transformers = pytest.importorskip("transformers")
@@ -104,11 +104,7 @@ def assert_llama_cpp_agrees(lm, path: Path, ids: list[int], ours: torch.Tensor, 
         # llama.cpp's kernels land within ~3e-3 of torch (tests/test_export.py); a wrong map is off by O(1).
         np.testing.assert_allclose(np.asarray(llm.scores[: len(ids)]), ours.numpy(), atol=1e-2, rtol=0)
         want = greedy(lm, ids)
-        theirs = []
-        for t in llm.generate(ids, top_k=1, temp=0.0, reset=True):
-            if t == lm.tokenizer.eos_id or len(theirs) == len(want):
-                break
-            theirs.append(t)
+        theirs = llama_cpp_greedy(llm, ids, len(want), lm.tokenizer.eos_id)
         assert theirs == want and len(set(want)) >= distinct, (want, theirs)
     finally:
         llm.close()
