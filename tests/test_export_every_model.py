@@ -135,8 +135,9 @@ def test_a_preset_auto_run_exports_to_transformers_a_web_page_and_llama_cpp(pres
         p.name for p in site.iterdir()
     }
     assert json.loads((site / "scratchlm.json").read_text())["n_ctx"] == lm.config.model.block_size
-    # Trained for seconds, the model soon repeats one token; the logits of every prompt position still count.
-    assert_llama_cpp_agrees(lm, site / "model.gguf", ids, ours, distinct=2)
+    # Trained for seconds (fewer on a busy machine), the model may repeat one token from the first: the
+    # logits at every prompt position, within 1e-2, are what tells a wrong map (off by O(1)) here.
+    assert_llama_cpp_agrees(lm, site / "model.gguf", ids, ours, distinct=1)
 
 
 def test_a_preset_auto_run_exports_to_onnx(preset_auto_run, tmp_path):
