@@ -847,8 +847,10 @@ def test_gguf_export_writes_an_ollama_modelfile_beside_it(prepared, tmp_path, ca
     assert not any("qwen3" in line for line in plain + chat)
     # A QK-norm model is llama.cpp's qwen3, which Ollama tokenizes its own way: the file says so.
     qwen3 = make_run(prepared, tmp_path / "qwen3", kind="bpe", flavour="llama", qk_norm=True, bias=False)
+    capsys.readouterr()
     export(qwen3, "gguf", tmp_path / "qwen3.gguf")
     assert "# Caution: Ollama runs qwen3 files" in (tmp_path / "qwen3.Modelfile").read_text()
+    assert "for Ollama, train with --model.qk-norm false" in capsys.readouterr().err  # and the export says it
 
     (tmp_path / "chat.Modelfile").write_text("FROM mine\n")
     capsys.readouterr()

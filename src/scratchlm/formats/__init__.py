@@ -135,13 +135,19 @@ def _write_gguf_file(lm, run: Run, out: Path, dtype: str) -> None:
 
 def _write_modelfile(lm, out: Path, sft: bool, sample) -> None:
     """<stem>.Modelfile beside the .gguf, for Ollama; a file of that name export did not write stays."""
-    from .gguf import MODELFILE_MARKER, modelfile
+    from .gguf import MODELFILE_MARKER, gguf_arch, modelfile
 
     path = out.with_name(out.stem + ".Modelfile")
     if path.exists() and not path.read_text(encoding="utf-8", errors="replace").startswith(MODELFILE_MARKER):
         print(f"note: {path} exists and was not written by `scratchlm export`: kept", file=sys.stderr)
         return
     atomic_write_text(path, modelfile(lm, out.name, sft, sample))
+    if gguf_arch(lm.config.model) == "qwen3":  # the file's own caution, where a user sees it
+        print(
+            f"note: {path.name}: Ollama tokenizes qwen3 (QK-norm) files its own way, not as scratchlm does; "
+            "for Ollama, train with --model.qk-norm false (docs/deploy.md, Ollama)",
+            file=sys.stderr,
+        )
 
 
 def _write_marker(folder: Path) -> None:
