@@ -14,8 +14,10 @@ from line to line): the parent streams it as one process does, while the workers
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sys
 from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -304,6 +306,22 @@ class _Writer:
             raise FewDocuments
 
 
+@contextlib.contextmanager
+def _main_script_hidden() -> Iterator[None]:
+    """A spawned process first runs the parent's main script again (as __mp_main__), which a script that
+    calls scratchlm.prepare() without an `if __name__ == "__main__":` guard would turn into a prepare per
+    worker. The workers need nothing from it, so while they start, the main module names no script."""
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main and k in main.__dict__}
+    for k in saved:
+        setattr(main, k, None) if k == "__spec__" else delattr(main, k)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(main, k, v)
+
+
 def write_shards_parallel(
     data_dir: Path,
     tokenizer,
@@ -319,6 +337,8 @@ def write_shards_parallel(
 
     def fill(writers: dict[str, ShardWriter], progress: Progress) -> bool:
         state = _Writer(corpus, writers, tokenizer, report, progress)
+        stack = contextlib.ExitStack()
+        stack.enter_context(_main_script_hidden())
         pool = ProcessPoolExecutor(
             workers,
             mp_context=get_context("spawn"),
@@ -334,6 +354,7 @@ def write_shards_parallel(
                     progress.update(nbytes)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+            stack.close()
         state.finish(sources)
         return False
 
