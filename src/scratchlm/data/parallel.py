@@ -55,6 +55,7 @@ UNIT_BYTES = 1 << 22  # 4 MB of input per task: ~1 s of work, small against the 
 INLINE_BYTES = CACHE_CHARS  # a text file above this is streamed by the parent (one document, bounded memory)
 IN_FLIGHT = 2  # units queued per worker: enough to keep it busy while the parent writes
 MAX_AUTO_WORKERS = 32
+AUTO_MIN_BYTES = 1 << 23  # 8 MB: about 2 s of one process's work
 
 
 class FewDocuments(Exception):
@@ -62,11 +63,14 @@ class FewDocuments(Exception):
 
 
 def resolve_workers(setting: int | str, corpus: Corpus) -> int:
-    """--data.workers auto: one per core (at most MAX_AUTO_WORKERS), one for a few text files, where
-    documents cannot be spread (each is one document) and the start of the workers would be wasted."""
+    """--data.workers auto: one per core (at most MAX_AUTO_WORKERS); one for a few text files (each is
+    one document, which one process reads) and for inputs under AUTO_MIN_BYTES, where starting the
+    workers (~1 s: each imports numpy and loads the tokenizer) would cost more than they save."""
     if setting != "auto":
         return int(setting)
-    if corpus.few_text_files:
+    files = [s.path for s in corpus.sources if s.kind in ("text", "jsonl", "parquet")]
+    small = len(files) == len(corpus.sources) and sum(p.stat().st_size for p in files) < AUTO_MIN_BYTES
+    if corpus.few_text_files or small:
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(cores, MAX_AUTO_WORKERS))
