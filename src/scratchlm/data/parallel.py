@@ -51,7 +51,7 @@ from .sources import (
     text_pieces,
 )
 
-UNIT_BYTES = 1 << 22  # 4 MB of input per task: ~1 s of work, small against the cost of handing it over
+UNIT_BYTES = 1 << 20  # 1 MB of input per task: ~0.3 s of work, far more than handing it over costs
 INLINE_BYTES = CACHE_CHARS  # a text file above this is streamed by the parent (one document, bounded memory)
 IN_FLIGHT = 2  # units queued per worker: enough to keep it busy while the parent writes
 MAX_AUTO_WORKERS = 32
