@@ -1,6 +1,10 @@
-"""Benchmark `scratchlm prepare` against a naive `tokenizer.encode(whole_text)` into a numpy array.
+"""Benchmark `scratchlm prepare` against a naive `tokenizer.encode(whole_text)` into a numpy array,
+and its worker processes (--data.workers) against a nanoGPT-style multiprocess tiktoken script.
 
     PYTHONPATH=src python bench/prepare.py --sizes-mb 50 500 --baseline-mb 50
+    PYTHONPATH=src:/tmp/tikpkg python bench/prepare.py --sizes-mb --workers-mb 40 --workers 1 2
+
+(`pip install --target /tmp/tikpkg tiktoken` for the peer; without tiktoken it is left out.)
 
 The corpus is War and Peace (with its Gutenberg header and footer) repeated into one file of each
 size; every measurement runs in a fresh process pinned to 1 core or to all cores, with the same
@@ -31,6 +35,26 @@ if mode == "prepare":
     cfg = RunConfig()
     cfg.data.inputs = [corpus]
     prepare(run, cfg)
+elif mode.startswith("workers="):
+    from scratchlm.config import RunConfig
+    from scratchlm.commands.prepare import prepare
+    cfg = RunConfig()
+    cfg.data.inputs = [corpus]
+    cfg.data.workers = int(mode.split("=")[1])
+    prepare(run, cfg)
+elif mode.startswith("peer="):  # nanoGPT's prepare: a Pool over documents, encode_ordinary + <|endoftext|>
+    import multiprocessing as mp
+    import numpy as np
+    sys.path.insert(0, os.path.dirname(corpus))
+    from peer_encoding import encoding, process
+    with mp.get_context("spawn").Pool(int(mode.split("=")[1])) as pool, open(corpus, "rb") as f:
+        ids = list(pool.imap(process, f, chunksize=64))
+    arr = np.memmap(os.path.join(run, "peer.bin"), dtype=np.uint16, mode="w+", shape=(sum(map(len, ids)),))
+    pos = 0
+    for x in ids:
+        arr[pos : pos + len(x)] = x
+        pos += len(x)
+    arr.flush()
 else:  # the naive baseline: the whole text in memory, one encode call, one array
     import numpy as np
     from scratchlm.tokenizer import Tokenizer
@@ -57,12 +81,80 @@ def measure(mode: str, cores: list[int], corpus: Path, run: Path, tok: Path) -> 
     return result
 
 
+PEER = r"""
+# The peer's encoder: tiktoken's BPE over the bench's byte-level vocabulary (tiktoken's own gpt2 file
+# would need the network); one document per JSONL line, as nanoGPT's openwebtext/prepare.py maps them.
+import json
+import tiktoken
+from tokenizers import Tokenizer
+
+def _ranks():
+    data = json.loads(Tokenizer.from_file(__import__("os").environ["PEER_TOKENIZER"]).to_str())
+    bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+    rest = [n for n in range(256) if n not in bs]
+    inv = {chr(c): b for b, c in zip(bs + rest, bs + [256 + k for k in range(len(rest))])}
+    vocab = [(t, i) for t, i in data["model"]["vocab"].items() if not t.startswith("<|")]
+    return {bytes(inv[ch] for ch in t): i for t, i in vocab if set(t) <= inv.keys()}
+
+PAT = r"'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+RANKS = _ranks()
+EOT = max(RANKS.values()) + 1
+encoding = tiktoken.Encoding("bench", pat_str=PAT, mergeable_ranks=RANKS, special_tokens={"<|eot|>": EOT})
+
+def process(line):
+    ids = encoding.encode_ordinary(json.loads(line)["text"])
+    ids.append(EOT)
+    return ids
+"""
+
+
+def workers_section(args, book: bytes, work: Path, tok: Path) -> None:
+    """--data.workers N on N cores against 1 on 1 core, beside the peer's Pool(N) against Pool(1)."""
+    corpus = work / "corpus.jsonl"
+    text = book.decode("utf-8")
+    paras = [p for p in text.split("\n\n") if p.strip()]
+    with open(corpus, "w", encoding="utf-8") as f:  # web-like documents of ~3 KB, none a duplicate
+        i = 0
+        while f.tell() < args.workers_mb * 1e6:
+            doc = "\n\n".join(paras[(i * 7 + k) % len(paras)] for k in range(12))
+            f.write(json.dumps({"text": f"Document {i}.\n\n{doc}"}) + "\n")
+            i += 1
+    mb = corpus.stat().st_size / 1e6
+    all_cores = sorted(os.sched_getaffinity(0))
+    try:
+        import tiktoken  # noqa: F401
+
+        (work / "peer_encoding.py").write_text(PEER)
+        os.environ["PEER_TOKENIZER"] = str(tok / "tokenizer.json")
+        peers = True
+    except ImportError:
+        print("tiktoken is not installed: the peer is left out")
+        peers = False
+    print(f"{mb:.0f} MB JSONL, {i:,} documents; load average before: {os.getloadavg()[0]:.2f}")
+    print(f"{'what':>22} {'cores':>5} {'MB/s':>7} {'peak RSS':>9}  scaling (speed-up / cores)")
+    for label, modes in (("scratchlm prepare", "workers="), ("nanoGPT-style tiktoken", "peer=")):
+        if modes == "peer=" and not peers:
+            continue
+        base = None
+        for n in args.workers:
+            r = measure(f"{modes}{n}", all_cores[:n], corpus, work / "run", tok)
+            rate = mb / r["secs"]
+            base = base or rate
+            speedup = rate / base
+            line = f"{label:>22} {n:>5} {rate:>7.2f} {r['rss_mb']:>7.0f}MB"
+            print(f"{line}  {speedup:.2f}x / {n} = {speedup / n:.2f}", flush=True)
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     shared = Path(__file__).resolve().parents[2] / "shared" / "data"
     ap.add_argument("--book", default=str(shared / "war_and_peace.txt"))
-    ap.add_argument("--sizes-mb", type=int, nargs="+", default=[50, 500])
+    ap.add_argument("--sizes-mb", type=int, nargs="*", default=[50, 500])
     ap.add_argument("--baseline-mb", type=int, nargs="*", default=[50], help="sizes to run the naive one on")
+    ap.add_argument("--workers-mb", type=int, default=0, help="JSONL size for the --data.workers section")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, len(os.sched_getaffinity(0))])
+    ap.add_argument("--kind", default="unigram", help="tokenizer kind (the peer needs bytelevel)")
     args = ap.parse_args()
 
     from scratchlm.config import TokenizerConfig
@@ -74,7 +166,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="scratchlm-bench-"))
     try:
         tok = work / "tok"
-        train_tokenizer([clean(book.decode("utf-8"))], TokenizerConfig(vocab_size=4096)).save(tok)
+        kind = "bytelevel" if args.workers_mb else args.kind
+        train_tokenizer([clean(book.decode("utf-8"))], TokenizerConfig(kind=kind, vocab_size=4096)).save(tok)
         print(f"{'size':>6} {'mode':>9} {'cores':>5} {'MB/s':>7} {'peak RSS':>9}  ratio")
         for size in args.sizes_mb:
             corpus = work / f"corpus_{size}.txt"
@@ -94,6 +187,8 @@ def main() -> None:
                 line = f"{mb:>5.0f}M {mode:>9} {len(cores):>5} {rate:>7.2f} {r['rss_mb']:>7.0f}MB"
                 print(f"{line}  {rate / base:.2f}x", flush=True)
             corpus.unlink()
+        if args.workers_mb:
+            workers_section(args, book, work, tok)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

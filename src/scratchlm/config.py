@@ -128,6 +128,9 @@ class DataConfig(Checked):
     """The tokenizer is trained on the first this-many MB of cleaned text (memory stays bounded)."""
     shard_tokens: int = bounded(100_000_000, ge=1)
     """Tokens per shard file."""
+    workers: int | Literal["auto"] = bounded("auto", ge=1)
+    """Processes that read, clean and encode (auto: one per core, 1 for a few text files); the shards
+    are the same whatever the number."""
 
 
 @dataclass

@@ -72,6 +72,18 @@ class CleanDoc:
                 yield out
 
 
+def source_info(src: Source) -> dict:
+    """The manifest's summary of one input, filled as its documents are read."""
+    return {"input": src.name, "kind": src.kind, "documents": 0, "kept": 0, "chars": 0}
+
+
+def count_document(info: dict, kept: bool, chars: int) -> None:
+    info["documents"] += 1
+    if kept:
+        info["kept"] += 1
+        info["chars"] += chars
+
+
 def _pattern(words: list[str], regex: bool) -> re.Pattern | None:
     if not words:
         return None
@@ -81,21 +93,86 @@ def _pattern(words: list[str], regex: bool) -> re.Pattern | None:
         raise UserError(f"--data.include/--data.exclude: not a valid regular expression ({e})") from None
 
 
+@dataclass
+class Measured:
+    """One raw document cleaned once: what selection needs, decided without the other documents."""
+
+    raw: Document
+    chars: int
+    key: bytes  # the cleaned text's digest, for exact de-duplication
+    reason: str | None  # why it is dropped (a report key), or None: kept unless it is a duplicate
+    cached: list[str] | None  # its cleaned pieces when under CACHE_CHARS
+
+    def doc(self, cfg: DataConfig) -> CleanDoc:
+        return CleanDoc(self.raw.name, self.chars, self.raw, cfg, self.cached)
+
+
+class Selection:
+    """The per-document half of selection (cleaning, length and include/exclude rules): it needs nothing
+    but the document, so prepare's worker processes run it; de-duplication needs the documents before,
+    so `keep` runs in input order in one process."""
+
+    def __init__(self, cfg: DataConfig):
+        self.cfg = cfg
+        self.include = _pattern(cfg.include, cfg.regex)
+        self.exclude = _pattern(cfg.exclude, cfg.regex)
+
+    def measure(self, raw: Document, report: Counter) -> Measured:
+        cleaner = DocCleaner(self.cfg, report)
+        digest = hashlib.blake2b(digest_size=16)
+        cache: list[str] | None = []
+        chars, included, excluded = 0, self.include is None, False
+        for piece in raw.pieces():
+            piece = cleaner.feed(piece)
+            if not piece:
+                continue
+            chars += len(piece)
+            digest.update(piece.encode("utf-8", "surrogatepass"))
+            included = included or bool(self.include.search(piece))
+            excluded = excluded or (self.exclude is not None and bool(self.exclude.search(piece)))
+            if cache is not None:
+                cache.append(piece)
+                if chars > CACHE_CHARS:
+                    cache = None  # too big to keep: it is cleaned again when encoded
+        report["documents_read"] += 1
+        reason = None
+        if chars < max(1, self.cfg.min_chars):
+            reason = "dropped_too_short"
+        elif self.cfg.max_chars and chars > self.cfg.max_chars:
+            reason = "dropped_too_long"
+        elif not included:
+            reason = "dropped_not_included"
+        elif excluded:
+            reason = "dropped_excluded"
+        return Measured(raw, chars, digest.digest(), reason, cache)
+
+    def keep(self, chars: int, key: bytes, reason: str | None, report: Counter, seen: set[bytes]) -> bool:
+        """The in-order half: a document that passed `measure` is kept unless an earlier one had its text."""
+        if reason is None and self.cfg.dedup and key in seen:
+            reason = "dropped_duplicate"
+        if reason is not None:
+            report[reason] += 1
+            return False
+        seen.add(key)
+        report["documents_kept"] += 1
+        report["chars_kept"] += chars
+        return True
+
+
 class Corpus:
     """The inputs of one prepare, as a stream of kept documents; `documents()` can run more than once."""
 
     def __init__(self, cfg: DataConfig):
         self.cfg = cfg
         self.sources = expand_inputs(cfg.inputs, str(bundled_corpus()))
-        self.include = _pattern(cfg.include, cfg.regex)
-        self.exclude = _pattern(cfg.exclude, cfg.regex)
+        self.selection = Selection(cfg)
 
     @property
     def few_text_files(self) -> bool:
         """A few books: hold out the end of each instead of whole documents (known before reading)."""
         return len(self.sources) < 10 and all(s.kind == "text" for s in self.sources)
 
-    def _raw_documents(self, src: Source) -> Iterator[Document]:
+    def raw_documents(self, src: Source) -> Iterator[Document]:
         c = self.cfg
         if src.kind == "text":
             yield Document(src.name, lambda: text_pieces(src.path, c.encoding, c.errors))
@@ -114,64 +191,34 @@ class Corpus:
         seen: set[bytes] = set()
         skipped: list[str] = []
         for src in self.sources:
-            info = {"input": src.name, "kind": src.kind, "documents": 0, "kept": 0, "chars": 0}
+            info = source_info(src)
             try:
-                for raw in self._raw_documents(src):
-                    info["documents"] += 1
-                    doc = self._select(raw, report, seen)
-                    if doc is not None:
-                        info["kept"] += 1
-                        info["chars"] += doc.chars
-                        yield doc
+                for raw in self.raw_documents(src):
+                    m = self.selection.measure(raw, report)
+                    kept = self.selection.keep(m.chars, m.key, m.reason, report, seen)
+                    count_document(info, kept, m.chars)
+                    if kept:
+                        yield m.doc(self.cfg)
             except SkipFile as e:
-                if self.cfg.strict or (str(e) == "empty" and src.explicit):
-                    what = "looks like a binary file (NUL bytes)" if str(e) == "binary" else "is empty"
-                    raise UserError(f"{src.name}: the file {what}; give a text file with text") from None
-                report[f"{e}_files_skipped"] += 1
-                info["skipped"] = str(e)
-                skipped.append(f"{src.name} ({e})")
+                self.skip(src, e, report, info, skipped)
             if sources is not None:
                 sources.append(info)
+        self.check_not_empty(report, skipped)
+
+    def skip(self, src: Source, e: SkipFile, report: Counter, info: dict, skipped: list[str]) -> None:
+        """A binary or empty file: counted and skipped, or refused (--data.strict, or named by the user)."""
+        if self.cfg.strict or (str(e) == "empty" and src.explicit):
+            what = "looks like a binary file (NUL bytes)" if str(e) == "binary" else "is empty"
+            raise UserError(f"{src.name}: the file {what}; give a text file with text") from None
+        report[f"{e}_files_skipped"] += 1
+        info["skipped"] = str(e)
+        skipped.append(f"{src.name} ({e})")
+
+    @staticmethod
+    def check_not_empty(report: Counter, skipped: list[str]) -> None:
         if not report["documents_kept"]:
             why = f"; skipped: {', '.join(skipped[:3])}" if skipped else ""
             raise UserError(f"the corpus is empty after cleaning and filtering: no document kept{why}")
-
-    def _select(self, raw: Document, report: Counter, seen: set[bytes]) -> CleanDoc | None:
-        cleaner = DocCleaner(self.cfg, report)
-        digest = hashlib.blake2b(digest_size=16)
-        cache: list[str] | None = []
-        chars, included, excluded = 0, self.include is None, False
-        for piece in raw.pieces():
-            piece = cleaner.feed(piece)
-            if not piece:
-                continue
-            chars += len(piece)
-            digest.update(piece.encode("utf-8", "surrogatepass"))
-            included = included or bool(self.include.search(piece))
-            excluded = excluded or (self.exclude is not None and bool(self.exclude.search(piece)))
-            if cache is not None:
-                cache.append(piece)
-                if chars > CACHE_CHARS:
-                    cache = None  # too big to keep: it is cleaned again when encoded
-        report["documents_read"] += 1
-        key = digest.digest()
-        if chars < max(1, self.cfg.min_chars):
-            reason = "dropped_too_short"
-        elif self.cfg.max_chars and chars > self.cfg.max_chars:
-            reason = "dropped_too_long"
-        elif not included:
-            reason = "dropped_not_included"
-        elif excluded:
-            reason = "dropped_excluded"
-        elif self.cfg.dedup and key in seen:
-            reason = "dropped_duplicate"
-        else:
-            seen.add(key)
-            report["documents_kept"] += 1
-            report["chars_kept"] += chars
-            return CleanDoc(raw.name, chars, raw, self.cfg, cache)
-        report[reason] += 1
-        return None
 
     def sample(self, max_chars: int) -> list[str]:
         """The first `max_chars` characters of the kept documents, as pieces: the tokenizer's training

@@ -12,6 +12,7 @@ from ..run import Run
 from ..tokenizer import Tokenizer, train_on_corpus
 from ..tokenizer import exists as tokenizer_exists
 from .corpus import Corpus
+from .parallel import resolve_workers, write_shards_parallel
 from .shards import write_shards
 
 REPORT_LINES = {
@@ -86,15 +87,22 @@ def prepare_run(run: Run, cfg: RunConfig, overwrite: bool) -> dict:
     total = sum(p.stat().st_size for p in local) if len(local) == len(corpus.sources) else None
     if total is not None and any(p.suffix.lower() == ".gz" for p in local):
         total = None  # compressed sizes say nothing about the text inside
-    extra = {"report": report, "sources": sources, "data_config": dataclasses.asdict(cfg.data)}
-    manifest = write_shards(
-        run.data_dir,
-        tokenizer,
-        corpus.documents(report, sources),
-        cfg.data,
-        tail=corpus.few_text_files,
-        extra={**extra, "total_bytes": total},
-    )
+    # --data.workers changes how fast, never what is written: the manifest is the same for any number.
+    data_config = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k != "workers"}
+    extra = {"report": report, "sources": sources, "data_config": data_config, "total_bytes": total}
+    manifest = None
+    workers = resolve_workers(cfg.data.workers, corpus)
+    if workers > 1 and not corpus.few_text_files:
+        rank0_print(f"reading, cleaning and encoding in {workers} worker processes")
+        manifest = write_shards_parallel(
+            run.data_dir, tokenizer, run.tokenizer_dir, corpus, workers, report, sources, extra
+        )
+    if manifest is None:  # one process, or fewer than 10 documents found (their tails are held out)
+        report.clear()
+        sources.clear()
+        manifest = write_shards(
+            run.data_dir, tokenizer, corpus.documents(report, sources), cfg.data, corpus.few_text_files, extra
+        )
     run.save_config(cfg)
 
     for key, label in REPORT_LINES.items():

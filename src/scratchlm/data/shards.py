@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import json
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,6 +45,15 @@ class ShardWriter:
         self.shards: list[dict] = []
         self.documents = 0
         self._stack: contextlib.ExitStack | None = None
+        self.held: list[np.ndarray] | None = None  # tokens kept in memory until `release` (a look-ahead)
+
+    def hold(self) -> None:
+        self.held = []
+
+    def release(self) -> None:
+        held, self.held = self.held, None
+        for tokens in held or []:
+            self.write(tokens)
 
     def _open(self) -> None:
         self._name = f"{self.split}_{len(self.shards):03d}.bin"
@@ -53,6 +63,9 @@ class ShardWriter:
         self._sha, self._n = hashlib.sha256(), 0
 
     def write(self, tokens: np.ndarray) -> None:
+        if self.held is not None:
+            self.held.append(tokens.astype(self.dtype, copy=False))
+            return
         while tokens.size:
             if self._stack is None:
                 self._open()
@@ -134,20 +147,29 @@ def _route(docs: Iterable[CleanDoc], cfg: DataConfig, tail: bool) -> Iterator[tu
     document does (that val piece starts mid-document)."""
     rng = np.random.default_rng(cfg.seed)
     for doc in docs:
-        split = "val" if not tail and rng.random() < cfg.val_fraction else "train"
-        cut_at = int(doc.chars * (1 - cfg.val_fraction)) if tail else doc.chars
-        pos, first = 0, True
-        for piece, last in _with_last(doc.pieces()):
-            if split == "train" and pos + len(piece) > cut_at:
-                local = cut_at - pos
-                # Cut at a paragraph (or at least a line) break so val does not start mid-sentence.
-                para, line = piece.find("\n\n", local), piece.find("\n", local)
-                cut = para + 2 if para >= 0 else line + 1 if line >= 0 else local
-                yield "train", piece[:cut], first, True
-                split, piece, first = "val", piece[cut:], False
-            pos += len(piece)
-            yield split, piece, first, last
-            first = False
+        if tail:
+            yield from doc_pieces(doc, "train", cfg.val_fraction)
+        else:
+            yield from doc_pieces(doc, "val" if rng.random() < cfg.val_fraction else "train")
+
+
+def doc_pieces(
+    doc: CleanDoc, split: str, tail_fraction: float = 0.0
+) -> Iterator[tuple[str, str, bool, bool]]:
+    """One document's pieces as _route yields them: all to `split`, or its last `tail_fraction` to val."""
+    cut_at = int(doc.chars * (1 - tail_fraction)) if tail_fraction else doc.chars
+    pos, first = 0, True
+    for piece, last in _with_last(doc.pieces()):
+        if split == "train" and pos + len(piece) > cut_at:
+            local = cut_at - pos
+            # Cut at a paragraph (or at least a line) break so val does not start mid-sentence.
+            para, line = piece.find("\n\n", local), piece.find("\n", local)
+            cut = para + 2 if para >= 0 else line + 1 if line >= 0 else local
+            yield "train", piece[:cut], first, True
+            split, piece, first = "val", piece[cut:], False
+        pos += len(piece)
+        yield split, piece, first, last
+        first = False
 
 
 Piece = tuple[str, str, bool, bool]  # (split, text, starts_document, ends_document), as _route yields
@@ -160,14 +182,28 @@ def write_shards(
 
     `tail` holds out the end of each document (for a few books); it is also chosen when the stream
     turns out to hold fewer than FEW_DOCS documents."""
+
+    def fill(writers: dict[str, ShardWriter], progress: Progress) -> bool:
+        nonlocal docs
+        few = tail
+        if not few:
+            few, docs = few_documents(docs)
+        _encode_into(writers, tokenizer, _route(docs, cfg, few), progress)
+        return few
+
+    return write_with(data_dir, tokenizer, cfg, extra, fill)
+
+
+def write_with(data_dir: Path, tokenizer, cfg: DataConfig, extra: dict, fill) -> dict:
+    """Open the writers, let `fill(writers, progress)` append every document (it returns whether the
+    tails of documents were held out), then close the shards and write the manifest."""
     _start_writing(data_dir, cfg)
     dtype = token_dtype(tokenizer.vocab_size)
     writers = {s: ShardWriter(data_dir, s, dtype, cfg.shard_tokens) for s in SPLITS}
+    extra = dict(extra)
     progress = Progress(extra.pop("total_bytes", None))
     try:
-        if not tail:
-            tail, docs = few_documents(docs)
-        _encode_into(writers, tokenizer, _route(docs, cfg, tail), progress)
+        tail = fill(writers, progress)
         for split in SPLITS:
             if not writers[split].documents:
                 raise UserError(
@@ -191,7 +227,8 @@ def write_shards(
         "split_mode": "tail of each document" if tail else "whole documents",
         "documents": {s: w.documents for s, w in writers.items()},
         "splits": splits,
-        **extra,
+        # Counters in key order: worker processes count in another order than one process does.
+        **{k: dict(sorted(v.items())) if isinstance(v, Counter) else v for k, v in extra.items()},
     }
     # The manifest goes last: shards without a manifest are never read.
     atomic_write_text(data_dir / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")

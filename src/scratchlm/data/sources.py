@@ -13,7 +13,7 @@ import gzip
 import itertools
 import json
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,20 +178,31 @@ def jsonl_objects(
     """("file:line", parsed value) for each non-blank line of a JSONL file (.gz too), read streaming; a line
     that is not JSON is a one-line error naming it. Shared by prepare, eval, sample and SFT."""
     with _open_binary(path) as f:
-        for lineno, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                yield where, json.loads(raw.decode(encoding, errors))
-            except UnicodeDecodeError as e:
-                raise UserError(f"{where}: not valid {encoding} at byte {e.start} of the line") from None
-            except json.JSONDecodeError as e:
-                raise UserError(f"{where}: not valid JSON ({e.msg}); write one JSON object a line") from None
+        yield from parse_jsonl_lines(path, enumerate(f, 1), encoding, errors)
+
+
+def parse_jsonl_lines(
+    path: Path, lines: Iterable[tuple[int, bytes]], encoding: str, errors: str
+) -> Iterator[tuple[str, object]]:
+    """("file:line", parsed value) for numbered raw lines (prepare's workers get them as blocks of bytes)."""
+    for lineno, raw in lines:
+        if not raw.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            yield where, json.loads(raw.decode(encoding, errors))
+        except UnicodeDecodeError as e:
+            raise UserError(f"{where}: not valid {encoding} at byte {e.start} of the line") from None
+        except json.JSONDecodeError as e:
+            raise UserError(f"{where}: not valid JSON ({e.msg}); write one JSON object a line") from None
 
 
 def jsonl_records(path: Path, field: str, encoding: str, errors: str) -> Iterator[Document]:
-    for where, obj in jsonl_objects(path, encoding, errors):
+    yield from records_of(jsonl_objects(path, encoding, errors), field)
+
+
+def records_of(objects: Iterable[tuple[str, object]], field: str) -> Iterator[Document]:
+    for where, obj in objects:
         text = get_field(obj, field, where)
         yield Document(where, lambda t=text: split_text(t))
 

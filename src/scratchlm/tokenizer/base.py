@@ -226,5 +226,10 @@ def split_for_batch(text: str, size: int = _PIECE_CHARS) -> Iterator[str]:
         yield text[start:]
 
 
+ENCODE_THREADS: int | None = None  # prepare's worker processes set 1: they are one process per core
+
+
 def cpu_threads() -> int:
+    if ENCODE_THREADS:
+        return ENCODE_THREADS
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
