@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import random
 
@@ -11,6 +12,7 @@ import torch
 import scratchlm
 import scratchlm.decode as sample_mod
 from scratchlm.cli import main
+from scratchlm.compiled import compiled_step
 from scratchlm.config import ModelConfig, RunConfig, SampleConfig, TokenizerConfig
 from scratchlm.decode import (
     TextStream,
@@ -67,6 +69,32 @@ def test_greedy_with_cache_equals_without_cache(flavour):
     got = list(generate_ids(model, prompt, SampleConfig(temperature=0.0, max_new_tokens=n)))
     assert got == greedy_without_cache(model, prompt, n)
     assert len(set(got)) > 3  # not a degenerate repetition of one token
+
+
+@pytest.mark.parametrize("flavour", ["gpt2", "llama"])
+def test_the_compiled_step_gives_the_eager_tokens_past_the_cache_and_from_a_prompt_at_the_limit(flavour):
+    model = tiny_model(flavour)
+    block = model.config.block_size
+    for prompt in ([5, 17, 3], list(range(3, 3 + block - 1))):  # the second fills all but the last slot
+        greedy, sampled = SampleConfig(temperature=0.0, max_new_tokens=80), SampleConfig(max_new_tokens=40)
+        for cfg in (greedy, sampled):
+            eager = list(generate_ids(model, prompt, cfg))
+            compiled = list(generate_ids(model, prompt, dataclasses.replace(cfg, compile=True)))
+            assert compiled == eager, (prompt, cfg)  # 80 tokens: the cache refills twice
+    assert compiled_step(model) is compiled_step(model)  # compiled once per model
+
+
+def test_the_compiled_step_follows_new_weights_and_keeps_two_models_apart():
+    a, b = tiny_model("gpt2"), tiny_model("gpt2")
+    with torch.no_grad():
+        b.lm_head.weight.mul_(-1)  # tied to wte: another model of the same shapes
+    cfg = SampleConfig(temperature=0.0, max_new_tokens=20, compile=True)
+    eager = dataclasses.replace(cfg, compile=False)
+    assert list(generate_ids(a, [5, 17], cfg)) == list(generate_ids(a, [5, 17], eager))
+    assert list(generate_ids(b, [5, 17], cfg)) == list(generate_ids(b, [5, 17], eager))
+    with torch.no_grad():  # as an optimizer step writes them: in place
+        a.transformer.h[0].mlp.c_fc.weight.mul_(3)
+    assert list(generate_ids(a, [5, 17], cfg)) == list(generate_ids(a, [5, 17], eager))
 
 
 def test_top_k_1_equals_greedy():

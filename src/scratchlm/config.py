@@ -318,6 +318,9 @@ class SampleConfig(Checked):
     (--stop '["\\n\\n", "THE END"]') or --stop+ STRING once per string."""
     seed: int = bounded(1337, ge=0)
     """Seed; the same seed gives the same text."""
+    compile: bool = False
+    """Compile the decode step with torch.compile (inductor) first: ~2x tokens/s at batch 1 on CPU, after
+    ~10-30 s of compiling (cached on disk for the next run); pays off for long or many replies."""
 
 
 @dataclass

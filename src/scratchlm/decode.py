@@ -23,6 +23,7 @@ import torch
 
 from . import chat_template
 from .checkpoint import Restored
+from .compiled import compiled_step
 from .config import SampleConfig
 from .model import GPT, KVCache
 
@@ -263,20 +264,53 @@ def prefill(model: GPT, cache: KVCache, ids: list[int]) -> torch.Tensor:
     return logits[0, -1]
 
 
+class Steps:
+    """The decode step on a one-row cache, eager or compiled. Eager: `cache.pos` is an int and attention
+    reads the filled part of the cache. Compiled: after each prefill `cache.pos` becomes a (1,) tensor
+    that the step moves on, and every step has the same shapes, so inductor compiles it once."""
+
+    def __init__(self, model: GPT, compile: bool):
+        weight = model.transformer.wte.weight
+        self.model, self.device = model, weight.device
+        self.cache = KVCache.empty(model.config, 1, model.config.block_size, weight.device, weight.dtype)
+        self.compiled = compiled_step(model) if compile else None
+        self.pos = 0  # the cache's position as a Python int, whichever form cache.pos has
+        # One preallocated (1, 1) input reused for every decode step instead of a new tensor per token.
+        self.input = torch.empty(1, 1, dtype=torch.long, device=weight.device)
+
+    def prefill(self, ids: list[int]) -> torch.Tensor:
+        logits = prefill(self.model, self.cache, ids)
+        self.pos = len(ids)
+        if self.compiled is not None:
+            self.cache.pos = torch.tensor([self.pos], device=self.device)
+        return logits
+
+    def __call__(self, token: int) -> tuple[torch.Tensor, int | None]:
+        """The logits after `token`, and their argmax when the step computed it (compiled)."""
+        self.input.fill_(token)
+        self.pos += 1
+        if self.compiled is None:
+            logits, _ = self.model(self.input, cache=self.cache)
+            return logits[0, -1], None
+        logits, best = self.compiled(self.model, self.input, self.cache)
+        return logits, int(best)
+
+
 @torch.inference_mode()
 def generate_ids(
     model: GPT, prompt_ids: list[int], cfg: SampleConfig, stop_ids: set[int] = frozenset()
 ) -> Iterator[int]:
     """Yield new token ids one at a time: the decode step on a batch of one. The prompt must be
-    non-empty (callers start it with <|bos|>); it is fitted to the context by `fit`."""
+    non-empty (callers start it with <|bos|>); it is fitted to the context by `fit`. With cfg.compile the
+    step is compiled (`compiled_step`); its logits equal the eager ones up to float rounding (the order of
+    a matmul's sums), so only a near-tie between the top two tokens could pick otherwise."""
     if not prompt_ids:
         raise ValueError("generate_ids needs at least one prompt token (e.g. <|bos|>)")
-    weight = model.transformer.wte.weight
-    d = Decoding(prompt_ids, cfg, stop_ids, model.config.block_size, model.config.vocab_size, weight.device)
-    cache = KVCache.empty(model.config, 1, d.block, weight.device, weight.dtype)
-    d.logits = prefill(model, cache, d.history)
-    # One preallocated (1, 1) input reused for every decode step instead of a new tensor per token.
-    step_input = torch.empty(1, 1, dtype=torch.long, device=weight.device)
+    device = model.transformer.wte.weight.device
+    d = Decoding(prompt_ids, cfg, stop_ids, model.config.block_size, model.config.vocab_size, device)
+    steps = Steps(model, cfg.compile)
+    d.logits = steps.prefill(d.history)
+    greedy = cfg.temperature <= 0 and d.seen is None
     while True:
         token = d.pick()
         if not d.accept(token):
@@ -284,12 +318,12 @@ def generate_ids(
         yield token
         if d.finish_reason is not None:
             return
-        refill = d.refill(cache.pos)
+        refill = d.refill(steps.pos)
         if refill is not None:
-            prefill(model, cache, refill)
-        step_input.fill_(token)
-        logits, _ = model(step_input, cache=cache)
-        d.logits = logits[0, -1]
+            steps.prefill(refill)
+        d.logits, best = steps(token)
+        if greedy and best is not None:
+            d.picked = best
 
 
 # ---------------------------------------------------------------- text

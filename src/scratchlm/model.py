@@ -287,7 +287,14 @@ class GPT(nn.Module):
             cache.pos += T
         return self._head(x, targets, logits_to_keep)
 
-    def _forward_rows(self, idx: torch.Tensor, cache: KVCache, logits_to_keep: int = 0):
+    def forward_static(self, idx: torch.Tensor, cache: KVCache):
+        """The cached forward at shapes that do not change from step to step, for torch.compile (decode.py):
+        cache.pos is a (B,) tensor, and attention reads the whole cache with a mask instead of the filled
+        part. The caller keeps every position below the cache's length (nothing here checks it: reading
+        the position back into Python would break the compiled graph). Returns logits, None."""
+        return self._forward_rows(idx, cache, static=True)
+
+    def _forward_rows(self, idx: torch.Tensor, cache: KVCache, logits_to_keep: int = 0, static: bool = False):
         """The cached forward when each row continues from its own position cache.pos[b]: logits, None.
 
         A separate path so the scalar one (batch-1 sampling, eval) keeps its few ops per step.
@@ -295,9 +302,12 @@ class GPT(nn.Module):
         B, T = idx.shape
         device = idx.device
         at = cache.pos.unsqueeze(1) + torch.arange(T, device=device)  # (B, T)
-        L = int(at.max()) + 1  # keys up to the furthest row; shorter rows mask the rest
-        if L > min(self.config.block_size, cache.k[0].size(2)):
-            raise ValueError(f"sequence of {L} tokens exceeds block_size {self.config.block_size}")
+        if static:
+            L = cache.k[0].size(2)
+        else:
+            L = int(at.max()) + 1  # keys up to the furthest row; shorter rows mask the rest
+            if L > min(self.config.block_size, cache.k[0].size(2)):
+                raise ValueError(f"sequence of {L} tokens exceeds block_size {self.config.block_size}")
         keys = torch.arange(L, device=device)
         slots = RowSlots(
             rows=torch.arange(B, device=device).unsqueeze(1),  # (B, 1)

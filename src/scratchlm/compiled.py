@@ -1,0 +1,102 @@
+"""The batch-1 decode step compiled by inductor (SampleConfig.compile; decode.Steps runs it).
+
+At batch 1 on CPU an eager decode step is ~100 small ops, each costing more in dispatch than in
+arithmetic, and its matmuls are (1 x n) @ (n x m) products that MKL runs at ~10 GB/s of weights where
+llama.cpp's dot products read ~25 GB/s. The compiled step fixes both: one graph of generated C++ kernels
+at shapes that never change (GPT.forward_static), with each matmul of one row written as a product and
+a sum over every weight row, which inductor turns into a vectorized dot-product loop over the weights as
+they lie in memory. Each change's figure is in docs/benchmarks.md (issue 27.1).
+"""
+
+from __future__ import annotations
+
+import types
+import weakref
+
+import torch
+
+from .model import GPT, KVCache
+
+# A weight of 2**17 floats (512 KB) or more does not stay in a core's L2 between tokens, and streamed
+# from further away the dot-product loop reads it ~2x faster than MKL's one-row product (6x384 model);
+# smaller ones (the tiny preset's layers) stay with aten's mm, which is as fast or faster there.
+ROW_MM_MIN = 2**17
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _static_step(model: GPT, idx: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token through GPT.forward_static: the last logits (vocab,) and their argmax, the greedy pick,
+    which costs ~2 us inside the compiled graph against ~13 us as an op of its own."""
+    logits, _ = model.forward_static(idx, cache)
+    return logits[0, -1], logits[0, -1].argmax()
+
+
+def _row_mm(x: torch.Tensor, w_t: torch.Tensor):
+    """aten.mm for one row x (1, n) and a large weight's transpose w_t (n, m): x times each weight row,
+    summed. Other shapes keep aten's mm (NotImplemented leaves an op undecomposed)."""
+    if x.shape[0] != 1 or w_t.numel() < ROW_MM_MIN:
+        return NotImplemented
+    return (x[:, None, :] * w_t.t()[None]).sum(-1)  # (1, m, n) summed over n: W's rows are contiguous
+
+
+def _row_addmm(bias: torch.Tensor, x: torch.Tensor, w_t: torch.Tensor, beta=1, alpha=1):
+    if beta != 1 or alpha != 1:
+        return NotImplemented
+    y = _row_mm(x, w_t)
+    return y if y is NotImplemented else y + bias
+
+
+def _one_query_attention(q, k, v, dropout_p=0.0, is_causal=False, attn_mask=None, scale=None):
+    """CPU flash attention for one new query (B, H, 1, hd) over the whole cache k, v (B, H, L, hd) as
+    products, sums and a softmax, which inductor fuses into its own loops instead of calling the kernel.
+    Returns (out, logsumexp) as the kernel does. +9% tokens/s on the tiny preset (L = 128), the same on
+    the 6x384 model, where the matmuls dominate."""
+    if q.shape[2] != 1 or is_causal or dropout_p or k.shape[1] != q.shape[1]:
+        return NotImplemented
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = (q * k).sum(-1) * scale  # (B, H, L)
+    if attn_mask is not None:
+        mask = attn_mask[:, :, 0]  # (B, 1 or H, L)
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    lse = torch.logsumexp(scores, dim=-1, keepdim=True)  # (B, H, 1)
+    out = ((scores - lse).exp()[..., None] * v).sum(-2, keepdim=True)  # (B, H, 1, hd)
+    return out, lse
+
+
+def _backend(gm, example_inputs):
+    """Inductor with the one-row matmuls and attention above, freezing (weights as constants) and
+    cpp_wrapper (the graph's calls made from C++, not Python)."""
+    from torch._inductor.compile_fx import compile_fx
+    from torch._inductor.decomposition import select_decomp_table
+
+    aten = torch.ops.aten
+    decompositions = {
+        **select_decomp_table(),
+        aten.mm.default: _row_mm,
+        aten.addmm.default: _row_addmm,
+        aten._scaled_dot_product_flash_attention_for_cpu.default: _one_query_attention,
+    }
+    patches = {"freezing": True, "cpp_wrapper": True}
+    return compile_fx(gm, example_inputs, config_patches=patches, decompositions=decompositions)
+
+
+def compiled_step(model: GPT):
+    """`_static_step` compiled for this model as its weights are now: step(model, idx (1, 1), cache) →
+    (logits (vocab,), argmax), with cache.pos a (1,) tensor that the step moves on.
+
+    Dynamo's guards checked every module on each call (~44 us a token on the tiny preset) and are cut
+    to the tensor guards. Frozen weights do not follow later changes, so a step is compiled per model
+    and again once any parameter was written to (an optimizer step bumps `_version`); each compile gets
+    a code object of its own, because dynamo keeps compiled graphs per code object and the trimmed
+    guards would not tell two models apart.
+    """
+    version = tuple(p._version for p in model.parameters())
+    hit = _COMPILED.get(model)
+    if hit is None or hit[0] != version:
+        fn = _static_step
+        fresh = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__)
+        options = {"guard_filter_fn": torch.compiler.keep_tensor_guards_unsafe}
+        step = torch.compile(fresh, backend=_backend, fullgraph=True, dynamic=False, options=options)
+        hit = (version, step)
+        _COMPILED[model] = hit
+    return hit[1]
