@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -109,8 +110,18 @@ def scratchlm_run(
 
     run = workdir / "speedrun"
     overrides = [f"--{k.replace('_', '-')}={v}" for k, v in (s.split("=", 1) for s in sets)]
+    tokenizer_sets = [o for o in overrides if o.startswith("--tokenizer.")]
+    overrides = [o for o in overrides if o not in tokenizer_sets]
     cmd = [sys.executable, "-m", "scratchlm"]
-    prep = [*cmd, "prepare", str(run), "--config", config, f"--data.inputs=[{text_path}]", "--overwrite"]
+    # The tokenizer learns from the training part only (the first 90%), so a subword vocabulary holds
+    # nothing of the scored text; prepare then keeps it and splits off the same last 10% as val.
+    train_part = workdir / "train-part.txt"
+    train_part.write_text(text[: int(0.9 * len(text))], encoding="utf-8")
+    if run.exists():
+        shutil.rmtree(run)
+    tok = [*cmd, "tokenizer", "train", str(run), "--input", str(train_part), "--config", config, *tokenizer_sets]
+    subprocess.run(tok, check=True, capture_output=True)
+    prep = [*cmd, "prepare", str(run), "--config", config, f"--data.inputs=[{text_path}]", *tokenizer_sets]
     subprocess.run(prep, check=True, capture_output=True)
     t = time.perf_counter()
     # Several processes (torchrun, DDP over gloo) split each step's rows between the cores.

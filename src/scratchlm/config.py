@@ -264,6 +264,8 @@ class TrainConfig(Checked):
     """AdamW beta1."""
     beta2: float = bounded(0.95, ge=0, lt=1)
     """AdamW beta2."""
+    muon_momentum: float = bounded(0.95, ge=0, lt=1)
+    """Muon's momentum (with --train.optimizer muon)."""
     grad_clip: float = bounded(1.0, ge=0)
     """Clip the gradient norm to this (0 disables)."""
     on_nan: Literal["stop", "skip"] = "stop"
