@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Iterator
 import torch
 
 from .config import SampleConfig
-from .decode import Decoding, TokenLogprobs, fit, pick_together, prefill, token_logprobs
+from .decode import Decoding, TokenLogprobs, fit, pick_together, token_logprobs
 from .model import GPT, KVCache
 
 
