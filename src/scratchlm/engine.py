@@ -308,15 +308,18 @@ class Engine:
     def _step(self) -> None:
         """Pick one id per row that has logits, hand them out, then one forward of every row still going:
         rows still prefilling sit out (a dummy id whose cache slot their next chunk overwrites)."""
-        ready = [r for r in self.active if r._feed is None and not r._todo and r.decoding.logits is not None]
-        self._pick_batch(ready)
-        ended = []
-        for request in ready:
-            self._guard(request, self._pick)
+        positions = self.cache.pos[: len(self.active)].tolist()  # one read for all rows, not one per row
+        ready = [
+            (r, pos)
+            for r, pos in zip(self.active, positions, strict=True)
+            if r._feed is None and not r._todo and r.decoding.logits is not None
+        ]
+        self._pick_batch([r for r, _ in ready])
+        for request, pos in ready:
+            self._guard(request, self._pick, pos)
+        for request, _ in ready:
             if request.finish_reason is not None:
-                ended.append(request)
-        for request in ended:
-            self._leave(request)
+                self._leave(request)
         self._flush()  # the consumers format this step's ids while the next forward runs
         feeds = [r._feed for r in self.active]
         if all(f is None for f in feeds):
@@ -330,15 +333,15 @@ class Engine:
                 request._finish("error", e)
                 self._leave(request)
             return
-        out = logits[:, -1]
-        for row, (request, f) in enumerate(zip(self.active, feeds, strict=True)):
+        for row, (request, f, row_logits) in enumerate(zip(self.active, feeds, logits[:, -1], strict=True)):
             if f is None:
                 self.cache.pos[row] -= 1  # the dummy id's slot is free again
             else:
-                request.decoding.logits, request._feed = out[row], None
+                request.decoding.logits, request._feed = row_logits, None
 
-    def _pick(self, request: Request) -> None:
-        """The request's next id by the decode step; at the context end the row's cache is rebuilt first."""
+    def _pick(self, request: Request, pos: int) -> None:
+        """The request's next id by the decode step (its row at `pos`); at the context end the row's cache
+        is rebuilt first."""
         if request.cancelled:
             return request._finish("cancelled")
         d = request.decoding
@@ -350,12 +353,11 @@ class Engine:
         request._push(token, None if k is None else token_logprobs(logits, token, k))
         if d.finish_reason is not None:
             return request._finish(d.finish_reason)
-        row = self.active.index(request)
-        refill = d.refill(int(self.cache.pos[row]))
-        if refill is not None:
-            self._start_prefill(request, row, refill, refill=True)
-        else:
+        refill = d.refill(pos)
+        if refill is None:
             request._feed = token
+        else:
+            self._start_prefill(request, self.active.index(request), refill, refill=True)
 
     def _pick_batch(self, ready: list[Request]) -> None:
         """Draw the ids of all plain sampling rows together (decode.pick_together): same bits as alone."""
