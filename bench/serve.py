@@ -149,6 +149,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=4, help="requests per client, in sequence")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: best aggregate on 2 cores)")
+    ap.add_argument("--prefill-chunk", type=int, default=64, help="prompt ids prefilled per engine step")
     ap.add_argument(
         "--same-process", action="store_true", help="run the clients in the server's process (and its GIL)"
     )
@@ -166,7 +167,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(args.run) if args.run else build_run(Path(tmp) / "tiny", args.steps)
         lm = load(run)
-        engine = Engine(lm.model, max_batch=max(16, args.clients), max_queue=max(64, 2 * args.clients))
+        engine = Engine(
+            lm.model,
+            max_batch=max(16, args.clients),
+            max_queue=max(64, 2 * args.clients),
+            prefill_chunk=args.prefill_chunk,
+        )
         app = create_app(lm, NAME, engine=engine, max_batch=engine.max_batch)
         with running(app) as base:
             measure(base, 1, 1, 8, 10**6)  # warm-up: connections, first forward
@@ -194,7 +200,8 @@ def main() -> None:
         f"run {run if args.run else f'(tiny, built, {args.steps} steps)'}: "
         f"{lm.model.num_params():,} parameters, "
         f"context {cfg.block_size}; {args.tokens} tokens per request, {args.requests} requests per client, "
-        f"{torch.get_num_threads()} torch threads, median of {args.rounds} rounds, clients in "
+        f"{torch.get_num_threads()} torch threads, prefill chunk {args.prefill_chunk}, "
+        f"median of {args.rounds} rounds, clients in "
         f"{'the server process' if pool is None else 'a process of their own'}"
     )
     head = f"{'tokens/s':>9} {'p50 TTFT':>9} {'p95 TTFT':>9} {'requests':>9} {'errors':>7}"

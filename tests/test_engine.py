@@ -229,17 +229,36 @@ def test_close_joins_the_worker_and_cancels_what_is_left(model):
         engine.submit([1], SampleConfig())
 
 
+def record_chunks(engine: Engine) -> list[tuple[list[int], int]]:
+    """(prompt, ids in the chunk) of every prefill chunk the engine runs from now on."""
+    chunks, real_chunk = [], engine._chunk
+
+    def chunk(request, n):
+        chunks.append((request.prompt_ids, n))
+        real_chunk(request, n)
+
+    engine._chunk = chunk
+    return chunks
+
+
 def test_chunked_prefill_gives_the_ids_of_a_whole_prefill(model):
-    """A prompt prefilled 8 ids a step (and refilled so, past the context end) decodes as batch-1 generation,
-    which prefills it in one forward: greedy ids equal, and a seeded sample's too."""
+    """Prompts and refills (past the context end) prefilled 8 ids a step decode as batch-1 generation,
+    which prefills each in one forward: greedy ids equal, a sample's too."""
     block = model.config.block_size
-    prompt = [1, *range(30, 30 + block - 4)]  # 8 chunks of 8 ids
-    greedy = SampleConfig(temperature=0.0, max_new_tokens=2 * block)  # two refills, each in chunks too
+    prompt = [1, *range(30, 30 + block - 4)]  # 61 ids: 8 chunks
+    greedy = SampleConfig(temperature=0.0, max_new_tokens=2 * block)
     sampled = SampleConfig(max_new_tokens=block, seed=7)
     with Engine(model, prefill_chunk=8) as engine:
-        a, b = engine.submit(prompt, greedy), engine.submit(prompt[: block // 2], sampled)
-        assert list(a) == alone(model, prompt, greedy)
-        assert list(b) == alone(model, prompt[: block // 2], sampled)
+        chunks = record_chunks(engine)
+        running = engine.submit([1, 50], SampleConfig(max_new_tokens=block - 4))  # never reaches a refill
+        next(iter(running))  # it decodes: the prompts below go in 8 ids a step
+        assert list(engine.submit(prompt, greedy)) == alone(model, prompt, greedy)
+        assert [n for p, n in chunks if p == prompt][:8] == [8] * 7 + [5]
+        # Two rows whose refills (47 ids) come at different steps: each refill goes in beside a decoding row.
+        a, b = [1, 40, 41], [1, *range(60, 80)]
+        ra, rb = engine.submit(a, greedy), engine.submit(b, sampled)
+        assert (list(ra), list(rb)) == (alone(model, a, greedy), alone(model, b, sampled))
+        assert 8 in [n for p, n in chunks if p == a]  # a refill, in chunks (its prompt went in whole)
     with Engine(model, prefill_chunk=block) as engine:  # one chunk: the whole prompt at once
         assert list(engine.submit(prompt, greedy)) == alone(model, prompt, greedy)
 
@@ -247,7 +266,7 @@ def test_chunked_prefill_gives_the_ids_of_a_whole_prefill(model):
 def test_a_long_prompt_does_not_stall_the_running_rows(model):
     """While a long prompt goes in chunk by chunk, a running request gets an id between every two chunks."""
     block = model.config.block_size
-    running_cfg = SampleConfig(max_new_tokens=40, seed=3)
+    running_cfg = SampleConfig(max_new_tokens=block - 4, seed=3)  # never reaches a refill
     long_prompt = [1, *range(100, 100 + block - 5)]  # 59 ids: 8 chunks of up to 8
     with Engine(model, prefill_chunk=8) as engine:
         running = engine.submit([1, 50], running_cfg)
