@@ -21,10 +21,12 @@ event loop, the clients and the other load for the second core, and the tiny mod
 small to gain from it. --threads 2 shows a higher ratio (6.5x) only because its one-client baseline is
 slower; hence --threads 1 as the default.
 
-Where the time goes (16 clients, temperature 0.8): the engine's step, which samples each row alone
-with its own seeded generator (torch.multinomial, ~0.17 ms per row per step, the same at every batch
-size) beside one batched forward (~0.27 ms per row at 16 rows); the engine alone reaches 4.2x at
-temperature 0.8 and 6.1x greedy. The server (SSE JSON, uvicorn, wake-ups) costs the rest.
+Where the time goes (16 clients, temperature 0.8, 2026-12-05, docs/benchmarks.md "16 streams"): a
+16-row engine step is ~3.4 ms, of which the batched forward ~2.6 ms (its matmuls alone ~0.6 ms at this
+VM's sgemm roofline) and the seeded sampling of all rows together ~0.45 ms (top-k 0.17, softmax +
+cumsum 0.12); a 1-row step is ~1.05 ms, a forward of ~0.85 ms that is mostly per-op dispatch. So the
+engine alone tops out near 5x here, and the server's side (event loop, SSE, the clients' process on
+the same two cores) takes the 16-client rate from ~4,400 to ~2,500 tokens/s.
 """
 
 from __future__ import annotations
