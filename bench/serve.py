@@ -21,10 +21,12 @@ event loop, the clients and the other load for the second core, and the tiny mod
 small to gain from it. --threads 2 shows a higher ratio (6.5x) only because its one-client baseline is
 slower; hence --threads 1 as the default.
 
-Where the time goes (16 clients, temperature 0.8): the engine's step, which samples each row alone
-with its own seeded generator (torch.multinomial, ~0.17 ms per row per step, the same at every batch
-size) beside one batched forward (~0.27 ms per row at 16 rows); the engine alone reaches 4.2x at
-temperature 0.8 and 6.1x greedy. The server (SSE JSON, uvicorn, wake-ups) costs the rest.
+Where the time goes (16 clients, temperature 0.8, 2026-12-05, docs/benchmarks.md "16 streams"): a
+16-row engine step is ~3.4 ms, of which the batched forward ~2.6 ms (its matmuls alone ~0.6 ms at this
+VM's sgemm roofline) and the seeded sampling of all rows together ~0.45 ms (top-k 0.17, softmax +
+cumsum 0.12); a 1-row step is ~1.05 ms, a forward of ~0.85 ms that is mostly per-op dispatch. So the
+engine alone tops out near 5x here, and the server's side (event loop, SSE, the clients' process on
+the same two cores) takes the 16-client rate from ~4,400 to ~2,500 tokens/s.
 """
 
 from __future__ import annotations
@@ -149,6 +151,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=4, help="requests per client, in sequence")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: best aggregate on 2 cores)")
+    ap.add_argument("--prefill-chunk", type=int, default=64, help="prompt ids prefilled per engine step")
     ap.add_argument(
         "--same-process", action="store_true", help="run the clients in the server's process (and its GIL)"
     )
@@ -166,7 +169,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(args.run) if args.run else build_run(Path(tmp) / "tiny", args.steps)
         lm = load(run)
-        engine = Engine(lm.model, max_batch=max(16, args.clients), max_queue=max(64, 2 * args.clients))
+        engine = Engine(
+            lm.model,
+            max_batch=max(16, args.clients),
+            max_queue=max(64, 2 * args.clients),
+            prefill_chunk=args.prefill_chunk,
+        )
         app = create_app(lm, NAME, engine=engine, max_batch=engine.max_batch)
         with running(app) as base:
             measure(base, 1, 1, 8, 10**6)  # warm-up: connections, first forward
@@ -194,7 +202,8 @@ def main() -> None:
         f"run {run if args.run else f'(tiny, built, {args.steps} steps)'}: "
         f"{lm.model.num_params():,} parameters, "
         f"context {cfg.block_size}; {args.tokens} tokens per request, {args.requests} requests per client, "
-        f"{torch.get_num_threads()} torch threads, median of {args.rounds} rounds, clients in "
+        f"{torch.get_num_threads()} torch threads, prefill chunk {args.prefill_chunk}, "
+        f"median of {args.rounds} rounds, clients in "
         f"{'the server process' if pool is None else 'a process of their own'}"
     )
     head = f"{'tokens/s':>9} {'p50 TTFT':>9} {'p95 TTFT':>9} {'requests':>9} {'errors':>7}"

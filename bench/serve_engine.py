@@ -1,7 +1,8 @@
-"""The engine's batching: aggregate tokens/s of N concurrent greedy requests vs one alone, one process.
+"""The engine's batching: aggregate tokens/s of N concurrent requests vs one alone, one process.
 
-    PYTHONPATH=src python bench/serve_engine.py                  # tiny preset, CPU, 16 requests
+    PYTHONPATH=src python bench/serve_engine.py                  # tiny preset, CPU, 16 greedy requests
     PYTHONPATH=src python bench/serve_engine.py --requests 8 --new-tokens 64
+    PYTHONPATH=src python bench/serve_engine.py --temperature 0.8   # seeded sampling, top-k 50, as served
 
 The weights are random (speed does not depend on them); the prompts differ in length so the rows
 sit at different positions. The ratio is what to read: absolute tokens/s on a shared machine are noisy.
@@ -10,6 +11,7 @@ sit at different positions. The ratio is what to read: absolute tokens/s on a sh
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 
@@ -21,9 +23,9 @@ from scratchlm.model import GPT
 
 
 def run(engine: Engine, prompts: list[list[int]], cfg: SampleConfig) -> float:
-    """Tokens/s over all requests, submitted together and consumed to the end."""
+    """Tokens/s over all requests, submitted together (seeds 0, 1, ...) and consumed to the end."""
     t = time.perf_counter()
-    requests = [engine.submit(p, cfg) for p in prompts]
+    requests = [engine.submit(p, dataclasses.replace(cfg, seed=i)) for i, p in enumerate(prompts)]
     n = sum(len(list(r)) for r in requests)
     return n / (time.perf_counter() - t)
 
@@ -34,6 +36,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=16)
     ap.add_argument("--new-tokens", type=int, default=64, help="64: the tiny context holds prompt + output")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--temperature", type=float, default=0.0, help="0: greedy; > 0: seeded, top-k 50")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: least noise when shared)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -43,17 +46,18 @@ def main() -> None:
     gen = torch.Generator().manual_seed(1)
     lengths = [4 + 3 * i for i in range(args.requests)]
     prompts = [torch.randint(0, cfg.vocab_size, (n,), generator=gen).tolist() for n in lengths]
-    greedy = SampleConfig(temperature=0.0, max_new_tokens=args.new_tokens)
+    sample = SampleConfig(temperature=args.temperature, top_k=50, max_new_tokens=args.new_tokens)
     with Engine(model, max_batch=args.requests) as engine:
-        run(engine, prompts[:1], greedy)  # warm-up
+        run(engine, prompts[:1], sample)  # warm-up
         alone, together = [], []
         for _ in range(args.repeats):  # taking turns, so a change in the machine's load hits both alike
-            alone.append(run(engine, prompts[:1], greedy))
-            together.append(run(engine, prompts, greedy))
+            alone.append(run(engine, prompts[:1], sample))
+            together.append(run(engine, prompts, sample))
     a, b = statistics.median(alone), statistics.median(together)
     print(
         f"{args.preset}: {model.num_params():,} parameters, context {cfg.block_size}, "
-        f"{args.new_tokens} new tokens each, {torch.get_num_threads()} threads, median of {args.repeats}"
+        f"{args.new_tokens} new tokens each, temperature {args.temperature}, "
+        f"{torch.get_num_threads()} threads, median of {args.repeats}"
     )
     print(f"  1 request alone          {a:8.0f} tokens/s")
     print(f"  {args.requests:2d} concurrent requests {b:8.0f} tokens/s   {b / a:.2f}x")

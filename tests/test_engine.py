@@ -227,3 +227,63 @@ def test_close_joins_the_worker_and_cancels_what_is_left(model):
     assert running.finish_reason == waiting.finish_reason == "cancelled"
     with pytest.raises(RuntimeError, match="closed"):
         engine.submit([1], SampleConfig())
+
+
+def record_chunks(engine: Engine) -> list[tuple[list[int], int]]:
+    """(prompt, ids in the chunk) of every prefill chunk the engine runs from now on."""
+    chunks, real_chunk = [], engine._chunk
+
+    def chunk(request, n):
+        chunks.append((request.prompt_ids, n))
+        real_chunk(request, n)
+
+    engine._chunk = chunk
+    return chunks
+
+
+def test_chunked_prefill_gives_the_ids_of_a_whole_prefill(model):
+    """Prompts and refills (past the context end) prefilled 8 ids a step decode as batch-1 generation,
+    which prefills each in one forward: greedy ids equal, a sample's too."""
+    block = model.config.block_size
+    prompt = [1, *range(30, 30 + block - 4)]  # 61 ids: 8 chunks
+    greedy = SampleConfig(temperature=0.0, max_new_tokens=2 * block)
+    sampled = SampleConfig(max_new_tokens=block, seed=7)
+    with Engine(model, prefill_chunk=8) as engine:
+        chunks = record_chunks(engine)
+        running = engine.submit([1, 50], SampleConfig(max_new_tokens=block - 4))  # never reaches a refill
+        next(iter(running))  # it decodes: the prompts below go in 8 ids a step
+        assert list(engine.submit(prompt, greedy)) == alone(model, prompt, greedy)
+        assert [n for p, n in chunks if p == prompt][:8] == [8] * 7 + [5]
+        # Two rows whose refills (47 ids) come at different steps: each refill goes in beside a decoding row.
+        a, b = [1, 40, 41], [1, *range(60, 80)]
+        ra, rb = engine.submit(a, greedy), engine.submit(b, sampled)
+        assert (list(ra), list(rb)) == (alone(model, a, greedy), alone(model, b, sampled))
+        assert 8 in [n for p, n in chunks if p == a]  # a refill, in chunks (its prompt went in whole)
+    with Engine(model, prefill_chunk=block) as engine:  # one chunk: the whole prompt at once
+        assert list(engine.submit(prompt, greedy)) == alone(model, prompt, greedy)
+
+
+def test_a_long_prompt_does_not_stall_the_running_rows(model):
+    """While a long prompt goes in chunk by chunk, a running request gets an id between every two chunks."""
+    block = model.config.block_size
+    running_cfg = SampleConfig(max_new_tokens=block - 4, seed=3)  # never reaches a refill
+    long_prompt = [1, *range(100, 100 + block - 5)]  # 59 ids: 8 chunks of up to 8
+    with Engine(model, prefill_chunk=8) as engine:
+        running = engine.submit([1, 50], running_cfg)
+        ids = iter(running)
+        head = [next(ids) for _ in range(3)]  # it is decoding
+        at_chunk = []  # the running request's ids so far, at each chunk of the long prompt
+        real_chunk = engine._chunk
+
+        def chunk(request, n):
+            if request.prompt_ids == long_prompt:
+                at_chunk.append(running.completion_tokens)
+            real_chunk(request, n)
+
+        engine._chunk = chunk
+        long = engine.submit(long_prompt, SampleConfig(temperature=0.0, max_new_tokens=5))
+        assert list(long) == alone(model, long_prompt, SampleConfig(temperature=0.0, max_new_tokens=5))
+        assert len(at_chunk) == 8
+        assert all(b > a for a, b in zip(at_chunk, at_chunk[1:], strict=False))  # a new id between chunks
+        assert running.finish_reason is None or at_chunk[-1] < running_cfg.max_new_tokens
+        assert head + list(ids) == alone(model, [1, 50], running_cfg)

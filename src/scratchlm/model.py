@@ -91,7 +91,7 @@ class RowSlots:
 
     rows: torch.Tensor  # (B, 1): each row's index
     at: torch.Tensor  # (B, T): each new token's position in its row
-    mask: torch.Tensor  # (B, 1, T, L): query t of row b sees keys 0..at[b, t]; later slots are stale or empty
+    mask: torch.Tensor  # (B, 1, T, L): query t of row b sees keys 0..at[b, t] (bool, or 0 / -inf to add)
 
 
 # ---------------------------------------------------------------- attention
@@ -309,12 +309,12 @@ class GPT(nn.Module):
             if L > min(self.config.block_size, cache.k[0].size(2)):
                 raise ValueError(f"sequence of {L} tokens exceeds block_size {self.config.block_size}")
         keys = torch.arange(L, device=device)
-        slots = RowSlots(
-            rows=torch.arange(B, device=device).unsqueeze(1),  # (B, 1)
-            at=at,
-            mask=(keys <= at.unsqueeze(-1)).unsqueeze(1),  # (B, 1, T, L)
-        )
         x = self.transformer.wte(idx)  # (B, T, n_embd)
+        mask = (keys <= at.unsqueeze(-1)).unsqueeze(1)  # (B, 1, T, L)
+        if not static:
+            # Additive, built once: SDPA turns a bool mask into this with 4 ops in every layer (~4 us each).
+            mask = torch.zeros(mask.shape, dtype=x.dtype, device=device).masked_fill_(~mask, float("-inf"))
+        slots = RowSlots(rows=torch.arange(B, device=device).unsqueeze(1), at=at, mask=mask)  # rows (B, 1)
         rope = None
         if self.transformer.wpe is not None:
             x = x + self.transformer.wpe(at)  # (B, T, n_embd)
