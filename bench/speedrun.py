@@ -119,7 +119,17 @@ def scratchlm_run(
     train_part.write_text(text[: int(0.9 * len(text))], encoding="utf-8")
     if run.exists():
         shutil.rmtree(run)
-    tok = [*cmd, "tokenizer", "train", str(run), "--input", str(train_part), "--config", config, *tokenizer_sets]
+    tok = [
+        *cmd,
+        "tokenizer",
+        "train",
+        str(run),
+        "--input",
+        str(train_part),
+        "--config",
+        config,
+        *tokenizer_sets,
+    ]
     subprocess.run(tok, check=True, capture_output=True)
     prep = [*cmd, "prepare", str(run), "--config", config, f"--data.inputs=[{text_path}]", *tokenizer_sets]
     subprocess.run(prep, check=True, capture_output=True)

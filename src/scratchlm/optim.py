@@ -51,7 +51,11 @@ def make_optimizers(model: torch.nn.Module, cfg: TrainConfig) -> list[torch.opti
     # FSDP's sharded DTensors keep torch's per-matrix Muon (the stacked ops have no tested sharding rules).
     muon_cls = torch.optim.Muon if sharded else StackedMuon
     muon = muon_cls(
-        hidden, lr=cfg.lr, momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw"
+        hidden,
+        lr=cfg.lr,
+        momentum=cfg.muon_momentum,
+        weight_decay=cfg.weight_decay,
+        adjust_lr_fn="match_rms_adamw",
     )
     return [muon, torch.optim.AdamW([g for g in rest_groups if g["params"]], **adamw_kwargs)]
 

@@ -368,8 +368,17 @@ async def on_crash(request: Request, e: Exception):  # one request's bug: a 500 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI):
-    yield
-    app.state.scratchlm.engine.close()
+    # The engine thread drops the GIL in every torch op and waits to get it back while the event loop
+    # formats tokens; at Python's default 5 ms switch interval that wait is long. 0.5 ms while serving:
+    # 16 streaming clients 2,359-2,442 vs 2,046-2,284 tokens/s (bench/serve.py, 4 alternating pairs,
+    # 2026-12-05). The process's own interval comes back when the app stops.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(min(interval, 0.0005))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(interval)
+        app.state.scratchlm.engine.close()
 
 
 def create_app(
@@ -386,10 +395,6 @@ def create_app(
     """The app over a loaded model (scratchlm.load). `engine` defaults to scratchlm.engine.Engine."""
     from ..engine import Engine
 
-    # The engine thread drops the GIL in every torch op and waits to get it back while the event loop
-    # formats tokens; at Python's default 5 ms switch interval that wait is long. 0.5 ms: 16 streaming
-    # clients 2,359-2,442 vs 2,046-2,284 tokens/s (bench/serve.py, 4 alternating pairs, 2026-12-05).
-    sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
     if engine is None:
         engine = Engine(lm.model, max_batch=max_batch, max_queue=max_queue)
     app = FastAPI(title="scratchlm", lifespan=lifespan, docs_url=None, redoc_url=None)
