@@ -1,6 +1,7 @@
 """CPU speedrun: the best Tiny Shakespeare model 60 seconds of training can buy, against the classic recipe.
 
-    python bench/speedrun.py                                  # 60 s each, the shipped speedrun config
+    python bench/speedrun.py                                  # 60 s each, configs/shakespeare-speedrun.yaml
+    python bench/speedrun.py --config configs/shakespeare-char-speedrun.yaml   # the character-level model
     python bench/speedrun.py --seconds 60 --config configs/shakespeare-char-speedrun.yaml --set train.lr=3e-3
     python bench/speedrun.py --skip-reference                 # scratchlm only (e.g. while sweeping a lever)
     python bench/speedrun.py --nproc 2                        # scratchlm as 2 processes (torchrun, DDP)
@@ -34,7 +35,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from minimal_gpt import MinimalGPT  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare.txt"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 
 @torch.no_grad()
@@ -178,7 +180,7 @@ def scratchlm_run(
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=60.0)
-    p.add_argument("--config", default="configs/shakespeare-char-speedrun.yaml")
+    p.add_argument("--config", default=str(ROOT / "configs" / "shakespeare-speedrun.yaml"))
     p.add_argument("--input", type=Path, default=SHARED, help="Tiny Shakespeare (../shared/data by default)")
     p.add_argument(
         "--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a setting"

@@ -278,6 +278,31 @@ def test_stacked_muon_steps_exactly_as_torch_muon():
     torch.testing.assert_close(opt_ours.state_dict()["state"], opt_theirs.state_dict()["state"])
 
 
+def test_muon_momentum_setting_reaches_the_optimizer_and_changes_the_step():
+    """--train.muon-momentum is Muon's momentum (AdamW's part keeps its betas); a different momentum moves
+    the weights differently from the second step on, when the buffer carries the first gradient."""
+    from scratchlm.config import ModelConfig, TrainConfig
+    from scratchlm.model import GPT
+    from scratchlm.optim import make_optimizers
+
+    def weights_after_two_steps(momentum: float) -> torch.Tensor:
+        torch.manual_seed(0)
+        model = GPT(
+            ModelConfig(flavour="llama", n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64)
+        )
+        opts = make_optimizers(model, TrainConfig(optimizer="muon", muon_momentum=momentum))
+        assert opts[0].param_groups[0]["momentum"] == momentum
+        for _ in range(2):
+            x = torch.randint(0, 64, (2, 16))
+            model(x, x)[1].backward()
+            for opt in opts:
+                opt.step()
+                opt.zero_grad()
+        return model.transformer.h[0].attn.c_attn.weight.detach().clone()
+
+    assert not torch.allclose(weights_after_two_steps(0.9), weights_after_two_steps(0.95))
+
+
 def test_newton_schulz_in_float32_orthogonalises_as_bfloat16_does():
     """On a CPU without bfloat16 instructions StackedMuon orthogonalises in float32 (70x faster there): the
     same map up to bfloat16's rounding."""
