@@ -359,6 +359,9 @@ class EvalConfig(Checked):
     """Few-shot examples per prompt (default: each task's own)."""
     apply_chat_template: bool = False
     """Render prompts with the run's chat template (SFT runs)."""
+    reply_tokens: int = bounded(128, ge=1)
+    """SFT runs: the new-token limit of the greedy replies to every held-out conversation; a reply that has
+    not emitted <|end|> by then, or is empty, does not count as one that ends."""
 
 
 @dataclass
@@ -383,10 +386,13 @@ class SFTConfig(Checked):
     """A system prompt put before every conversation that has none."""
     epochs: float = bounded(3.0, ge=0)
     """Passes over the training conversations; sets train.max_steps (0: use train.max_steps)."""
+    end_weight: float = bounded(1.0, ge=0)
+    """Loss weight of each reply's closing <|end|> against the reply's other tokens (1: a plain mean)."""
     check_prompts: int = bounded(8, ge=0)
     """Validation prompts answered greedily at each evaluation, to measure how many replies end."""
-    check_tokens: int = bounded(64, ge=1)
-    """Token limit of those replies: a reply that has not emitted <|end|> by then did not end."""
+    check_tokens: int = bounded(128, ge=1)
+    """Token limit of those replies: one that has not emitted <|end|> by then, or is empty, did not end
+    (128, as `scratchlm eval --reply-tokens` measures every held-out reply)."""
 
 
 # What `scratchlm sft` trains with unless --config or flags say otherwise: fine-tuning a trained model wants a

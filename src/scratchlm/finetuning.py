@@ -15,6 +15,8 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
+
 from .checkpoint import read_metadata, resolve_weights
 from .common import UserError, atomic_write_text, plural, rank0_print
 from .config import RunConfig
@@ -146,4 +148,14 @@ def sft_data(s: Session) -> TrainData:
         extra_metrics=replies_that_end,
         on_start=on_start,
         max_steps=steps,
+        target_weights=end_weights(s.cfg.model.vocab_size, tok, sc.end_weight),
     )
+
+
+def end_weights(vocab_size: int, tok: Tokenizer, end_weight: float) -> torch.Tensor | None:
+    """Loss weights by target id for --sft.end-weight: <|end|> weighs end_weight, every other token 1."""
+    if end_weight == 1.0:
+        return None
+    weights = torch.ones(vocab_size)
+    weights[tok.special_ids["<|end|>"]] = end_weight
+    return weights

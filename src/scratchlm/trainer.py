@@ -29,6 +29,7 @@ from typing import Protocol
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .checkpoint import (
@@ -83,6 +84,8 @@ class TrainData:
     extra_metrics: Callable[[GPT], dict] | None = None
     on_start: Callable[[], None] | None = None  # writes the stage's files once the first step went through
     max_steps: int | None = None  # the stage's own length (SFT: from its epochs); None: --train.max-steps
+    # (vocab,) float: each target's loss weight by its id (SFT: --sft.end-weight on <|end|>); None: all 1
+    target_weights: torch.Tensor | None = None
 
 
 TB_TAGS = {"train_loss": "loss/train", "val_loss": "loss/val"}
@@ -554,7 +557,7 @@ def _train_step(s: Session, data: TrainData) -> tuple[float, int]:
     """
     lo, hi = s.dist.rank * s.cfg.train.batch_size, (s.dist.rank + 1) * s.cfg.train.batch_size
     micro = [tuple(t[lo:hi] for t in data.batches.next_batch()) for _ in range(s.grad_accum)]
-    counts = [int((y >= 0).sum()) for _, y in micro]
+    counts = [_supervised(y, data.target_weights) for _, y in micro]
     padding = sum(int((x == data.pad_id).sum()) for x, _ in micro) if data.pad_id is not None else 0
     real = sum(x.numel() for x, _ in micro) - padding
     supervised, trained = all_sum([sum(counts), real], s.dist, s.device)
@@ -565,7 +568,7 @@ def _train_step(s: Session, data: TrainData) -> tuple[float, int]:
         x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
         with _no_grad_sync(s.forward, s.model, s.cfg.train, last=i == s.grad_accum - 1):
             with s.autocast:
-                logits, loss = s.forward(x, y)
+                logits, loss = _forward(s.forward, x, y, data.target_weights)
             if n:
                 (loss * (n * s.dist.world_size / supervised)).backward()
                 weighted.append(loss.detach() * n)
@@ -573,6 +576,25 @@ def _train_step(s: Session, data: TrainData) -> tuple[float, int]:
                 (logits.float().sum() * 0.0).backward()
     loss_sum = all_sum([sum(t.item() for t in weighted)], s.dist, s.device)[0]
     return loss_sum / supervised, int(trained)
+
+
+def _supervised(y: torch.Tensor, weights: torch.Tensor | None) -> float:
+    """The supervised targets of a micro-batch: their count, or their summed weight when targets weigh
+    differently (the step's loss is then the weighted mean over the step)."""
+    if weights is None:
+        return int((y >= 0).sum())
+    return float(weights[y[y >= 0]].sum())
+
+
+def _forward(forward, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None):
+    """logits and the micro-batch's loss: the model's own mean, or with `weights` the mean of each
+    target's cross-entropy times weights[target] over the sum of those weights."""
+    if weights is None:
+        return forward(x, y)
+    logits, _ = forward(x)
+    per = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1, reduction="none")
+    w = torch.where(y >= 0, weights.to(y.device)[y.clamp(min=0)], 0.0).flatten()
+    return logits, (per * w).sum() / w.sum().clamp(min=1e-12)
 
 
 def _evaluate_and_save(s: Session, data: TrainData, elapsed: float, lr: float) -> tuple[float, str]:
