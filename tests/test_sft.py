@@ -179,6 +179,27 @@ def test_end_weight_weighs_each_replys_end_token_in_the_loss(trained_run, tmp_pa
     assert data1.target_weights is None and _train_step(s1, data1)[0] == pytest.approx(plain.item(), rel=1e-5)
 
 
+def test_the_best_sft_checkpoint_is_the_one_whose_replies_end_most_then_lowest_loss(trained_run, tmp_path):
+    """What eval, chat and serve load ("best"): more replies that end beats a lower val loss, which a small
+    model's rising val loss would otherwise pick over the checkpoints that learnt to stop."""
+    from scratchlm.finetuning import most_replies_that_end as score
+
+    assert score(6.9, {"end_rate": 1.0}) < score(5.5, {"end_rate": 0.5}) < score(5.4, {"end_rate": 0.375})
+    assert score(5.4, {"end_rate": 0.5}) < score(5.5, {"end_rate": 0.5})
+    _, data = _session_and_data(trained_run, tmp_path, 1)
+    assert data.selection is score
+
+
+def test_a_time_budget_without_epochs_trains_for_the_budget(trained_run_template, tmp_path):
+    """`sft --train.max-minutes 4` trains for the minutes (3 epochs of the seed tasks would end it after
+    seconds); epochs given with it still set the steps."""
+    run, base = tmp_path / "chat", str(trained_run_template)
+    cfg = sft(run, base=base, train={"max_minutes": 4}, print_config=True)
+    assert cfg.sft.epochs == 0 and cfg.train.max_minutes == 4
+    assert sft(run, base=base, train={"max_minutes": 4}, sft={"epochs": 5}, print_config=True).sft.epochs == 5
+    assert sft(run, base=base, print_config=True).sft.epochs == 3
+
+
 def test_an_interrupted_sft_run_resumes_exactly(trained_run_template, tmp_path, monkeypatch):
     import scratchlm.trainer as trainer
 

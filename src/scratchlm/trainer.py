@@ -86,6 +86,9 @@ class TrainData:
     max_steps: int | None = None  # the stage's own length (SFT: from its epochs); None: --train.max-steps
     # (vocab,) float: each target's loss weight by its id (SFT: --sft.end-weight on <|end|>); None: all 1
     target_weights: torch.Tensor | None = None
+    # (val loss, extra metrics) -> what the best checkpoint minimises (SFT: replies that end first); None:
+    # the val loss. Called on every rank, where the extra metrics are empty but on rank 0.
+    selection: Callable[[float, dict], float] | None = None
 
 
 TB_TAGS = {"train_loss": "loss/train", "val_loss": "loss/val"}
@@ -113,7 +116,7 @@ class Session:
     max_steps: int = 0  # optimizer steps this run trains for: from max_tokens, the stage, or max_steps
     step: int = 0
     tokens: int = 0  # trained (non-padding) tokens so far, over all ranks
-    best_val: float = float("inf")
+    best_val: float = float("inf")  # the best checkpoint's val loss, or its TrainData.selection score
     elapsed_before: float = 0.0  # seconds spent by earlier sessions of this run
     resumed: bool = False
     metrics: MetricsLog | None = None
@@ -605,9 +608,10 @@ def _evaluate_and_save(s: Session, data: TrainData, elapsed: float, lr: float) -
     weights = full_weights(s.model, tc, s.dist)
     opt_state = optimizer_state(s.model, s.optimizers, tc, s.dist)
     extra = data.extra_metrics(s.model) if data.extra_metrics and s.dist.is_main else {}
+    score = data.selection(val["loss"], extra) if data.selection else val["loss"]
     if s.dist.is_main:
         _log(s, val_loss=val["loss"], lr=lr, elapsed_s=elapsed, **extra)
-        if val["loss"] < s.best_val:
+        if score < s.best_val:
             save_best(s.run, s.step, weights, s.cfg, s.tokenizer.hash, val["loss"])
         state = {
             "step": s.step,
@@ -615,13 +619,13 @@ def _evaluate_and_save(s: Session, data: TrainData, elapsed: float, lr: float) -
             "optimizer": opt_state,
             "loader": data.batches.state_dict(),
             "rng": rng_state(),
-            "best_val": min(s.best_val, val["loss"]),
+            "best_val": min(s.best_val, score),
             "elapsed_s": elapsed,
             "world_size": s.dist.world_size,
         }
         save_checkpoint(s.run, s.step, weights, s.cfg, s.tokenizer.hash, state, tc.keep_last)
         plot_loss(s.run.metrics_path, s.run.loss_plot_path, title=str(s.run.root))
-    s.best_val = min(s.best_val, val["loss"])
+    s.best_val = min(s.best_val, score)
     line = f"val {val['loss']:.4f}  val bits/byte {val['bits_per_byte']:.3f}"
     return val["loss"], line + "".join(f"  {k.replace('_', ' ')} {v:.3f}" for k, v in extra.items())
 

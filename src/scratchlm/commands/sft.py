@@ -34,16 +34,18 @@ def _sft_section(sft, base, input, val_input) -> dict:
 
 
 def _steps_or_epochs(train, sft: dict, recipe) -> dict:
-    """An explicit step count is obeyed: given without epochs, it sets sft.epochs to 0 (epochs would set the
-    steps otherwise); both at once is ambiguous."""
+    """An explicit step count or time budget is obeyed: given without epochs, it sets sft.epochs to 0 (epochs
+    would set the steps otherwise, and 3 epochs of a small set end a 4-minute budget after seconds); steps
+    and epochs at once are ambiguous."""
     from ..settings import read_recipe
 
     given = read_recipe(recipe, ("train", "sft")) if recipe else {}
-    steps = "max_steps" in (train or {}) or "max_steps" in given.get("train", {})
+    asked = {**given.get("train", {}), **(train or {})}
     epochs = sft.get("epochs", given.get("sft", {}).get("epochs"))
-    if steps and epochs:
+    if "max_steps" in asked and epochs:
         raise UserError("--train.max-steps and --sft.epochs: give one of them (epochs sets the steps)")
-    return {"epochs": 0.0} if steps and epochs is None else {}
+    budget = "max_steps" in asked or asked.get("max_minutes", 0) > 0
+    return {"epochs": 0.0} if budget and epochs is None else {}
 
 
 def with_base(cfg: RunConfig) -> RunConfig:
