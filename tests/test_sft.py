@@ -200,6 +200,21 @@ def test_a_time_budget_without_epochs_trains_for_the_budget(trained_run_template
     assert sft(run, base=base, print_config=True).sft.epochs == 3
 
 
+def test_the_default_lr_follows_the_bases_width_unless_given(trained_run_template, tmp_path):
+    """3e-3 for a base up to 128 wide (what made a 4x128 base's replies end), 1/width beyond; an LR given
+    (flag, keyword or recipe) is kept."""
+    from scratchlm.config import sft_lr
+
+    assert sft_lr(64) == sft_lr(128) == 3e-3 and sft_lr(768) == pytest.approx(5e-4)
+    run, base = tmp_path / "chat", str(trained_run_template)
+    width = Run.at(trained_run_template).load_config().model.n_embd
+    assert sft(run, base=base, print_config=True).train.lr == pytest.approx(sft_lr(width))
+    assert sft(run, base=base, train={"lr": 1e-4}, print_config=True).train.lr == 1e-4
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  lr: 2.0e-4\n")
+    assert sft(run, base=base, recipe=str(recipe), print_config=True).train.lr == 2e-4
+
+
 def test_an_interrupted_sft_run_resumes_exactly(trained_run_template, tmp_path, monkeypatch):
     import scratchlm.trainer as trainer
 
