@@ -206,3 +206,24 @@ def test_the_step_estimate_counts_evaluations_and_saves():
     assert 400 < small < 600
     assert planning.steps_in_budget(60, 0.1, 100_000_000, eval_batches=20) < small
     assert planning.steps_in_budget(1, 0.1, 1_000_000, eval_batches=20) == 1
+
+
+def test_a_context_given_with_the_plan_is_planned_at(prepared, monkeypatch, capsys):
+    """A base meant for `sft` needs its conversations to fit: `--preset auto --model.block-size 512` (and
+    `scratchlm plan --context 512`) probe and size every shape at 512, rather than laying 512 over rows
+    planned for the shape's own context."""
+    monkeypatch.setattr(planning, "probe", fake_speed(FAST))
+    own = planning.make_plan(prepared, RunConfig(), 2)
+    p = planning.make_plan(prepared, RunConfig(), 2, context=512)
+    assert own.chosen.shape.block_size != 512 and p.chosen.shape.block_size == 512
+    assert p.settings["model"]["block_size"] == 512 and "context 512" in p.lines()[1]
+    assert p.rows * 512 <= planning.MAX_STEP_TOKENS and p.rows * 512 == pytest.approx(
+        own.rows * own.chosen.shape.block_size, rel=0.35
+    )
+    from scratchlm.commands.train import train
+
+    asked = dict(preset="auto", model={"block_size": 512}, train={"max_minutes": 2})
+    cfg = train(prepared, **asked, print_config=True)
+    assert cfg.model.block_size == 512 and cfg.train.batch_size == p.rows
+    assert main(["plan", str(prepared), "--minutes", "2", "--context", "512"]) == 0
+    assert "--model.block-size 512" in capsys.readouterr().out

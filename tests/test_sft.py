@@ -91,7 +91,9 @@ def test_the_sft_run_keeps_its_base_untouched_and_shares_its_tokenizer(tuned, tr
     assert cfg.sft.base == str(trained_run_template) and cfg.train.init_from == str(trained_run_template)
 
 
-def _session_and_data(trained_run, tmp_path, micro_batches: int, rows: int = 2) -> tuple[Session, TrainData]:
+def _session_and_data(
+    trained_run, tmp_path, micro_batches: int, rows: int = 2, end_weight: float = 1.0
+) -> tuple[Session, TrainData]:
     """A session as fit() builds it, with the SFT data of QA, without training."""
     import contextlib
 
@@ -103,6 +105,7 @@ def _session_and_data(trained_run, tmp_path, micro_batches: int, rows: int = 2) 
     cfg = sft_config(trained_run, [write_qa(tmp_path / "qa.jsonl")], steps=1)
     cfg.model = RunConfig.from_dict(Run.at(trained_run).load_config().to_dict()).model
     cfg.train.batch_size, cfg.train.grad_accum = rows, micro_batches
+    cfg.sft.end_weight = end_weight
     _copy_tokenizer(Run.at(trained_run), run)
     with contextlib.ExitStack() as held:
         s = _setup(run, cfg, "sft", held)
@@ -149,6 +152,67 @@ def test_loss_is_normalised_per_supervised_token_over_micro_batches(trained_run,
     assert trained == int((x != s.tokenizer.pad_id).sum())
     for (name, p), q in zip(s.model.named_parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_end_weight_weighs_each_replys_end_token_in_the_loss(trained_run, tmp_path):
+    """--sft.end-weight W: the step's loss is the mean of the reply tokens' cross-entropies with each <|end|>
+    target counted W times (over the summed weights); W = 1 is the plain per-token mean."""
+    import torch.nn.functional as F
+
+    s, data = _session_and_data(trained_run, tmp_path, 1, rows=2, end_weight=4.0)
+    end = s.tokenizer.special_ids["<|end|>"]
+    state = data.batches.state_dict()
+    x, y = data.batches.next_batch()
+    data.batches.load_state_dict(state)
+    assert data.target_weights[end] == 4.0 and data.target_weights.sum() == s.cfg.model.vocab_size + 3
+    with torch.no_grad():
+        logits, plain = s.model(x, y)
+    per = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-1, reduction="none")
+    kept = y.flatten() >= 0
+    w = torch.where(y.flatten() == end, 4.0, 1.0)[kept]
+    want = (per[kept] * w).sum() / w.sum()
+    assert (y == end).sum() >= 2 and not torch.isclose(want, plain)
+    loss, _ = _train_step(s, data)
+    assert loss == pytest.approx(want.item(), rel=1e-5)
+    (tmp_path / "plain").mkdir()
+    s1, data1 = _session_and_data(trained_run, tmp_path / "plain", 1, rows=2)
+    assert data1.target_weights is None and _train_step(s1, data1)[0] == pytest.approx(plain.item(), rel=1e-5)
+
+
+def test_the_best_sft_checkpoint_is_the_one_whose_replies_end_most_then_lowest_loss(trained_run, tmp_path):
+    """What eval, chat and serve load ("best"): more replies that end beats a lower val loss, which a small
+    model's rising val loss would otherwise pick over the checkpoints that learnt to stop."""
+    from scratchlm.finetuning import most_replies_that_end as score
+
+    assert score(6.9, {"end_rate": 1.0}) < score(5.5, {"end_rate": 0.5}) < score(5.4, {"end_rate": 0.375})
+    assert score(5.4, {"end_rate": 0.5}) < score(5.5, {"end_rate": 0.5})
+    _, data = _session_and_data(trained_run, tmp_path, 1)
+    assert data.selection is score
+
+
+def test_a_time_budget_without_epochs_trains_for_the_budget(trained_run_template, tmp_path):
+    """`sft --train.max-minutes 4` trains for the minutes (3 epochs of the seed tasks would end it after
+    seconds); epochs given with it still set the steps."""
+    run, base = tmp_path / "chat", str(trained_run_template)
+    cfg = sft(run, base=base, train={"max_minutes": 4}, print_config=True)
+    assert cfg.sft.epochs == 0 and cfg.train.max_minutes == 4
+    assert sft(run, base=base, train={"max_minutes": 4}, sft={"epochs": 5}, print_config=True).sft.epochs == 5
+    assert sft(run, base=base, print_config=True).sft.epochs == 3
+
+
+def test_the_default_lr_follows_the_bases_width_unless_given(trained_run_template, tmp_path):
+    """3e-3 for a base up to 128 wide (what made a 4x128 base's replies end), 1/width beyond; an LR given
+    (flag, keyword or recipe) is kept."""
+    from scratchlm.config import sft_lr
+
+    assert sft_lr(64) == sft_lr(128) == 3e-3 and sft_lr(768) == pytest.approx(5e-4)
+    run, base = tmp_path / "chat", str(trained_run_template)
+    width = Run.at(trained_run_template).load_config().model.n_embd
+    assert sft(run, base=base, print_config=True).train.lr == pytest.approx(sft_lr(width))
+    assert sft(run, base=base, train={"lr": 1e-4}, print_config=True).train.lr == 1e-4
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  lr: 2.0e-4\n")
+    assert sft(run, base=base, recipe=str(recipe), print_config=True).train.lr == 2e-4
 
 
 def test_an_interrupted_sft_run_resumes_exactly(trained_run_template, tmp_path, monkeypatch):
@@ -248,10 +312,40 @@ def test_eval_of_an_sft_run_scores_its_held_out_replies(tuned, capsys):
     assert main(["eval", str(tuned)]) == 0
     out = capsys.readouterr().out
     assert "on sft val" in out and "replies of 4 held-out conversations" in out
+    # Every validation conversation is replied to, greedily, within --reply-tokens (128), and counted.
+    held = f"the 4 conversations of --val-input {tuned.parent / 'qa.jsonl'}"
+    line = f"replies that end: 4/4 (100%), none empty (greedy, within 128 new tokens, replying to {held})"
+    assert line in out
     result = json.loads((tuned / "eval.json").read_text())
     assert result["end_rate"] == 1.0 and result["loss"] < 1.0
+    assert result["replies"] == {
+        "ended": 4,
+        "empty": 0,
+        "prompts": 4,
+        "max_new_tokens": 128,
+        "held_out": held,
+        "summary": "4/4 (100%), none empty",
+    }
     report = (tuned / "report.md").read_text()
-    assert "replies that end with" in report and "User: What is the capital of France?" in report
+    assert "| replies that end with <\\|end\\|> | 4/4 (100%), none empty" in report
+    assert "User: What is the capital of France?" in report
+
+
+def test_an_empty_reply_does_not_count_as_one_that_ends(monkeypatch):
+    """end_rate counts replies that end with something said: an empty one (<|end|> at once) is a failure,
+    as is one still going at the token limit."""
+    import scratchlm.lm as lm_module
+    from scratchlm.lm import ChatReply, EndCount, count_replies_that_end
+
+    replies = iter(
+        [ChatReply("Paris.", "stop", 5), ChatReply("", "stop", 5), ChatReply(" \n", "stop", 5)]
+        + [ChatReply("1 2 3", "length", 5)]
+    )
+    monkeypatch.setattr(lm_module, "greedy_reply", lambda *a: next(replies))
+    count = count_replies_that_end(None, None, [[{"role": "user", "content": "q"}]] * 4, 128)
+    assert count == EndCount(ended=1, empty=2, total=4) and count.rate == 0.25
+    assert str(count) == "1/4 (25%), 2 empty (counted as not ending)"
+    assert str(EndCount(29, 0, 32)) == "29/32 (91%), none empty"
 
 
 def test_the_hf_export_chats_like_scratchlm_and_stops_at_end(tuned, tmp_path):

@@ -281,3 +281,24 @@ def test_model_loss_ignores_the_masked_targets(examples, one_thread):
     keep = y != IGNORE
     expected = torch.nn.functional.cross_entropy(logits[keep].float(), y[keep])
     torch.testing.assert_close(loss, expected)
+
+
+def test_the_held_out_split_is_fixed_by_the_seed_and_never_trained_on(tmp_path):
+    """What `eval` reports its end rate on: the same held-out conversations every time for a seed, none of
+    them (nor their instruction: the seed tasks have one conversation each) among the training ones."""
+    from scratchlm.config import RunConfig
+    from scratchlm.data.sft import describe_held_out, split_conversations
+
+    cfg = RunConfig()
+    cfg.sft.val_fraction = 0.18
+    train, val = split_conversations(cfg, tmp_path)
+    again = split_conversations(cfg, tmp_path)[1]
+    assert (len(train), len(val)) == (143, 32) and [c.source for c in val] == [c.source for c in again]
+    prompts = {c.messages[0]["content"] for c in train}
+    assert not any(c.messages[0]["content"] in prompts for c in val)
+    assert describe_held_out(cfg, train, val) == (
+        "the 32 of 175 conversations held out, never trained on (--sft.val-fraction 0.18, shuffled by "
+        "--train.seed 1337)"
+    )
+    cfg.train.seed = 7
+    assert [c.source for c in split_conversations(cfg, tmp_path)[1]] != [c.source for c in val]

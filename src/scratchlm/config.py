@@ -361,6 +361,9 @@ class EvalConfig(Checked):
     """Few-shot examples per prompt (default: each task's own)."""
     apply_chat_template: bool = False
     """Render prompts with the run's chat template (SFT runs)."""
+    reply_tokens: int = bounded(128, ge=1)
+    """SFT runs: the new-token limit of the greedy replies to every held-out conversation; a reply that has
+    not emitted <|end|> by then, or is empty, does not count as one that ends."""
 
 
 @dataclass
@@ -385,21 +388,32 @@ class SFTConfig(Checked):
     """A system prompt put before every conversation that has none."""
     epochs: float = bounded(3.0, ge=0)
     """Passes over the training conversations; sets train.max_steps (0: use train.max_steps)."""
+    end_weight: float = bounded(1.0, ge=0)
+    """Loss weight of each reply's closing <|end|> against the reply's other tokens (1: a plain mean)."""
     check_prompts: int = bounded(8, ge=0)
     """Validation prompts answered greedily at each evaluation, to measure how many replies end."""
-    check_tokens: int = bounded(64, ge=1)
-    """Token limit of those replies: a reply that has not emitted <|end|> by then did not end."""
+    check_tokens: int = bounded(128, ge=1)
+    """Token limit of those replies: one that has not emitted <|end|> by then, or is empty, did not end
+    (128, as `scratchlm eval --reply-tokens` measures every held-out reply)."""
 
 
-# What `scratchlm sft` trains with unless --config or flags say otherwise: fine-tuning a trained model wants a
-# lower peak LR than pretraining from scratch, a short warmup, and evaluation often (few steps in all).
+# What `scratchlm sft` trains with unless --config or flags say otherwise: a short warmup and evaluation often
+# (few steps in all). The peak LR is for a base 128 wide, scaled by 128 / width for wider ones (sft_lr): on
+# the seed tasks a 4x128 base tuned at 3e-4 ended 0 of 32 held-out replies, at 1e-3 21, at 3e-3 32
+# (docs/benchmarks.md, "Replies that end").
 SFT_TRAIN_DEFAULTS: dict[str, Any] = {
-    "lr": 3e-4,
+    "lr": 3e-3,
     "warmup_steps": 10,
     "min_lr_ratio": 0.0,
     "eval_interval": 50,
     "eval_batches": 50,
 }
+
+
+def sft_lr(n_embd: int) -> float:
+    """The default peak LR of a new SFT run from a base `n_embd` wide: 1/width beyond 128, as the plan
+    scales its rates for wide shapes (124M GPT-2, 768 wide: 5e-4)."""
+    return SFT_TRAIN_DEFAULTS["lr"] * 128 / max(128, n_embd)
 
 
 @dataclass

@@ -68,25 +68,44 @@ def _eval_samples(lm, cfg: EvalConfig) -> list[tuple[str, str]]:
 
 
 def _sft_eval(lm, run: Run, cfg: EvalConfig) -> tuple[str, dict, list[tuple[str, str]]]:
-    """An SFT run on its validation conversations: loss per reply token, the share of greedy replies that
-    end with <|end|>, and greedy replies to the first prompts as samples."""
-    from .data.sft import encode_conversations, sequential_batches, split_conversations
-    from .lm import greedy_reply, share_that_end
+    """An SFT run on its validation conversations: loss per reply token, how many greedy replies to all of
+    them end with <|end|> within cfg.reply_tokens (empty ones count as not ending), and greedy replies to
+    the first prompts as samples."""
+    from .data.sft import describe_held_out, encode_conversations, sequential_batches, split_conversations
+    from .lm import count_replies_that_end, greedy_reply
 
-    tok, sc, block = lm.tokenizer, lm.config.sft, lm.model.config.block_size
-    _, val = split_conversations(lm.config, run.root)
+    tok, block = lm.tokenizer, lm.model.config.block_size
+    train, val = split_conversations(lm.config, run.root)
     examples = encode_conversations(val, tok, block)
     device = next(lm.model.parameters()).device
     batches = sequential_batches(examples, cfg.batch_size, block, None, tok.pad_id)
     metrics = batches_loss(lm.model, batches, device, tok.token_bytes())
-    prompts = [c.messages[:-1] for c in val[: sc.check_prompts]]
-    metrics["end_rate"] = share_that_end(lm.model, tok, prompts, sc.check_tokens) if prompts else None
+    prompts = [c.messages[:-1] for c in val]
+    ends = count_replies_that_end(lm.model, tok, prompts, cfg.reply_tokens)
+    metrics["end_rate"] = ends.rate
+    metrics["replies"] = {
+        "ended": ends.ended,
+        "empty": ends.empty,
+        "prompts": ends.total,
+        "max_new_tokens": cfg.reply_tokens,
+        "held_out": describe_held_out(lm.config, train, val),
+        "summary": str(ends),
+    }
     metrics["conversations"] = len(examples)
     samples = []
     for messages in prompts[:4]:
         reply = greedy_reply(lm.model, tok, messages, cfg.sample_tokens).text
         samples.append((f"User: {messages[-1]['content']}\nAssistant: ", reply))
     return "sft val", metrics, samples
+
+
+def _replies_line(result: dict) -> str:
+    """The count of replies that end, with what it was measured on: one line for the output and report."""
+    r = result["replies"]
+    return (
+        f"replies that end: {r['summary']} (greedy, within {r['max_new_tokens']} new tokens, replying to "
+        f"{r['held_out']})"
+    )
 
 
 def _how(result: dict) -> str:
@@ -150,6 +169,8 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, out=None) -
         file=out,
         flush=True,
     )
+    if "replies" in result:
+        print(_replies_line(result), file=out, flush=True)
     atomic_write_text(run.eval_path, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     ran = set(result["benchmarks"]["calls"][-1]["tasks"]) if cfg.tasks else set()
     atomic_write_text(run.root / "report.md", render_report(result, lm.config.to_dict(), run, ran))
@@ -199,8 +220,8 @@ def render_report(result: dict, config: dict, run: Run, ran: set[str] | frozense
         f"| perplexity | {result['perplexity']:.2f} |",
         f"| bits per byte | {result['bits_per_byte']:.4f} |",
         *(
-            [f"| replies that end with <\\|end\\|> | {fmt(result['end_rate'], '.0%')} |"]
-            if "end_rate" in result
+            [f"| replies that end with <\\|end\\|> | {_replies_line(result).split(': ', 1)[1]} |"]
+            if "replies" in result
             else []
         ),
         "",

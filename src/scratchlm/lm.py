@@ -178,8 +178,41 @@ def greedy_reply(model: GPT, tokenizer, messages: Sequence[Mapping], max_new_tok
         model.train(was_training)
 
 
+@dataclass(frozen=True)
+class EndCount:
+    """How many greedy replies to a set of prompts ended on their own: what `end_rate` measures."""
+
+    ended: int
+    """Replies that emitted <|end|> (or <|eos|>) within the token limit and said something before it."""
+    empty: int
+    """Replies that ended before any visible text: counted as failures, not as replies that end."""
+    total: int
+
+    @property
+    def rate(self) -> float | None:
+        return self.ended / self.total if self.total else None
+
+    def __str__(self) -> str:
+        empty = "none empty" if not self.empty else f"{self.empty} empty (counted as not ending)"
+        return f"{self.ended}/{self.total} ({self.rate:.0%}), {empty}" if self.total else "no prompts"
+
+
+def count_replies_that_end(
+    model: GPT, tokenizer, prompts: Sequence[Sequence[Mapping]], max_new_tokens: int
+) -> EndCount:
+    """Greedy replies to `prompts`, counted: those that end (<|end|> or <|eos|>) within max_new_tokens with
+    some text before the end, and the empty ones. An SFT model that has learnt when to stop ends them all."""
+    ended = empty = 0
+    for messages in prompts:
+        reply = greedy_reply(model, tokenizer, messages, max_new_tokens)
+        if reply.finish_reason == "stop" and not reply.text.strip():
+            empty += 1
+        elif reply.finish_reason == "stop":
+            ended += 1
+    return EndCount(ended, empty, len(prompts))
+
+
 def share_that_end(model: GPT, tokenizer, prompts: Sequence[Sequence[Mapping]], max_new_tokens: int) -> float:
-    """Share of greedy replies to `prompts` that end (<|end|> or <|eos|>) within max_new_tokens: an SFT
-    model that has learnt when to stop answers 1.0."""
-    replies = [greedy_reply(model, tokenizer, m, max_new_tokens) for m in prompts]
-    return sum(r.finish_reason == "stop" for r in replies) / len(prompts)
+    """Share of greedy replies to `prompts` that end, not empty, within max_new_tokens (see
+    count_replies_that_end)."""
+    return count_replies_that_end(model, tokenizer, prompts, max_new_tokens).rate or 0.0

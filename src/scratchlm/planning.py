@@ -305,8 +305,10 @@ def _mb(n: int) -> str:
     return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:,.0f} MB"
 
 
-def make_plan(run_dir, cfg: RunConfig, minutes: float) -> Plan:
-    """The plan for `minutes` of training of the run in `run_dir` (prepared) on cfg.train.device."""
+def make_plan(run_dir, cfg: RunConfig, minutes: float, context: int | None = None) -> Plan:
+    """The plan for `minutes` of training of the run in `run_dir` (prepared) on cfg.train.device; with
+    `context`, every shape of the ladder is probed and planned at that context instead of its own (a base
+    meant for `sft` needs its instructions to fit: docs/benchmarks.md, "Replies that end")."""
     if not minutes > 0:
         raise UserError("--preset auto plans for a time budget: give --train.max-minutes M (e.g. 5)")
     run = Run.at(run_dir)
@@ -322,7 +324,7 @@ def make_plan(run_dir, cfg: RunConfig, minutes: float) -> Plan:
     available = _available_memory()
     probes: list[Probe] = []
     chosen, why = None, "the largest shape in the ladder"
-    for shape in LADDER:
+    for shape in LADDER if context is None else (replace(s, block_size=context) for s in LADDER):
         p = probe(shape, vocab, device)
         probes.append(p)
         tokens = p.tokens_per_s * train_s

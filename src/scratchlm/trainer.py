@@ -29,6 +29,7 @@ from typing import Protocol
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .checkpoint import (
@@ -83,6 +84,11 @@ class TrainData:
     extra_metrics: Callable[[GPT], dict] | None = None
     on_start: Callable[[], None] | None = None  # writes the stage's files once the first step went through
     max_steps: int | None = None  # the stage's own length (SFT: from its epochs); None: --train.max-steps
+    # (vocab,) float: each target's loss weight by its id (SFT: --sft.end-weight on <|end|>); None: all 1
+    target_weights: torch.Tensor | None = None
+    # (val loss, extra metrics) -> what the best checkpoint minimises (SFT: replies that end first); None:
+    # the val loss. Called on every rank, where the extra metrics are empty but on rank 0.
+    selection: Callable[[float, dict], float] | None = None
 
 
 TB_TAGS = {"train_loss": "loss/train", "val_loss": "loss/val"}
@@ -110,7 +116,7 @@ class Session:
     max_steps: int = 0  # optimizer steps this run trains for: from max_tokens, the stage, or max_steps
     step: int = 0
     tokens: int = 0  # trained (non-padding) tokens so far, over all ranks
-    best_val: float = float("inf")
+    best_val: float = float("inf")  # the best checkpoint's val loss, or its TrainData.selection score
     elapsed_before: float = 0.0  # seconds spent by earlier sessions of this run
     resumed: bool = False
     metrics: MetricsLog | None = None
@@ -554,7 +560,7 @@ def _train_step(s: Session, data: TrainData) -> tuple[float, int]:
     """
     lo, hi = s.dist.rank * s.cfg.train.batch_size, (s.dist.rank + 1) * s.cfg.train.batch_size
     micro = [tuple(t[lo:hi] for t in data.batches.next_batch()) for _ in range(s.grad_accum)]
-    counts = [int((y >= 0).sum()) for _, y in micro]
+    counts = [_supervised(y, data.target_weights) for _, y in micro]
     padding = sum(int((x == data.pad_id).sum()) for x, _ in micro) if data.pad_id is not None else 0
     real = sum(x.numel() for x, _ in micro) - padding
     supervised, trained = all_sum([sum(counts), real], s.dist, s.device)
@@ -565,7 +571,7 @@ def _train_step(s: Session, data: TrainData) -> tuple[float, int]:
         x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
         with _no_grad_sync(s.forward, s.model, s.cfg.train, last=i == s.grad_accum - 1):
             with s.autocast:
-                logits, loss = s.forward(x, y)
+                logits, loss = _forward(s.forward, x, y, data.target_weights)
             if n:
                 (loss * (n * s.dist.world_size / supervised)).backward()
                 weighted.append(loss.detach() * n)
@@ -573,6 +579,25 @@ def _train_step(s: Session, data: TrainData) -> tuple[float, int]:
                 (logits.float().sum() * 0.0).backward()
     loss_sum = all_sum([sum(t.item() for t in weighted)], s.dist, s.device)[0]
     return loss_sum / supervised, int(trained)
+
+
+def _supervised(y: torch.Tensor, weights: torch.Tensor | None) -> float:
+    """The supervised targets of a micro-batch: their count, or their summed weight when targets weigh
+    differently (the step's loss is then the weighted mean over the step)."""
+    if weights is None:
+        return int((y >= 0).sum())
+    return float(weights[y[y >= 0]].sum())
+
+
+def _forward(forward, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None):
+    """logits and the micro-batch's loss: the model's own mean, or with `weights` the mean of each
+    target's cross-entropy times weights[target] over the sum of those weights."""
+    if weights is None:
+        return forward(x, y)
+    logits, _ = forward(x)
+    per = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1, reduction="none")
+    w = torch.where(y >= 0, weights.to(y.device)[y.clamp(min=0)], 0.0).flatten()
+    return logits, (per * w).sum() / w.sum().clamp(min=1e-12)
 
 
 def _evaluate_and_save(s: Session, data: TrainData, elapsed: float, lr: float) -> tuple[float, str]:
@@ -583,9 +608,10 @@ def _evaluate_and_save(s: Session, data: TrainData, elapsed: float, lr: float) -
     weights = full_weights(s.model, tc, s.dist)
     opt_state = optimizer_state(s.model, s.optimizers, tc, s.dist)
     extra = data.extra_metrics(s.model) if data.extra_metrics and s.dist.is_main else {}
+    score = data.selection(val["loss"], extra) if data.selection else val["loss"]
     if s.dist.is_main:
         _log(s, val_loss=val["loss"], lr=lr, elapsed_s=elapsed, **extra)
-        if val["loss"] < s.best_val:
+        if score < s.best_val:
             save_best(s.run, s.step, weights, s.cfg, s.tokenizer.hash, val["loss"])
         state = {
             "step": s.step,
@@ -593,13 +619,13 @@ def _evaluate_and_save(s: Session, data: TrainData, elapsed: float, lr: float) -
             "optimizer": opt_state,
             "loader": data.batches.state_dict(),
             "rng": rng_state(),
-            "best_val": min(s.best_val, val["loss"]),
+            "best_val": min(s.best_val, score),
             "elapsed_s": elapsed,
             "world_size": s.dist.world_size,
         }
         save_checkpoint(s.run, s.step, weights, s.cfg, s.tokenizer.hash, state, tc.keep_last)
         plot_loss(s.run.metrics_path, s.run.loss_plot_path, title=str(s.run.root))
-    s.best_val = min(s.best_val, val["loss"])
+    s.best_val = min(s.best_val, score)
     line = f"val {val['loss']:.4f}  val bits/byte {val['bits_per_byte']:.3f}"
     return val["loss"], line + "".join(f"  {k.replace('_', ' ')} {v:.3f}" for k, v in extra.items())
 

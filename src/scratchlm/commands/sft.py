@@ -33,24 +33,40 @@ def _sft_section(sft, base, input, val_input) -> dict:
     return sft
 
 
-def _steps_or_epochs(train, sft: dict, recipe) -> dict:
-    """An explicit step count is obeyed: given without epochs, it sets sft.epochs to 0 (epochs would set the
-    steps otherwise); both at once is ambiguous."""
+def _asked_train(train, recipe) -> dict:
+    """The train settings the user gave: the recipe's train section under the flags or keywords."""
     from ..settings import read_recipe
 
     given = read_recipe(recipe, ("train", "sft")) if recipe else {}
-    steps = "max_steps" in (train or {}) or "max_steps" in given.get("train", {})
+    return {**given.get("train", {}), **(train or {})}
+
+
+def _steps_or_epochs(train, sft: dict, recipe) -> dict:
+    """An explicit step count or time budget is obeyed: given without epochs, it sets sft.epochs to 0 (epochs
+    would set the steps otherwise, and 3 epochs of a small set end a 4-minute budget after seconds); steps
+    and epochs at once are ambiguous."""
+    from ..settings import read_recipe
+
+    given = read_recipe(recipe, ("train", "sft")) if recipe else {}
+    asked = _asked_train(train, recipe)
     epochs = sft.get("epochs", given.get("sft", {}).get("epochs"))
-    if steps and epochs:
+    if "max_steps" in asked and epochs:
         raise UserError("--train.max-steps and --sft.epochs: give one of them (epochs sets the steps)")
-    return {"epochs": 0.0} if steps and epochs is None else {}
+    budget = "max_steps" in asked or asked.get("max_minutes", 0) > 0
+    return {"epochs": 0.0} if budget and epochs is None else {}
 
 
-def with_base(cfg: RunConfig) -> RunConfig:
-    """A fine-tuned run keeps its base's model, tokenizer and data settings and starts from its weights."""
+def with_base(cfg: RunConfig, scale_lr: bool = False) -> RunConfig:
+    """A fine-tuned run keeps its base's model, tokenizer and data settings and starts from its weights;
+    scale_lr (a new run, no LR given): the default peak LR for the base's width (config.sft_lr)."""
+    from ..config import sft_lr
     from ..finetuning import base_sections
 
-    return cfg.replace(**base_sections(Run.at(cfg.sft.base)), train={"init_from": cfg.sft.base})
+    sections = base_sections(Run.at(cfg.sft.base))
+    train = {"init_from": cfg.sft.base}
+    if scale_lr:
+        train["lr"] = sft_lr(sections["model"]["n_embd"])
+    return cfg.replace(**sections, train=train)
 
 
 def sft(
@@ -92,13 +108,14 @@ def sft(
     if resume and fresh:
         raise UserError("--resume and --fresh: give one of them")
     target = Run.at(run)
+    scale_lr = config is None and not target.has_config() and "lr" not in _asked_train(train, recipe)
     cfg = _settings(target, config, recipe, train, _sft_section(sft, base, input, val_input), origin)
     if print_config:  # the base's sections when it has a model to take them from
         return print_settings(
-            with_base(cfg) if cfg.sft.base and Run.at(cfg.sft.base).has_checkpoints() else cfg
+            with_base(cfg, scale_lr) if cfg.sft.base and Run.at(cfg.sft.base).has_checkpoints() else cfg
         )
     check_target(target, cfg.sft.base, fresh or resume is False)
-    cfg = with_base(cfg)
+    cfg = with_base(cfg, scale_lr)
     if not fresh:
         announce_changes(target, cfg)
     with target.removed_if_it_fails_untrained():

@@ -35,7 +35,10 @@ def _auto_preset(target: Run, config, recipe, overrides, origin: str, fresh: boo
         return None
     target.require_data()
     asked = resolve(target, "train", config=config, recipe=recipe, overrides=overrides, origin=origin)
-    plan = make_plan(target.root, asked, asked.train.max_minutes)
+    # A context given with the plan is planned at (probes, rows, memory), not laid over a plan made for
+    # another one: a base meant for `sft` needs room for whole conversations (docs/benchmarks.md).
+    context = (overrides.get("model") or {}).get("block_size")
+    plan = make_plan(target.root, asked, asked.train.max_minutes, context)
     print("\n".join(plan.lines()), flush=True)
     return plan.settings
 

@@ -427,6 +427,19 @@ def split_conversations(cfg, run_root: Path) -> tuple[list[Conversation], list[C
     return [c for i, c in enumerate(train) if i not in held], [train[i] for i in sorted(held)]
 
 
+def describe_held_out(cfg, train: Sequence[Conversation], val: Sequence[Conversation]) -> str:
+    """Which conversations split_conversations validated on, in words, for eval's output and report."""
+    sc = cfg.sft
+    if sc.val_inputs:
+        return f"the {plural(len(val), 'conversation')} of --val-input {', '.join(sc.val_inputs)}"
+    if val is train:
+        return f"the {plural(len(val), 'training conversation')} (--sft.val-fraction 0: none held out)"
+    return (
+        f"the {len(val)} of {plural(len(train) + len(val), 'conversation')} held out, never trained on "
+        f"(--sft.val-fraction {sc.val_fraction:g}, shuffled by --train.seed {cfg.train.seed})"
+    )
+
+
 def _local(spec: str, cfg, run_root: Path) -> str:
     """A file path as given; hf:OWNER/NAME is read from the hub once into RUN/sft_inputs/ as JSONL."""
     if not spec.startswith("hf:"):
