@@ -5,7 +5,7 @@ arithmetic, and its matmuls are (1 x n) @ (n x m) products that MKL runs at ~10 
 llama.cpp's dot products read ~25 GB/s. The compiled step fixes both: one graph of generated C++ kernels
 at shapes that never change (GPT.forward_static), with each matmul of one row written as a product and
 a sum over every weight row, which inductor turns into a vectorized dot-product loop over the weights as
-they lie in memory. Each change's figure is in docs/benchmarks.md (issue 27.1).
+they lie in memory, fed by an input computed once. Each change's figure is in docs/benchmarks.md (issue 27.1).
 """
 
 from __future__ import annotations
@@ -17,10 +17,6 @@ import torch
 
 from .model import GPT, KVCache
 
-# A weight of 2**17 floats (512 KB) or more does not stay in a core's L2 between tokens, and streamed
-# from further away the dot-product loop reads it ~2x faster than MKL's one-row product (6x384 model);
-# smaller ones (the tiny preset's layers) stay with aten's mm, which is as fast or faster there.
-ROW_MM_MIN = 2**17
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -32,10 +28,16 @@ def _static_step(model: GPT, idx: torch.Tensor, cache: KVCache) -> tuple[torch.T
 
 
 def _row_mm(x: torch.Tensor, w_t: torch.Tensor):
-    """aten.mm for one row x (1, n) and a large weight's transpose w_t (n, m): x times each weight row,
-    summed. Other shapes keep aten's mm (NotImplemented leaves an op undecomposed)."""
-    if x.shape[0] != 1 or w_t.numel() < ROW_MM_MIN:
+    """aten.mm for one row x (1, n) and a weight's transpose w_t (n, m): x times each weight row, summed.
+    Other shapes keep aten's mm (NotImplemented leaves an op undecomposed).
+
+    x is pinned to a buffer of its own first (as_strided makes inductor realize it): left to fusion,
+    inductor recomputed x's producer (a layer norm, GELU's erf) inside the loop for every one of the m
+    weight rows. With that, this loop beats MKL's one-row product for every weight of both benchmark
+    models, so it has no size threshold any more."""
+    if x.shape[0] != 1:
         return NotImplemented
+    x = x.as_strided(x.shape, x.stride())
     return (x[:, None, :] * w_t.t()[None]).sum(-1)  # (1, m, n) summed over n: W's rows are contiguous
 
 
@@ -63,8 +65,19 @@ def _one_query_attention(q, k, v, dropout_p=0.0, is_causal=False, attn_mask=None
     return out, lse
 
 
+def _roll_as_cat(x: torch.Tensor, shifts, dims, *_):
+    """RoPE's half-head roll as two slices joined: inductor lowers aten.roll to a gather of single floats
+    (an index modulo the head size), 16 scalar loads a vector, and fused it into attention's loop over
+    every cached position; a concatenation it reads as two plain vector loads."""
+    if len(shifts) != 1 or len(dims) != 1:
+        return NotImplemented
+    dim, size = dims[0], x.shape[dims[0]]
+    s = shifts[0] % size
+    return torch.cat([x.narrow(dim, size - s, s), x.narrow(dim, 0, size - s)], dim)
+
+
 def _backend(gm, example_inputs):
-    """Inductor with the one-row matmuls and attention above, freezing (weights as constants) and
+    """Inductor with the one-row matmuls, attention and roll above, freezing (weights as constants) and
     cpp_wrapper (the graph's calls made from C++, not Python)."""
     from torch._inductor.compile_fx import compile_fx
     from torch._inductor.decomposition import select_decomp_table
@@ -75,6 +88,7 @@ def _backend(gm, example_inputs):
         aten.mm.default: _row_mm,
         aten.addmm.default: _row_addmm,
         aten._scaled_dot_product_flash_attention_for_cpu.default: _one_query_attention,
+        aten.roll.default: _roll_as_cat,
     }
     patches = {"freezing": True, "cpp_wrapper": True}
     return compile_fx(gm, example_inputs, config_patches=patches, decompositions=decompositions)
