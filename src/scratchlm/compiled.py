@@ -77,8 +77,8 @@ def _roll_as_cat(x: torch.Tensor, shifts, dims, *_):
 
 
 def _backend(gm, example_inputs):
-    """Inductor with the one-row matmuls, attention and roll above, freezing (weights as constants) and
-    cpp_wrapper (the graph's calls made from C++, not Python)."""
+    """Inductor with the one-row matmuls, attention and roll above, freezing (weights as constants),
+    cpp_wrapper (the graph's calls made from C++, not Python) and fused multiply-adds."""
     from torch._inductor.compile_fx import compile_fx
     from torch._inductor.decomposition import select_decomp_table
 
@@ -90,7 +90,9 @@ def _backend(gm, example_inputs):
         aten._scaled_dot_product_flash_attention_for_cpu.default: _one_query_attention,
         aten.roll.default: _roll_as_cat,
     }
-    patches = {"freezing": True, "cpp_wrapper": True}
+    # fp-contract=fast lets the C++ compiler fuse each dot product's multiply and add into one FMA, as
+    # llama.cpp's kernels do: +5% tokens/s on the 6x384 model (interleaved A/B), last bits of rounding apart.
+    patches = {"freezing": True, "cpp_wrapper": True, "cpp.enable_floating_point_contract_flag": "fast"}
     return compile_fx(gm, example_inputs, config_patches=patches, decompositions=decompositions)
 
 
