@@ -339,3 +339,17 @@ def test_a_second_ctrl_c_in_train_exits_130_without_a_traceback(trained_run, mon
     monkeypatch.setattr(trainer, "fit", interrupted)
     assert main(["train", str(trained_run)]) == 130
     assert capsys.readouterr().err.strip() == "scratchlm: interrupted"
+
+
+def test_a_list_setting_takes_a_plain_value_and_repeats():
+    """`--sft.inputs my.jsonl` is what users type; jsonargparse alone wanted `[my.jsonl]` and said only
+    "must be <class 'list'>"."""
+    from scratchlm.cli import parse
+
+    argv = ["sft", "runs/x", "--from", "runs/b", "--sft.inputs", "a.jsonl", "--sft.val-inputs=b.jsonl"]
+    _, given = parse(argv)
+    assert given["sft"] == {"inputs": ["a.jsonl"], "val_inputs": ["b.jsonl"]}
+    _, given = parse(["prepare", "runs/x", "--data.inputs", "a.txt", "--data.inputs", "b.txt"])
+    assert given["data"]["inputs"] == ["a.txt", "b.txt"]
+    _, given = parse(["sft", "runs/x", "--from", "runs/b", "--sft.inputs", "[a.jsonl, c.jsonl]"])
+    assert given["sft"]["inputs"] == ["a.jsonl", "c.jsonl"]

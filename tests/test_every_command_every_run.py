@@ -262,7 +262,7 @@ def test_the_clock_stop_names_a_command_that_trains_on(runs, tiny_corpus, tmp_pa
         "0.02",
     ]
     rc, out, err = run_command(argv, monkeypatch, capsys)
-    assert rc == 0 and "are spent" in out + err
+    assert rc == 0 and "is spent" in out + err
     stopped = int(re.search(r"stopped at step (\d+)", out + err).group(1))
     (hint,) = HINT.findall(out + err)
     assert run_command(shlex.split(hint)[1:], monkeypatch, capsys)[0] == 0

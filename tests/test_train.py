@@ -378,7 +378,7 @@ def test_max_minutes_stops_with_a_checkpoint_and_the_budget_spans_resumes(prepar
     assert "/100000" not in out
     # Its stop names the command that trains on; a plain resume would find the budget spent.
     more = f"`scratchlm train {prepared_run} --train.max-minutes 0.1`"
-    assert f"--train.max-minutes are spent; to train on, give the run more: {more}" in out
+    assert f"(--train.max-minutes 0.05) is spent; to train on, give the run more: {more}" in out
     assert "resumes" not in out
     saved = step_dirs(Run.at(prepared_run))
     assert saved[-1].name == f"step_{result['step']:06d}"

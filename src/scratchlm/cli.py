@@ -9,6 +9,7 @@ resolve the same settings (settings.resolve) and write the same config.yaml.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import inspect
 import re
@@ -272,14 +273,30 @@ def build_parser(only: str | None = None) -> ArgumentParser:
 
 def normalize_option_names(argv: list[str]) -> list[str]:
     """Accept --model.n-layer as well as --model.n_layer: jsonargparse names options after the dataclass
-    fields and has no dash aliases for them."""
+    fields and has no dash aliases for them. A list setting given one plain value (--sft.inputs my.jsonl,
+    where jsonargparse wants [a,b]) appends it, as --sft.inputs+ my.jsonl would."""
     out = []
-    for arg in argv:
+    for i, arg in enumerate(argv):
         if arg.startswith("--") and len(arg) > 2:
             name, eq, value = arg[2:].partition("=")
-            arg = "--" + name.replace("-", "_") + eq + value
+            name = name.replace("-", "_")
+            given = value if eq else (argv[i + 1] if i + 1 < len(argv) else "[")
+            if name in _list_settings() and not given.lstrip().startswith("["):
+                name += "+"
+            arg = "--" + name + eq + value
         out.append(arg)
     return out
+
+
+@functools.cache
+def _list_settings() -> frozenset[str]:
+    """The dotted names of every list-typed setting: data.inputs, sft.inputs, ..."""
+    return frozenset(
+        f"{section}.{name}"
+        for section, cls in SECTION_CLASSES.items()
+        for name, annotation in typing.get_type_hints(cls).items()
+        if _is_list(annotation)
+    )
 
 
 def parse(argv: list[str]) -> tuple[str, dict]:

@@ -388,8 +388,8 @@ def _stop_message(s: Session, clock: bool) -> str:
     budget a resume would find it spent ("nothing to do"), so it names a larger one."""
     if clock:
         return (
-            f"stopped at step {s.step}: the {s.cfg.train.max_minutes:g} minutes of --train.max-minutes are "
-            f"spent; to train on, give the run more: {_more_minutes_command(s)}"
+            f"stopped at step {s.step}: its clock budget (--train.max-minutes {s.cfg.train.max_minutes:g}) "
+            f"is spent; to train on, give the run more: {_more_minutes_command(s)}"
         )
     return f"stopped at step {s.step}; `scratchlm {s.command} {s.run.root}` resumes"
 
