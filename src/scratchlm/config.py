@@ -321,8 +321,9 @@ class SampleConfig(Checked):
     seed: int = bounded(1337, ge=0)
     """Seed; the same seed gives the same text."""
     compile: bool = False
-    """Compile the decode step with torch.compile (inductor) first: ~2x tokens/s at batch 1 on CPU, after
-    ~10-30 s of compiling (cached on disk for the next run); pays off for long or many replies."""
+    """Compile the decode step with torch.compile (inductor) first: 3-4x tokens/s at batch 1 on CPU, near
+    llama.cpp's, after ~10-30 s of compiling (cached on disk for the next run); pays off for long or many
+    replies."""
 
 
 @dataclass
