@@ -353,3 +353,7 @@ def test_a_list_setting_takes_a_plain_value_and_repeats():
     assert given["data"]["inputs"] == ["a.txt", "b.txt"]
     _, given = parse(["sft", "runs/x", "--from", "runs/b", "--sft.inputs", "[a.jsonl, c.jsonl]"])
     assert given["sft"]["inputs"] == ["a.jsonl", "c.jsonl"]
+    # The flat lists of sample, chat, serve and eval too; eval's --tasks also takes a comma string as it is.
+    assert parse(["chat", "runs/x", "--stop", "END", "--stop=###"])[1]["stop"] == ["END", "###"]
+    assert parse(["eval", "runs/x", "--prompts", "The"])[1]["prompts"] == ["The"]
+    assert parse(["eval", "runs/x", "--tasks", "hellaswag,arc_easy"])[1]["tasks"] == "hellaswag,arc_easy"

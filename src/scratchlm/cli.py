@@ -271,17 +271,18 @@ def build_parser(only: str | None = None) -> ArgumentParser:
     return parser
 
 
-def normalize_option_names(argv: list[str]) -> list[str]:
+def normalize_option_names(argv: list[str], command: str | None = None) -> list[str]:
     """Accept --model.n-layer as well as --model.n_layer: jsonargparse names options after the dataclass
     fields and has no dash aliases for them. A list setting given one plain value (--sft.inputs my.jsonl,
-    where jsonargparse wants [a,b]) appends it, as --sft.inputs+ my.jsonl would."""
+    --stop END, where jsonargparse wants [a,b]) appends it, as --sft.inputs+ my.jsonl would."""
+    lists = _list_options(command)
     out = []
     for i, arg in enumerate(argv):
         if arg.startswith("--") and len(arg) > 2:
             name, eq, value = arg[2:].partition("=")
             name = name.replace("-", "_")
-            given = value if eq else (argv[i + 1] if i + 1 < len(argv) else "[")
-            if name in _list_settings() and not given.lstrip().startswith("["):
+            given = value if eq else (argv[i + 1] if i + 1 < len(argv) else None)
+            if name in lists and given is not None and not given.lstrip().startswith("["):
                 name += "+"
             arg = "--" + name + eq + value
         out.append(arg)
@@ -289,21 +290,24 @@ def normalize_option_names(argv: list[str]) -> list[str]:
 
 
 @functools.cache
-def _list_settings() -> frozenset[str]:
-    """The dotted names of every list-typed setting: data.inputs, sft.inputs, ..."""
-    return frozenset(
-        f"{section}.{name}"
-        for section, cls in SECTION_CLASSES.items()
-        for name, annotation in typing.get_type_hints(cls).items()
-        if _is_list(annotation)
-    )
+def _list_options(command: str | None) -> frozenset[str]:
+    """The options of `command` whose setting is a list and nothing else (eval's --tasks also takes a
+    string): every section's as section.name, and the flat ones of sample, chat, serve and eval."""
+
+    def lists(cls) -> list[str]:
+        hints = typing.get_type_hints(cls).items()
+        return [name for name, kind in hints if typing.get_origin(kind) in (list, abc.Sequence)]
+
+    dotted = {f"{section}.{name}" for section, cls in SECTION_CLASSES.items() for name in lists(cls)}
+    flat = lists(FLAT_SECTIONS[command]) if command in FLAT_SECTIONS else []
+    return frozenset(dotted.union(flat))
 
 
 def parse(argv: list[str]) -> tuple[str, dict]:
     """The command and the keyword arguments of its function: only what the command line gave."""
-    argv = normalize_option_names(argv)
+    first = next((a for a in argv if not a.startswith("-")), None)
+    argv = normalize_option_names(argv, first)
     try:
-        first = next((a for a in argv if not a.startswith("-")), None)
         ns = build_parser(first if first in SUMMARIES else None).parse_args(argv, defaults=False).as_dict()
     except argparse.ArgumentError as e:
         message = _one_line(str(e))

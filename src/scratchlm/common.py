@@ -180,8 +180,3 @@ def init_distributed(device_name: str = "auto") -> tuple[Dist, object]:
 def plural(n: int, noun: str) -> str:
     """'1 step', '3 steps': what every count in a message says."""
     return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
-
-
-def minutes(m: float) -> str:
-    """'1 minute', '0.5 minutes', '3.5 minutes': a clock budget in a message."""
-    return f"{m:g} minute" if m == 1 else f"{m:g} minutes"

@@ -65,7 +65,7 @@ def _one_query_attention(q, k, v, dropout_p=0.0, is_causal=False, attn_mask=None
     return out, lse
 
 
-def _roll_as_cat(x: torch.Tensor, shifts, dims, *_):
+def _roll_as_cat(x: torch.Tensor, shifts, dims=()):
     """RoPE's half-head roll as two slices joined: inductor lowers aten.roll to a gather of single floats
     (an index modulo the head size), 16 scalar loads a vector, and fused it into attention's loop over
     every cached position; a concatenation it reads as two plain vector loads."""

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import read_metadata, resolve_weights
-from .common import UserError, atomic_write_text, minutes, plural, rank0_print
+from .common import UserError, atomic_write_text, plural, rank0_print
 from .config import RunConfig
 from .data.sft import PackedBatches, describe, encode_conversations, sequential_batches, split_conversations
 from .lm import share_that_end
@@ -117,7 +117,8 @@ def sft_data(s: Session) -> TrainData:
             f"{sc.epochs:g} epochs = {plural(steps, 'step')} (--sft.epochs)"
             if sc.epochs > 0
             else f"{plural(steps, 'step')} = {steps * s.global_batch * s.grad_accum / per_epoch:.1f} epochs "
-            + ("(--train.max-steps)" + (f", or {minutes(tc.max_minutes)}" if tc.max_minutes else ""))
+            + "(--train.max-steps)"
+            + (f", or the clock budget (--train.max-minutes {tc.max_minutes:g})" if tc.max_minutes else "")
         )
     )
     token_bytes = tok.token_bytes()
