@@ -72,7 +72,12 @@ def test_greedy_with_cache_equals_without_cache(flavour):
 
 
 @pytest.mark.parametrize("flavour", ["gpt2", "llama"])
-def test_the_compiled_step_gives_the_eager_tokens_past_the_cache_and_from_a_prompt_at_the_limit(flavour):
+@pytest.mark.parametrize("blocked", [False, True], ids=["row-dots", "blocked-weights"])
+def test_the_compiled_step_gives_the_eager_tokens_past_the_cache_and_from_a_prompt_at_the_limit(
+    flavour, blocked, monkeypatch
+):
+    if blocked:  # every weight repacked in blocks of 16 rows, as large ones are
+        monkeypatch.setattr(scratchlm.compiled, "_BLOCKED_MIN", 0)
     model = tiny_model(flavour)
     block = model.config.block_size
     for prompt in ([5, 17, 3], list(range(3, 3 + block - 1))):  # the second fills all but the last slot

@@ -27,18 +27,31 @@ def _static_step(model: GPT, idx: torch.Tensor, cache: KVCache) -> tuple[torch.T
     return logits[0, -1], logits[0, -1].argmax()
 
 
+# Weights of at least this many elements (1 MiB in float32) are read in blocks of _BLOCK output rows.
+_BLOCKED_MIN = 2**18
+_BLOCK = 16
+
+
 def _row_mm(x: torch.Tensor, w_t: torch.Tensor):
     """aten.mm for one row x (1, n) and a weight's transpose w_t (n, m): x times each weight row, summed.
     Other shapes keep aten's mm (NotImplemented leaves an op undecomposed).
 
     x is pinned to a buffer of its own first (as_strided makes inductor realize it): left to fusion,
     inductor recomputed x's producer (a layer norm, GELU's erf) inside the loop for every one of the m
-    weight rows. With that, this loop beats MKL's one-row product for every weight of both benchmark
-    models, so it has no size threshold any more."""
+    weight rows. A small weight is read row by row, a dot product each. A large one is repacked once, at
+    compile time (freezing folds the copy into a constant), as (m / 16, n, 16): blocks of 16 outputs whose
+    loop keeps a vector of 16 sums and reads the block as one contiguous stream, with no horizontal sum
+    per output: +10% tokens/s on the 6x384 model, whose weights do not fit in cache; on the tiny preset's
+    small weights, held in cache, the row dots are ~5% faster. The copy costs the memory of those weights
+    again while the compiled step lives."""
     if x.shape[0] != 1:
         return NotImplemented
     x = x.as_strided(x.shape, x.stride())
-    return (x[:, None, :] * w_t.t()[None]).sum(-1)  # (1, m, n) summed over n: W's rows are contiguous
+    n, m = w_t.shape
+    if n * m < _BLOCKED_MIN or m % _BLOCK:
+        return (x[:, None, :] * w_t.t()[None]).sum(-1)  # (1, m, n) summed over n: W's rows are contiguous
+    blocks = w_t.reshape(n, m // _BLOCK, _BLOCK).permute(1, 0, 2).contiguous()  # (m / 16, n, 16)
+    return (x.view(1, n, 1) * blocks).sum(1).reshape(1, m)
 
 
 def _row_addmm(bias: torch.Tensor, x: torch.Tensor, w_t: torch.Tensor, beta=1, alpha=1):
@@ -77,8 +90,8 @@ def _roll_as_cat(x: torch.Tensor, shifts, dims=()):
 
 
 def _backend(gm, example_inputs):
-    """Inductor with the one-row matmuls, attention and roll above, freezing (weights as constants),
-    cpp_wrapper (the graph's calls made from C++, not Python) and fused multiply-adds."""
+    """Inductor with the one-row matmuls, attention and roll above, freezing (weights as constants, with
+    `_traced_frozen`), cpp_wrapper (the graph's calls made from C++, not Python) and fused multiply-adds."""
     from torch._inductor.compile_fx import compile_fx
     from torch._inductor.decomposition import select_decomp_table
 
@@ -94,6 +107,26 @@ def _backend(gm, example_inputs):
     # llama.cpp's kernels do: +5% tokens/s on the 6x384 model (interleaved A/B), last bits of rounding apart.
     patches = {"freezing": True, "cpp_wrapper": True, "cpp.enable_floating_point_contract_flag": "fast"}
     return compile_fx(gm, example_inputs, config_patches=patches, decompositions=decompositions)
+
+
+def _traced_frozen(step):
+    """`step` whose first call, the one dynamo traces, runs with inductor's freezing on. Dynamo decides
+    while tracing whether the weights enter the graph as constants or as inputs (it reads the global
+    config then); the backend's patch alone came too late, so the weights stayed inputs and freezing
+    folded nothing. As constants: +21% tokens/s on the tiny preset, +8% on the 6x384 model, and the
+    blocked copies of `_row_mm` are made once."""
+    traced = False
+
+    def call(*args):
+        nonlocal traced
+        if traced:
+            return step(*args)
+        with torch._inductor.config.patch(freezing=True):
+            out = step(*args)
+        traced = True
+        return out
+
+    return call
 
 
 def compiled_step(model: GPT):
@@ -113,6 +146,6 @@ def compiled_step(model: GPT):
         fresh = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__)
         options = {"guard_filter_fn": torch.compiler.keep_tensor_guards_unsafe}
         step = torch.compile(fresh, backend=_backend, fullgraph=True, dynamic=False, options=options)
-        hit = (version, step)
+        hit = (version, _traced_frozen(step))
         _COMPILED[model] = hit
     return hit[1]
