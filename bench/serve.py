@@ -153,6 +153,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: best aggregate on 2 cores)")
     ap.add_argument("--prefill-chunk", type=int, default=64, help="prompt ids prefilled per engine step")
     ap.add_argument(
+        "--compile", action="store_true", help="the engine's compiled batch step (serve --compile)"
+    )
+    ap.add_argument(
         "--same-process", action="store_true", help="run the clients in the server's process (and its GIL)"
     )
     args = ap.parse_args()
@@ -174,6 +177,7 @@ def main() -> None:
             max_batch=max(16, args.clients),
             max_queue=max(64, 2 * args.clients),
             prefill_chunk=args.prefill_chunk,
+            compile=args.compile,
         )
         app = create_app(lm, NAME, engine=engine, max_batch=engine.max_batch)
         with running(app) as base:
@@ -203,6 +207,7 @@ def main() -> None:
         f"{lm.model.num_params():,} parameters, "
         f"context {cfg.block_size}; {args.tokens} tokens per request, {args.requests} requests per client, "
         f"{torch.get_num_threads()} torch threads, prefill chunk {args.prefill_chunk}, "
+        f"{'compiled' if args.compile else 'eager'} engine step, "
         f"median of {args.rounds} rounds, clients in "
         f"{'the server process' if pool is None else 'a process of their own'}"
     )

@@ -38,6 +38,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--temperature", type=float, default=0.0, help="0: greedy; > 0: seeded, top-k 50")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: least noise when shared)")
+    ap.add_argument(
+        "--compile", action="store_true", help="the engine's compiled batch step (serve --compile)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -47,7 +50,7 @@ def main() -> None:
     lengths = [4 + 3 * i for i in range(args.requests)]
     prompts = [torch.randint(0, cfg.vocab_size, (n,), generator=gen).tolist() for n in lengths]
     sample = SampleConfig(temperature=args.temperature, top_k=50, max_new_tokens=args.new_tokens)
-    with Engine(model, max_batch=args.requests) as engine:
+    with Engine(model, max_batch=args.requests, compile=args.compile) as engine:
         run(engine, prompts[:1], sample)  # warm-up
         alone, together = [], []
         for _ in range(args.repeats):  # taking turns, so a change in the machine's load hits both alike

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 
 import pytest
@@ -82,6 +83,22 @@ def test_16_concurrent_requests_each_equal_their_solo_run(model):
     assert [r.finish_reason for r in requests] == ["length"] * 16
     assert [r.completion_tokens for r in requests] == [c.max_new_tokens for c in cfgs]
     assert [r.prompt_tokens for r in requests] == [len(p) for p in ps]
+
+
+def test_the_compiled_engine_gives_the_eager_engines_ids(model):
+    """serve --compile: the batch's forward as compiled graphs at 1, 2, 4, 8 and 16 rows, the rows padded
+    up to the next size. 16 requests that prefill in chunks, refill past the context end and leave at
+    different steps get the eager engine's ids, and so does one alone (float64: no near tie can flip on
+    the two paths' rounding)."""
+    m = copy.deepcopy(model).double()
+    cfgs, ps = configs(16), prompts(16)
+    assert max(len(p) + c.max_new_tokens for p, c in zip(ps, cfgs, strict=True)) > 2 * m.config.block_size
+    got = {}
+    for compile in (False, True):
+        with Engine(m, max_batch=16, prefill_chunk=16, compile=compile) as engine:
+            requests = [engine.submit(p, c) for p, c in zip(ps, cfgs, strict=True)]
+            got[compile] = [list(r) for r in requests], list(engine.submit(ps[5], cfgs[5]))
+    assert got[True] == got[False]
 
 
 def test_logprobs_on_keep_batched_equal_to_solo_and_are_the_models_log_softmax(model):

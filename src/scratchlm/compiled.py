@@ -32,6 +32,12 @@ _BLOCKED_MIN = 2**18
 _BLOCK = 16
 
 
+def _static_rows(model: GPT, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    """One token for each of B rows through GPT.forward_static: every row's last logits (B, vocab)."""
+    logits, _ = model.forward_static(idx, cache)
+    return logits[:, -1]
+
+
 def _row_mm(x: torch.Tensor, w_t: torch.Tensor):
     """aten.mm for one row x (1, n) and a weight's transpose w_t (n, m): x times each weight row, summed.
     Other shapes keep aten's mm (NotImplemented leaves an op undecomposed).
@@ -110,28 +116,29 @@ def _backend(gm, example_inputs):
 
 
 def _traced_frozen(step):
-    """`step` whose first call, the one dynamo traces, runs with inductor's freezing on. Dynamo decides
-    while tracing whether the weights enter the graph as constants or as inputs (it reads the global
-    config then); the backend's patch alone came too late, so the weights stayed inputs and freezing
-    folded nothing. As constants: +21% tokens/s on the tiny preset, +8% on the 6x384 model, and the
-    blocked copies of `_row_mm` are made once."""
-    traced = False
+    """`step` whose calls that dynamo traces (the first at each batch size) run with inductor's freezing
+    on. Dynamo decides while tracing whether the weights enter the graph as constants or as inputs (it
+    reads the global config then); the backend's patch alone came too late, so the weights stayed inputs
+    and freezing folded nothing. As constants: +21% tokens/s on the tiny preset, +8% on the 6x384 model,
+    and the blocked copies of `_row_mm` are made once."""
+    traced: set[torch.Size] = set()
 
-    def call(*args):
-        nonlocal traced
-        if traced:
-            return step(*args)
+    def call(model: GPT, idx: torch.Tensor, cache: KVCache):
+        if idx.shape in traced:
+            return step(model, idx, cache)
         with torch._inductor.config.patch(freezing=True):
-            out = step(*args)
-        traced = True
+            out = step(model, idx, cache)
+        traced.add(idx.shape)
         return out
 
     return call
 
 
-def compiled_step(model: GPT):
-    """`_static_step` compiled for this model as its weights are now: step(model, idx (1, 1), cache) →
-    (logits (vocab,), argmax), with cache.pos a (1,) tensor that the step moves on.
+def compiled_step(model: GPT, rows: bool = False):
+    """The decode step compiled for this model as its weights are now. rows=False (batch-1 generation):
+    step(model, idx (1, 1), cache) → (logits (vocab,), argmax). rows=True (the engine's batched step):
+    step(model, idx (B, 1), cache) → logits (B, vocab), one graph per batch size B. In both, cache.pos is a
+    (B,) tensor that the step moves on.
 
     Dynamo's guards checked every module on each call (~44 us a token on the tiny preset) and are cut
     to the tensor guards. Frozen weights do not follow later changes, so a step is compiled per model
@@ -140,12 +147,12 @@ def compiled_step(model: GPT):
     guards would not tell two models apart.
     """
     version = tuple(p._version for p in model.parameters())
-    hit = _COMPILED.get(model)
+    fn = _static_rows if rows else _static_step
+    steps = _COMPILED.setdefault(model, {})
+    hit = steps.get(fn)
     if hit is None or hit[0] != version:
-        fn = _static_step
         fresh = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__)
         options = {"guard_filter_fn": torch.compiler.keep_tensor_guards_unsafe}
         step = torch.compile(fresh, backend=_backend, fullgraph=True, dynamic=False, options=options)
-        hit = (version, _traced_frozen(step))
-        _COMPILED[model] = hit
+        hit = steps[fn] = (version, _traced_frozen(step))
     return hit[1]

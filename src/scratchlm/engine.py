@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import torch
 
+from .compiled import compiled_step
 from .config import SampleConfig
 from .decode import Decoding, TokenLogprobs, fit, pick_together, token_logprobs
 from .model import GPT, KVCache
@@ -127,6 +128,13 @@ class Request:
                 return
 
     async def __aiter__(self) -> AsyncIterator[int]:
+        async for ids in self.batches():
+            for token in ids:
+                yield token
+
+    async def batches(self) -> AsyncIterator[list[int]]:
+        """The new ids as they come, in lists: every id that arrived since the last look, so a consumer
+        that falls behind (an event loop serving many streams) takes them in one go instead of one by one."""
         # The lock is only ever held for a list append, so taking it here does not stall the loop.
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
@@ -138,8 +146,8 @@ class Request:
             while True:
                 ready.clear()  # before looking, so an id pushed after the look sets it again
                 new, done = self._after(i)
-                for token in new:
-                    yield token
+                if new:
+                    yield new
                 i += len(new)
                 if done and not new:
                     self._end()
@@ -170,7 +178,14 @@ class Engine:
     124M GPT-2 preset in fp32: 12 layers x 2 x 16 rows x 12 heads x 1024 x 64 x 4 bytes = 1.2 GB).
     """
 
-    def __init__(self, model: GPT, max_batch: int = 16, max_queue: int = 64, prefill_chunk: int = 64):
+    def __init__(
+        self,
+        model: GPT,
+        max_batch: int = 16,
+        max_queue: int = 64,
+        prefill_chunk: int = 64,
+        compile: bool = False,
+    ):
         if max_batch < 1 or max_queue < 0 or prefill_chunk < 1:
             raise ValueError(
                 f"max_batch and prefill_chunk must be >= 1 and max_queue >= 0, "
@@ -184,6 +199,12 @@ class Engine:
         self.device = weight.device
         self.cache = KVCache.empty(model.config, max_batch, self.block, self.device, weight.dtype)
         self.cache.pos = torch.zeros(max_batch, dtype=torch.long, device=self.device)
+        # compile: the batch's forward runs as a compiled graph at a few batch sizes (powers of two up to
+        # max_batch, each over the whole cache); every graph is compiled here, before the first request.
+        self.compiled = compiled_step(model, rows=True) if compile else None
+        self.buckets = sorted({min(2**i, max_batch) for i in range(max_batch.bit_length() + 1)})
+        if compile:
+            self._warm_up()
         self.active: list[Request] = []  # active[i] holds cache row i
         self._waiting: deque[Request] = deque()
         self._cond = threading.Condition()
@@ -334,20 +355,40 @@ class Engine:
         if n == 0:
             return
         feeds = feeds[:n]  # new rows still filling sit at the end: the forward leaves them out
-        tokens = torch.tensor([[0 if f is None else f] for f in feeds], device=self.device)  # (n, 1)
         try:
-            logits, _ = self.model(tokens, cache=self.cache.rows(0, n))  # (n, 1, vocab)
+            logits = self._forward([0 if f is None else f for f in feeds])  # (n, vocab)
         except Exception as e:  # the batch failed as a whole: every row in it ends with the error
             for request in self.active[:n]:
                 request._finish("error", e)
                 self._leave(request)
             return
-        rows = zip(self.active[:n], feeds, logits[:, -1], strict=True)
+        rows = zip(self.active[:n], feeds, logits, strict=True)
         for row, (request, f, row_logits) in enumerate(rows):
             if f is None:
                 self.cache.pos[row] -= 1  # the dummy id's slot is free again
             else:
                 request.decoding.logits, request._feed = row_logits, None
+
+    def _forward(self, ids: list[int]) -> torch.Tensor:
+        """One forward of rows 0..len(ids)-1, an id each: their next logits (n, vocab). Compiled, the
+        batch is padded to the next bucket with rows that are free or still filling: their dummy ids
+        land at their positions, which a new request or the row's next chunk sets again."""
+        n = len(ids)
+        if self.compiled is None:
+            tokens = torch.tensor([[i] for i in ids], device=self.device)  # (n, 1)
+            logits, _ = self.model(tokens, cache=self.cache.rows(0, n))  # (n, 1, vocab)
+            return logits[:, -1]
+        size = next(b for b in self.buckets if b >= n)
+        tokens = torch.tensor([[i] for i in ids] + [[0]] * (size - n), device=self.device)
+        self.cache.pos[n:size].clamp_(max=self.block - 1)  # a free row may have stopped at the end
+        return self.compiled(self.model, tokens, self.cache.rows(0, size))[:n]
+
+    def _warm_up(self) -> None:
+        """Compile every bucket's graph on the empty cache (its dummy writes land in free rows)."""
+        with torch.inference_mode():
+            for size in self.buckets:
+                self._forward([0] * size)
+            self.cache.pos.zero_()
 
     def _pick(self, request: Request, pos: int) -> None:
         """The request's next id by the decode step (its row at `pos`); at the context end the row's cache
