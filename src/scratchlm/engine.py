@@ -128,13 +128,6 @@ class Request:
                 return
 
     async def __aiter__(self) -> AsyncIterator[int]:
-        async for ids in self.batches():
-            for token in ids:
-                yield token
-
-    async def batches(self) -> AsyncIterator[list[int]]:
-        """The new ids as they come, in lists: every id that arrived since the last look, so a consumer
-        that falls behind (an event loop serving many streams) takes them in one go instead of one by one."""
         # The lock is only ever held for a list append, so taking it here does not stall the loop.
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
@@ -146,8 +139,8 @@ class Request:
             while True:
                 ready.clear()  # before looking, so an id pushed after the look sets it again
                 new, done = self._after(i)
-                if new:
-                    yield new
+                for token in new:
+                    yield token
                 i += len(new)
                 if done and not new:
                     self._end()

@@ -210,21 +210,17 @@ def logprob_rows(req, stream: TextStream, start: int, end: int) -> list[shapes.T
 
 async def pieces(req, tok, stops: list[str]):
     """(text, finish_reason or None, tokens, logprob rows) as tokens arrive; the last item has the finish
-    reason. The logprob rows are those of the tokens since the previous item (the ones behind its text).
-    Ids that arrived together go out as one item: when the event loop falls behind the engine (16
-    streams), an SSE event per id would cost it more time per id just when it has the least."""
+    reason. The logprob rows are those of the tokens since the previous item (the ones behind its text)."""
     stream, n, sent = TextStream(tok, stops), 0, 0
     try:
-        async for ids in req.batches():  # one item for all the ids that came since the last
-            text = []
-            for token in ids:
-                n += 1
-                text.append(stream.push(token))
-                if stream.stopped:
-                    req.cancel()
-                    yield "".join(text), "stop", n, logprob_rows(req, stream, sent, n)
-                    return
-            if piece := "".join(text):
+        async for token in req:
+            n += 1
+            piece = stream.push(token)
+            if stream.stopped:
+                req.cancel()
+                yield piece, "stop", n, logprob_rows(req, stream, sent, n)
+                return
+            if piece:
                 yield piece, None, n, logprob_rows(req, stream, sent, n)
                 sent = n
         reason = "length" if req.finish_reason == "length" else "stop"
