@@ -321,9 +321,9 @@ class SampleConfig(Checked):
     seed: int = bounded(1337, ge=0)
     """Seed; the same seed gives the same text."""
     compile: bool = False
-    """Compile the decode step with torch.compile (inductor) first: 3-4x tokens/s at batch 1 on CPU, near
-    llama.cpp's, after ~10-30 s of compiling (cached on disk for the next run); pays off for long or many
-    replies."""
+    """Compile the decode step with torch.compile (inductor) first: 3.5-4.5x tokens/s at batch 1 on CPU,
+    llama.cpp's speed, after ~10-30 s of compiling (cached on disk for the next run); pays off for long or
+    many replies. For serve: the batched step, a graph per batch size (1, 2, 4, ... up to --max-batch)."""
 
 
 @dataclass
