@@ -373,7 +373,8 @@ class Engine:
             return logits[:, -1]
         size = next(b for b in self.buckets if b >= n)
         tokens = torch.tensor([[i] for i in ids] + [[0]] * (size - n), device=self.device)
-        self.cache.pos[n:size].clamp_(max=self.block - 1)  # a free row may have stopped at the end
+        if size > n:  # a free padding row may have stopped at the context end
+            self.cache.pos[n:size].clamp_(max=self.block - 1)
         return self.compiled(self.model, tokens, self.cache.rows(0, size))[:n]
 
     def _warm_up(self) -> None:
