@@ -80,6 +80,20 @@ def test_preset_auto_trains_the_plan_and_a_second_call_continues_it(prepared, ca
     assert yaml.safe_load((prepared / "config.yaml").read_text())["model"] == saved["model"]
 
 
+def test_preset_auto_names_the_flags_that_replace_its_choices(prepared, capsys):
+    args = ["train", str(prepared), "--preset", "auto", "--train.max-minutes", "0.05", "--fresh"]
+    assert main([*args, "--train.lr", "0.0123", "--train.batch-size", "3"]) == 0
+    out = capsys.readouterr().out
+    saved = yaml.safe_load((prepared / "config.yaml").read_text())["train"]
+    assert saved["lr"] == 0.0123 and saved["batch_size"] == 3
+    yours = next(line for line in out.splitlines() if line.strip().startswith("yours:"))
+    assert "--train.lr 0.0123 for" in yours and "--train.batch-size 3 for" in yours, yours
+    # The budget the plan was made for is the user's own value, not a replacement.
+    assert "max-minutes" not in yours
+    assert main(args) == 0
+    assert "yours:" not in capsys.readouterr().out
+
+
 def test_preset_auto_without_minutes_is_one_line(prepared, capsys):
     assert main(["train", str(prepared), "--preset", "auto"]) == 2
     assert "--train.max-minutes" in capsys.readouterr().err

@@ -40,7 +40,25 @@ def _auto_preset(target: Run, config, recipe, overrides, origin: str, fresh: boo
     context = (overrides.get("model") or {}).get("block_size")
     plan = make_plan(target.root, asked, asked.train.max_minutes, context)
     print("\n".join(plan.lines()), flush=True)
+    replaced = _replaced_by_flags(plan.settings, overrides)
+    if replaced:
+        print(f"  yours: {', '.join(replaced)} (the plan's figures above assumed its own)", flush=True)
     return plan.settings
+
+
+def _replaced_by_flags(planned: dict, overrides: Mapping) -> list[str]:
+    """'--train.batch-size 17 for 34', one per setting the user gave that the plan had chosen otherwise:
+    flags win over the plan, and the printed plan would otherwise describe a run that does not happen."""
+    replaced = []
+    for section, chosen in planned.items():
+        given = overrides.get(section)
+        if not isinstance(given, Mapping):
+            continue
+        for key, value in given.items():
+            if key in chosen and key != "block_size" and value != chosen[key]:
+                flag = f"--{section}.{key.replace('_', '-')}"
+                replaced.append(f"{flag} {value} for {chosen[key]}")
+    return replaced
 
 
 def train(
