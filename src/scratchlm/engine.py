@@ -196,9 +196,10 @@ class Engine:
         # max_batch, each over the whole cache); every graph is compiled here, before the first request.
         self.compiled = compiled_step(model, rows=True) if compile else None
         self.buckets = sorted({min(2**i, max_batch) for i in range(max_batch.bit_length() + 1)})
-        # Each bucket's rows as views made once: narrowing 2 x n_layer tensors a step was ~5% of a 1-row step.
-        self._bucket_rows = {size: self.cache.rows(0, size) for size in self.buckets}
         if compile:
+            # Each bucket's rows as views made once: narrowing 2 x n_layer tensors a step cost ~5% of a
+            # 1-row step.
+            self._bucket_rows = {size: self.cache.rows(0, size) for size in self.buckets}
             self._warm_up()
         self.active: list[Request] = []  # active[i] holds cache row i
         self._waiting: deque[Request] = deque()

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from ..common import UserError
 from ..config import RunConfig
 from ..run import Run
-from ..settings import announce_changes, print_settings, resolve, with_tokenizer_vocab
+from ..settings import announce_changes, print_settings, resolve, setting_name, with_tokenizer_vocab
 
 
 def _settings(target: Run, config, preset, recipe, overrides: dict, origin: str, fresh: bool) -> RunConfig:
@@ -40,13 +40,13 @@ def _auto_preset(target: Run, config, recipe, overrides, origin: str, fresh: boo
     context = (overrides.get("model") or {}).get("block_size")
     plan = make_plan(target.root, asked, asked.train.max_minutes, context)
     print("\n".join(plan.lines()), flush=True)
-    replaced = _replaced_by_flags(plan.settings, overrides)
+    replaced = _replaced_by_flags(plan.settings, overrides, origin)
     if replaced:
         print(f"  yours: {', '.join(replaced)} (the plan's figures above assumed its own)", flush=True)
     return plan.settings
 
 
-def _replaced_by_flags(planned: dict, overrides: Mapping) -> list[str]:
+def _replaced_by_flags(planned: dict, overrides: Mapping, origin: str) -> list[str]:
     """'--train.batch-size 17 for 34', one per setting the user gave that the plan had chosen otherwise:
     flags win over the plan, and the printed plan would otherwise describe a run that does not happen."""
     replaced = []
@@ -55,9 +55,8 @@ def _replaced_by_flags(planned: dict, overrides: Mapping) -> list[str]:
         if not isinstance(given, Mapping):
             continue
         for key, value in given.items():
-            if key in chosen and key != "block_size" and value != chosen[key]:
-                flag = f"--{section}.{key.replace('_', '-')}"
-                replaced.append(f"{flag} {value} for {chosen[key]}")
+            if key in chosen and value != chosen[key]:
+                replaced.append(f"{setting_name(origin, section, key)} {value} for {chosen[key]}")
     return replaced
 
 
