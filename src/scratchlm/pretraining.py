@@ -1,21 +1,21 @@
-"""Pretraining data for the shared loop of `trainer.py`: random windows of the run's token shards, and the
-validation split scored in order (what `scratchlm train` fits on)."""
+"""Pretraining data for the shared loop of `trainer.py`: shuffled epochs of windows of the run's token
+shards, and the validation split scored in order (what `scratchlm train` fits on)."""
 
 from __future__ import annotations
 
-from .data.loader import RandomWindows
+from .data.loader import EpochWindows
 from .data.shards import open_split
 from .scoring import evaluate_loss
 from .trainer import Session, TrainData
 
 
 def pretraining_data(s: Session) -> TrainData:
-    """Random windows of the train shards; the val split scored in order (bits per byte from token bytes)."""
+    """Shuffled epochs of train-shard windows; the val split scored in order (bits/byte from token bytes)."""
     tc, tokenizer = s.cfg.train, s.tokenizer
     train_shards = open_split(s.run.data_dir, "train", tokenizer.hash)
     val_shards = open_split(s.run.data_dir, "val", tokenizer.hash)
     # One global stream of windows; each process takes its slice (world-size independent data order).
-    loader = RandomWindows(train_shards, s.global_batch, s.cfg.model.block_size, tc.seed)
+    loader = EpochWindows(train_shards, s.global_batch, s.cfg.model.block_size, tc.seed)
     token_bytes = tokenizer.token_bytes()
 
     def validate(model) -> dict:

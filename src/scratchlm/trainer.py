@@ -66,7 +66,7 @@ from .tokenizer import Tokenizer
 
 
 class Batches(Protocol):
-    """A resumable source of global (B, T) batches: data.loader.RandomWindows or data.sft.PackedBatches."""
+    """A resumable source of global (B, T) batches: data.loader.EpochWindows or data.sft.PackedBatches."""
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]: ...
     def state_dict(self) -> dict: ...

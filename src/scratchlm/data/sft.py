@@ -20,7 +20,7 @@ renders to 169 tokens on average, GSM8K train to 258):
   backward took 2.1x as long as is_causal on CPU (B=4, 4 heads, T=1024, head 64, one thread; 1.03x at
   T=512), plus position ids that restart per conversation in the model.
 - So: packed rows, plain causal attention, each conversation opened by <|bos|> as pretraining documents
-  are (pretraining's random windows cross document boundaries the same way, so the model has learned that
+  are (pretraining's windows cross document boundaries the same way, so the model has learned that
   <|bos|> starts afresh). A conversation is never split across rows, and the loss covers only reply
   tokens, so no reply is scored on a neighbour's text. The trainer and model need no change.
 Targets that are not trained on are -1, the ignore_index of model.py's loss (and of loader.py's padding).
@@ -325,7 +325,7 @@ def _row_tensors(examples: Examples, rows: Sequence[list[int]], block_size: int,
 class PackedBatches:
     """Training batches of packed conversations, an epoch at a time in a seeded shuffled order.
 
-    The interface of loader.RandomWindows (next_batch, state_dict, load_state_dict), so the trainer
+    The interface of loader.EpochWindows (next_batch, state_dict, load_state_dict), so the trainer
     takes either. Epoch e packs the conversations in the order permutation(seed, e); the state is the
     epoch and the next row in it, so a resumed run draws exactly the batches it would have, also across
     an epoch boundary (tested). Batches are global; the trainer gives each rank its slice.
