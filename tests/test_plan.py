@@ -27,28 +27,47 @@ def prepared(tiny_corpus, tmp_path) -> Path:
     return run
 
 
-def fake_speed(rates: dict[int, float]):
-    """A probe that reports `rates[width]` tokens/s instead of timing steps (the rule, not this machine)."""
+def fake_speed(rates: dict[tuple[int, int], float]):
+    """A probe reporting `rates[layers, width]` tokens/s, not timing steps (the rule, not this machine)."""
 
     def probe(shape, vocab, device, **kwargs):
         cfg = planning._model_config(shape, vocab)
-        return planning.Probe(shape, "float32", rates[shape.n_embd], planning._params(cfg))
+        return planning.Probe(shape, "float32", rates[shape.n_layer, shape.n_embd], planning._params(cfg))
 
     return probe
 
 
-FAST = {128: 40_000, 192: 25_000, 256: 12_000, 384: 5_000, 512: 2_000, 768: 500, 1024: 100}
+FAST = {
+    (2, 128): 60_000,
+    (4, 128): 40_000,
+    (4, 192): 25_000,
+    (6, 256): 12_000,
+    (6, 384): 5_000,
+    (8, 512): 2_000,
+    (12, 768): 500,
+    (24, 1024): 100,
+}
 
 
 def test_more_minutes_buy_a_larger_model_until_the_corpus_is_the_limit(prepared, monkeypatch):
     monkeypatch.setattr(planning, "probe", fake_speed(FAST))
     monkeypatch.setattr(planning, "MAX_PARAMS_PER_TOKEN", 1e9)  # the corpus is not the limit here
-    widths = [planning.make_plan(prepared, RunConfig(), m).chosen.shape.n_embd for m in (0.2, 2, 30, 600)]
-    assert widths == sorted(widths) and widths[0] < widths[-1], widths
+    shapes = [planning.make_plan(prepared, RunConfig(), m).chosen.shape for m in (0.2, 2, 30, 600)]
+    sizes = [(s.n_embd, s.n_layer) for s in shapes]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1], sizes
     p = planning.make_plan(prepared, RunConfig(), 2)
     # The chosen shape sees at least MIN_TOKENS_PER_PARAM tokens per parameter in the budget.
     assert p.train_tokens >= planning.MIN_TOKENS_PER_PARAM * p.chosen.params * 0.99
     assert p.settings["train"]["max_minutes"] == 2 and p.rows * p.steps * p.chosen.shape.block_size > 0
+
+
+def test_short_plans_lower_muons_momentum_and_long_ones_keep_the_default(prepared, monkeypatch):
+    monkeypatch.setattr(planning, "probe", fake_speed(FAST))
+    short, long = (planning.make_plan(prepared, RunConfig(), m) for m in (2, 600))
+    assert short.steps <= planning.SHORT_PLAN_STEPS < long.steps
+    assert short.settings["train"]["muon_momentum"] == planning.SHORT_PLAN_MOMENTUM
+    assert "(momentum 0.9)" in short.lines()[2]
+    assert "muon_momentum" not in long.settings["train"] and "momentum" not in long.lines()[2]
 
 
 def test_a_small_corpus_caps_the_model_whatever_the_minutes(prepared, monkeypatch):
