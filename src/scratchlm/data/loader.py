@@ -46,23 +46,26 @@ class EpochWindows:
         room = self.sizes - self.block_size - 1 - phase
         return phase, np.where(room >= 0, room // self.block_size + 1, 0), rng
 
-    def _seek(self, windows: int) -> None:
-        """Position the stream after `windows` windows: find the epoch, then build its order."""
-        self.epoch, self.cursor = 0, windows
-        while True:
-            phase, counts, rng = self._epoch_plan(self.epoch)
-            if self.cursor < counts.sum():
-                break
-            self.cursor -= int(counts.sum())
-            self.epoch += 1
-        self.phase, self.bounds = phase, np.cumsum(counts)
+    def _begin_epoch(self, epoch: int) -> None:
+        self.phase, counts, rng = self._epoch_plan(epoch)
+        self.epoch, self.cursor, self.bounds = epoch, 0, np.cumsum(counts)
         self.order = rng.permutation(int(self.bounds[-1]))
+
+    def _seek(self, windows: int) -> None:
+        """Position the stream after `windows` windows: skip whole epochs by their counts (no shuffles),
+        then build the order of the one it is in."""
+        epoch = 0
+        while windows >= (in_epoch := int(self._epoch_plan(epoch)[1].sum())):
+            windows -= in_epoch
+            epoch += 1
+        self._begin_epoch(epoch)
+        self.cursor = windows
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         rows = []
         while len(rows) < self.batch_size:
             if self.cursor == self.order.size:
-                self._seek(self.windows)
+                self._begin_epoch(self.epoch + 1)
             index = int(self.order[self.cursor])
             shard = int(np.searchsorted(self.bounds, index, side="right"))
             first = index - (int(self.bounds[shard - 1]) if shard else 0)
@@ -75,6 +78,7 @@ class EpochWindows:
         return batch[:, :-1], batch[:, 1:]  # (B, T) inputs and next-token targets
 
     def state_dict(self) -> dict:
+        # "epoch" is for a reader of the checkpoint; resume needs only the count of windows.
         return {"batches": self.batches, "windows": self.windows, "epoch": self.epoch}
 
     def load_state_dict(self, state: dict) -> None:
