@@ -16,6 +16,9 @@ from scratchlm import planning
 from scratchlm.cli import main
 from scratchlm.commands.prepare import prepare
 from scratchlm.config import RunConfig
+from scratchlm.optim import lr_at
+from scratchlm.run import Run
+from scratchlm.settings import resolve
 
 from .conftest import tiny_config
 
@@ -68,6 +71,20 @@ def test_short_plans_lower_muons_momentum_and_long_ones_keep_the_default(prepare
     assert short.settings["train"]["muon_momentum"] == planning.SHORT_PLAN_MOMENTUM
     assert "(momentum 0.9)" in short.lines()[2]
     assert "muon_momentum" not in long.settings["train"] and "momentum" not in long.lines()[2]
+
+
+def test_a_plan_holds_its_peak_rate_then_decays_to_zero_over_the_clocks_last_40_percent(
+    prepared, monkeypatch
+):
+    monkeypatch.setattr(planning, "probe", fake_speed(FAST))
+    plan = planning.make_plan(prepared, RunConfig(), 3.5)
+    assert "held, then decayed to 0 over the last 40% of the minutes" in plan.lines()[2]
+    cfg = resolve(Run.at(prepared), "train", preset=plan.settings).train
+    peak, past_warmup = cfg.lr, cfg.warmup_steps + 1
+    # Not a cosine already on its way down at a third of the minutes: the peak until 60% of them.
+    assert [lr_at(past_warmup, cfg, progress=p) for p in (0.1, 0.35, 0.6)] == [peak] * 3
+    assert lr_at(past_warmup, cfg, progress=0.8) == pytest.approx(peak / 2)
+    assert lr_at(past_warmup, cfg, progress=1.0) == 0.0
 
 
 def test_a_small_corpus_caps_the_model_whatever_the_minutes(prepared, monkeypatch):
