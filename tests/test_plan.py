@@ -78,7 +78,7 @@ def test_a_plan_holds_its_peak_rate_then_decays_to_zero_over_the_clocks_last_40_
 ):
     monkeypatch.setattr(planning, "probe", fake_speed(FAST))
     plan = planning.make_plan(prepared, RunConfig(), 3.5)
-    assert "held, then decayed to 0 over the last 40% of the minutes" in plan.lines()[2]
+    assert "(momentum 0.9) until the last 40% of the minutes, then decaying to 0" in plan.lines()[2]
     cfg = resolve(Run.at(prepared), "train", preset=plan.settings).train
     peak, past_warmup = cfg.lr, cfg.warmup_steps + 1
     # Not a cosine already on its way down at a third of the minutes: the peak until 60% of them.

@@ -298,7 +298,7 @@ class Plan:
 
     def _decay(self) -> str:
         share = self.settings["train"]["decay_fraction"]
-        return f" held, then decayed to 0 over the last {share:.0%} of the minutes"
+        return f" until the last {share:.0%} of the minutes, then decaying to 0"
 
     def _momentum(self) -> str:
         momentum = self.settings["train"].get("muon_momentum")
