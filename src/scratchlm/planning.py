@@ -76,8 +76,9 @@ OPTIMIZER = "muon"
 # which was not measured against.
 SHORT_PLAN_MOMENTUM, SHORT_PLAN_STEPS = 0.9, 1000
 # After warmup the rate holds at its peak and then falls linearly to 0 over the clock's last DECAY_FRACTION
-# (warmup-stable-decay). On the demo's book at 450 fixed steps it beat a cosine over the whole run by 0.02
-# bits/byte (0.3, 0.4 and 0.6 within 0.002 of each other; a linear decay over the whole run gained 0.008).
+# (warmup-stable-decay). On the demo's book it beat a cosine over the whole run by 0.017-0.022 bits/byte at
+# 450 fixed steps (two seeds) and 0.009 at 900; cooldowns of 30-60% were alike, 20% and a linear decay over
+# the whole run gained less (docs/benchmarks.md, "The schedule: hold the peak, then decay").
 SCHEDULE, DECAY_FRACTION = "wsd", 0.4
 EVAL_SHARE = 0.05  # of the budget: periodic evaluations and the final one with its checkpoint
 # What CPU training measured beyond the sum of the parts the estimate counts (docs/benchmarks.md).
