@@ -16,6 +16,7 @@ from scratchlm import planning
 from scratchlm.cli import main
 from scratchlm.commands.prepare import prepare
 from scratchlm.config import RunConfig
+from scratchlm.lm import load
 from scratchlm.optim import lr_at
 from scratchlm.run import Run
 from scratchlm.settings import resolve
@@ -110,6 +111,11 @@ def test_preset_auto_trains_the_plan_and_a_second_call_continues_it(prepared, ca
     saved = yaml.safe_load((prepared / "config.yaml").read_text())
     assert saved["train"]["max_minutes"] == 0.1 and saved["train"]["optimizer"] == "muon"
     assert f"{saved['model']['n_layer']} layers x {saved['model']['n_embd']} wide" in out
+    # A minute's plan is the 2-layer shape, whose head is a matrix of its own that trains apart.
+    assert saved["model"]["n_layer"] == 2 and "untied embeddings" in out
+    model = load(prepared).model
+    assert model.lm_head.weight.data_ptr() != model.transformer.wte.weight.data_ptr()
+    assert not torch.equal(model.lm_head.weight, model.transformer.wte.weight)
     # Flags still win over the plan, and a run with checkpoints keeps its shape instead of planning anew.
     assert main(["train", str(prepared), "--preset", "auto", "--train.max-minutes", "0.2"]) == 0
     assert "continues in its planned shape" in capsys.readouterr().out

@@ -28,14 +28,18 @@ class Shape:
     n_head: int
     block_size: int
     lr: float  # the peak rate that suited this width in the sweeps (Muon hidden, AdamW the rest)
+    tie_embeddings: bool = True
 
 
 # Small to large; each step roughly doubles to triples the work per token (2 layers to 4: 1.5x). The
 # rates: 8e-3 at width 128 is the speedrun's measured best (Muon, llama flavour, QK-norm; 4e-3 and 1.2e-2
 # were worse); wider shapes scale it by sqrt(128 / width) up to 384 and by 1 / width beyond: a rule of
-# thumb, not tuned per shape.
+# thumb, not tuned per shape. The 2-layer shape reads its tokens with one matrix and predicts them with
+# another: untied, it scored 0.020 bits/byte lower on the demo's book at 450 fixed steps (two seeds) for the
+# same FLOPs a token; 4 x 128 gained 0.002 (docs/benchmarks.md, "An output head of its own"), so the rest
+# stay tied, as GPT-2 is.
 LADDER = (
-    Shape(2, 128, 4, 128, 8e-3),
+    Shape(2, 128, 4, 128, 8e-3, tie_embeddings=False),
     Shape(4, 128, 4, 128, 8e-3),
     Shape(4, 192, 6, 128, 6.5e-3),
     Shape(6, 256, 8, 256, 5.7e-3),
@@ -236,6 +240,7 @@ def _model_fields(shape: Shape) -> dict:
         "n_embd": shape.n_embd,
         "n_head": shape.n_head,
         "block_size": shape.block_size,
+        "tie_embeddings": shape.tie_embeddings,
         **PLANNED_MODEL,
     }
 
@@ -270,7 +275,8 @@ class Plan:
         measured = ", ".join(f"{p.shape.n_layer}x{p.shape.n_embd} {p.tokens_per_s:,.0f}" for p in self.probes)
         return [
             f"plan for {self.minutes:g} minutes on {self.device} (measured tokens/s: {measured})",
-            f"  model: {s.n_layer} layers x {s.n_embd} wide, {s.n_head} heads, context {s.block_size}: "
+            f"  model: {s.n_layer} layers x {s.n_embd} wide, {s.n_head} heads, context {s.block_size}"
+            f"{'' if s.tie_embeddings else ', untied embeddings'}: "
             f"{self.chosen.params:,} parameters",
             f"  train: {self.rows} x {s.block_size} tokens a step, ~{self.steps:,} steps at the probe's "
             "speed "
