@@ -408,9 +408,9 @@ def test_a_clock_budget_carries_the_schedule_to_its_minimum_inside_the_budget(pr
     rows = lr_rows(prepared_run)
     assert float(rows[-1]["elapsed_s"]) == pytest.approx(0.15 * 60)  # stopped by the clock: budget spent
     assert float(rows[-1]["lr"]) == pytest.approx(cfg.train.lr * cfg.train.min_lr_ratio)
-    # It decayed along the way, not in one jump at the end: a cosine is below 0.15x its peak from 75% of the
-    # clock on. A window of 1.8 s, so a step slowed by a busy machine still leaves rows in it.
-    late = [float(r["lr"]) for r in rows if 0.75 * 9 < float(r["elapsed_s"]) < 0.95 * 9]
+    # It decayed along the way, not in one jump at the end: cosine, so most of the way by 85% of the clock.
+    # Every row before the last from there on, so a step slowed by a busy machine still leaves some.
+    late = [float(r["lr"]) for r in rows[:-1] if 0.85 * 9 < float(r["elapsed_s"])]
     assert late and all(lr < 0.2 * cfg.train.lr for lr in late), rows[-5:]
 
 
