@@ -22,6 +22,7 @@ from pathlib import Path
 
 from jsonargparse import ArgumentParser, DefaultHelpFormatter, set_parsing_settings
 
+from .allocator import kept_freed_memory
 from .common import UserError
 from .config import SECTION_CLASSES, EvalConfig, SampleConfig
 from .settings import COMMAND_SECTIONS, FLAGS, FLAT_FLAGS
@@ -378,7 +379,8 @@ def run_command(name: str, kwargs: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        run_command(*parse(argv))
+        with kept_freed_memory():  # every command's large tensors reused between steps (allocator.py)
+            run_command(*parse(argv))
     except UserError as e:
         print(f"scratchlm: error: {e}", file=sys.stderr)
         return 2

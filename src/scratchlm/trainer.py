@@ -32,6 +32,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .allocator import kept_freed_memory
 from .checkpoint import (
     check_resumable,
     intact_step_dirs,
@@ -188,6 +189,7 @@ def fit(
     )
     try:
         with contextlib.ExitStack() as held:  # the run's writer lock, released however training ends
+            held.enter_context(kept_freed_memory())  # a step's large blocks reused, not mapped again
             s = _setup(Run.at(run_dir), cfg, command, held)
             data = make_data(s)
             if not _restore(s, data, resume):
