@@ -88,6 +88,36 @@ def test_a_plan_holds_its_peak_rate_then_decays_to_zero_over_the_clocks_last_40_
     assert lr_at(past_warmup, cfg, progress=1.0) == 0.0
 
 
+def test_a_shape_that_read_slower_than_a_costlier_one_is_measured_again(prepared, monkeypatch):
+    """A VM slowed for a second during the 2 x 128 probe: it read 4,452 tokens/s against 4 x 128's 6,357, and
+    the plan took 17 rows a step where the machine's speed called for ~40."""
+    readings = {(2, 128): [4_452, 11_000], (4, 128): [6_357]}
+    calls = []
+
+    def probe(shape, vocab, device, **kwargs):
+        key = (shape.n_layer, shape.n_embd)
+        calls.append(key)
+        rate = readings[key].pop(0) if len(readings.get(key, [])) > 1 else readings.get(key, [FAST[key]])[0]
+        return planning.Probe(shape, "float32", rate, planning._params(planning._model_config(shape, vocab)))
+
+    monkeypatch.setattr(planning, "probe", probe)
+    plan = planning.make_plan(prepared, RunConfig(), 3.5)
+    assert plan.chosen.shape.n_layer == 2 and calls == [(2, 128), (4, 128), (2, 128)]
+    assert plan.chosen.tokens_per_s == 11_000 and "2x128 11,000, 4x128 6,357" in plan.lines()[0]
+    train_s = 3.5 * 60 * (1 - planning.EVAL_SHARE)
+    assert plan.rows == planning._rows(11_000 * train_s, plan.chosen.shape)
+    # A steady machine's readings fall with each costlier shape: nothing is measured twice.
+    steady, calls = fake_speed(FAST), []
+
+    def recorded(shape, *args, **kwargs):
+        calls.append((shape.n_layer, shape.n_embd))
+        return steady(shape, *args, **kwargs)
+
+    monkeypatch.setattr(planning, "probe", recorded)
+    planning.make_plan(prepared, RunConfig(), 3.5)
+    assert len(calls) == len(set(calls)) >= 2
+
+
 def test_a_small_corpus_caps_the_model_whatever_the_minutes(prepared, monkeypatch):
     monkeypatch.setattr(planning, "probe", fake_speed(FAST))
     p = planning.make_plan(prepared, RunConfig(), 600)
