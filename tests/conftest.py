@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def ctrl_c_reaches_it() -> None:
+    """Popen's preexec_fn for a child the test stops with SIGINT: a shell without job control starts its
+    background commands (a CI script launched with `&`) with SIGINT ignored, the child inherits that, and
+    Python then installs no KeyboardInterrupt handler, so Ctrl-C would never reach the command under test."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def shared_file(name: str) -> Path:

@@ -27,6 +27,8 @@ from scratchlm.config import SampleConfig
 from scratchlm.decode import generate_ids
 from scratchlm.run import Run
 
+from .conftest import ctrl_c_reaches_it
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # What the chat model learns: answers it memorizes, each closed by <|end|>, as `scratchlm sft` teaches.
@@ -356,6 +358,7 @@ def test_ctrl_c_stops_a_reply_and_the_chat_goes_on(talkative_run, tmp_path):
         stderr=subprocess.PIPE,
         cwd=tmp_path,
         env=ENV,
+        preexec_fn=ctrl_c_reaches_it,
     )
     deadline, notes = time.monotonic() + 240, b""
     try:

@@ -15,6 +15,8 @@ import yaml
 from scratchlm.cli import main
 from scratchlm.config import RunConfig
 
+from .conftest import ctrl_c_reaches_it
+
 COMMANDS = ["prepare", "train", "eval", "sample", "demo"]
 
 
@@ -318,7 +320,10 @@ def test_a_read_only_run_still_shows_eval_and_sample(trained_run):
 def test_ctrl_c_in_sample_exits_130_without_a_traceback(trained_run):
     argv = ["sample", str(trained_run), "The", "--max-new-tokens", "1000000"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "scratchlm", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [sys.executable, "-m", "scratchlm", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=ctrl_c_reaches_it,
     )
     try:
         ready, _, _ = select.select([proc.stdout], [], [], 120)  # generating: the prompt has been printed

@@ -29,7 +29,7 @@ from scratchlm.model import GPT
 from scratchlm.run import Run
 from scratchlm.tokenizer import META_FILE, Tokenizer
 
-from .conftest import tiny_config
+from .conftest import ctrl_c_reaches_it, tiny_config
 
 
 @pytest.fixture
@@ -194,6 +194,7 @@ def test_two_commands_on_one_run_the_second_exits_2(prepared_run):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=ctrl_c_reaches_it,
     )
     try:
         while first.poll() is None and not (prepared_run / "metrics.csv").is_file():

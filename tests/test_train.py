@@ -25,7 +25,7 @@ from scratchlm.config import RunConfig, TrainConfig
 from scratchlm.optim import StackedMuon, lr_at
 from scratchlm.run import Run
 
-from .conftest import tiny_config
+from .conftest import ctrl_c_reaches_it, tiny_config
 
 FAST = ["--train.log-interval", "1", "--train.eval-batches", "2"]
 GOLDEN = Path(__file__).parent / "assets" / "golden_loss.json"
@@ -75,7 +75,9 @@ def prepared_run(tiny_corpus, tmp_path) -> Path:
 def start(cmd: list[str], log: Path) -> subprocess.Popen:
     """Run `cmd` in the background, its stdout and stderr going to `log` (a pipe nobody reads could fill)."""
     with open(log, "w") as f:
-        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen(
+            cmd, stdout=f, stderr=subprocess.STDOUT, text=True, preexec_fn=ctrl_c_reaches_it
+        )
 
 
 def wait_until(done, proc: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:
