@@ -57,7 +57,8 @@ def test_a_training_steps_large_blocks_are_reused_without_page_faults():
     assert f["plain"] > pages, f  # by default glibc maps each 64 MB block afresh, every step
     assert f["kept"] < f["plain"] / 20, f  # inside, a step reuses the heap's pages
     # Afterwards the heap's kept memory goes back to the system: a library call holds nothing for good.
-    assert f["rss_after"] < f["rss_inside"] - 100, f
+    # A step's peak is the 64 MB and 36 MB blocks together; at least the larger must be returned.
+    assert f["rss_inside"] - f["rss_after"] >= 64, f
 
 
 @glibc_only
