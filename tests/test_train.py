@@ -280,6 +280,41 @@ def test_stacked_muon_steps_exactly_as_torch_muon():
     torch.testing.assert_close(opt_ours.state_dict()["state"], opt_theirs.state_dict()["state"])
 
 
+def test_muon_orthogonalises_the_parts_of_a_fused_matrix_as_separate_matrices():
+    """Attention's [q; k; v] and SwiGLU's [up; gate] are one Linear each for speed; Muon must step them as
+    the separate matrices they are (with GQA's narrower k and v), not as one tall matrix."""
+    from scratchlm.config import ModelConfig, TrainConfig
+    from scratchlm.model import GPT
+    from scratchlm.optim import fused_row_blocks, make_optimizers
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        flavour="llama", n_layer=1, n_head=4, n_kv_head=2, n_embd=32, block_size=16, vocab_size=64
+    )
+    model = GPT(cfg)
+    muon = make_optimizers(model, TrainConfig(optimizer="muon", lr=1e-2, weight_decay=0.1))[0]
+    attn, mlp = model.transformer.h[0].attn.c_attn.weight, model.transformer.h[0].mlp.c_fc.weight
+    assert fused_row_blocks(model) == {id(attn): [32, 16, 16], id(mlp): [mlp.size(0) // 2] * 2}
+    parts = [torch.nn.Parameter(w.detach().clone()) for w in (*attn.split([32, 16, 16]), *mlp.chunk(2))]
+    separate = StackedMuon(parts, lr=1e-2, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    for step in range(2):
+        x = torch.randint(0, 64, (2, 16))
+        model.zero_grad()
+        model(x, x)[1].backward()
+        for part, grad in zip(parts, (*attn.grad.split([32, 16, 16]), *mlp.grad.chunk(2)), strict=True):
+            part.grad = grad.clone()
+        if step == 0:  # what orthogonalising the fused matrix whole would give: a different step
+            whole = torch.nn.Parameter(attn.detach().clone())
+            whole.grad = attn.grad.clone()
+            StackedMuon([whole], lr=1e-2, weight_decay=0.1, adjust_lr_fn="match_rms_adamw").step()
+        muon.step()
+        separate.step()
+        if step == 0:
+            assert (whole - attn).abs().max() > 1e-4
+    torch.testing.assert_close(torch.cat(parts[:3]), attn.detach(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(torch.cat(parts[3:]), mlp.detach(), rtol=0, atol=1e-6)
+
+
 def test_muon_momentum_setting_reaches_the_optimizer_and_changes_the_step():
     """--train.muon-momentum is Muon's momentum (AdamW's part keeps its betas); a different momentum moves
     the weights differently from the second step on, when the buffer carries the first gradient."""
