@@ -65,13 +65,16 @@ def test_more_minutes_buy_a_larger_model_until_the_corpus_is_the_limit(prepared,
     assert p.settings["train"]["max_minutes"] == 2 and p.rows * p.steps * p.chosen.shape.block_size > 0
 
 
-def test_short_plans_lower_muons_momentum_and_long_ones_keep_the_default(prepared, monkeypatch):
+def test_short_plans_lower_muons_momentum_and_raise_adamws_beta2_and_long_ones_keep_the_defaults(
+    prepared, monkeypatch
+):
     monkeypatch.setattr(planning, "probe", fake_speed(FAST))
     short, long = (planning.make_plan(prepared, RunConfig(), m) for m in (2, 600))
     assert short.steps <= planning.SHORT_PLAN_STEPS < long.steps
     assert short.settings["train"]["muon_momentum"] == planning.SHORT_PLAN_MOMENTUM
-    assert "(momentum 0.9)" in short.lines()[2]
-    assert "muon_momentum" not in long.settings["train"] and "momentum" not in long.lines()[2]
+    assert short.settings["train"]["beta2"] == planning.SHORT_PLAN_BETA2
+    assert "(momentum 0.9, AdamW beta2 0.99)" in short.lines()[2]
+    assert not {"muon_momentum", "beta2"} & set(long.settings["train"]) and "momentum" not in long.lines()[2]
 
 
 def test_a_plan_holds_its_peak_rate_then_decays_to_zero_over_the_clocks_last_40_percent(
@@ -79,7 +82,10 @@ def test_a_plan_holds_its_peak_rate_then_decays_to_zero_over_the_clocks_last_40_
 ):
     monkeypatch.setattr(planning, "probe", fake_speed(FAST))
     plan = planning.make_plan(prepared, RunConfig(), 3.5)
-    assert "(momentum 0.9) until the last 40% of the minutes, then decaying to 0" in plan.lines()[2]
+    assert (
+        "(momentum 0.9, AdamW beta2 0.99) until the last 40% of the minutes, then decaying to 0"
+        in plan.lines()[2]
+    )
     cfg = resolve(Run.at(prepared), "train", preset=plan.settings).train
     peak, past_warmup = cfg.lr, cfg.warmup_steps + 1
     # Not a cosine already on its way down at a third of the minutes: the peak until 60% of them.

@@ -79,6 +79,9 @@ OPTIMIZER = "muon"
 # at 340-560 steps, 2 and 4 layers; neutral in the subword speedrun). Longer plans keep the default,
 # which was not measured against.
 SHORT_PLAN_MOMENTUM, SHORT_PLAN_STEPS = 0.9, 1000
+# ...and AdamW's beta2 for the embedding, head and norms: 0.99 beat 0.95 at the demo's 450 fixed steps by
+# 0.0023 and 0.0051 bits/byte (two seeds; docs/benchmarks.md, "Muon on the parts of a fused matrix").
+SHORT_PLAN_BETA2 = 0.99
 # After warmup the rate holds at its peak and then falls linearly to 0 over the clock's last DECAY_FRACTION
 # (warmup-stable-decay). On the demo's book it beat a cosine over the whole run by 0.017-0.022 bits/byte at
 # 450 fixed steps (two seeds) and 0.009 at 900; cooldowns of 30-60% were alike, 20% and a linear decay over
@@ -308,8 +311,10 @@ class Plan:
         return f" until the last {share:.0%} of the minutes, then decaying to 0"
 
     def _momentum(self) -> str:
-        momentum = self.settings["train"].get("muon_momentum")
-        return f" (momentum {momentum:g})" if momentum is not None else ""
+        train = self.settings["train"]
+        if "muon_momentum" not in train:
+            return ""
+        return f" (momentum {train['muon_momentum']:g}, AdamW beta2 {train['beta2']:g})"
 
 
 def unexportable_note(model: ModelConfig) -> list[str]:
@@ -401,6 +406,7 @@ def make_plan(run_dir, cfg: RunConfig, minutes: float, context: int | None = Non
     }
     if steps <= SHORT_PLAN_STEPS:
         settings["train"]["muon_momentum"] = SHORT_PLAN_MOMENTUM
+        settings["train"]["beta2"] = SHORT_PLAN_BETA2
     return Plan(minutes, str(device), corpus, probes, chosen, rows, steps, memory, why, settings)
 
 
