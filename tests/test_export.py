@@ -876,6 +876,7 @@ def _llama_cpp_logits(path: Path, ids: list[int]) -> np.ndarray:
 def test_quantized_gguf_loads_in_llama_cpp_close_to_f32(prepared, tmp_path, dtype, rel_tol, agree_min):
     """A 256-wide model, so that the K-quant (256-value blocks) applies to the attention matrices; the
     rest falls back per tensor, as llama.cpp chooses; the file is smaller and llama.cpp runs it."""
+    llama_cpp_llama()  # first: q4_k_m's export itself needs llama.cpp's quantizer
     run = make_run(prepared, tmp_path / "run", flavour="llama", n_embd=256, n_head=4)
     export(run, "gguf", tmp_path / "f32.gguf")
     assert (
