@@ -199,6 +199,12 @@ class ModelConfig(Checked):
         return self.n_kv_head or self.n_head
 
     @property
+    def qkv_rows(self) -> list[int]:
+        """The rows of attention's fused [q; k; v] projection, by part (k and v narrower under GQA)."""
+        head_dim = self.n_embd // self.n_head
+        return [self.n_head * head_dim, self.kv_heads * head_dim, self.kv_heads * head_dim]
+
+    @property
     def ffn_hidden(self) -> int:
         if self.mlp_hidden:
             return self.mlp_hidden

@@ -100,8 +100,7 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head, self.n_kv_head = cfg.n_head, cfg.kv_heads
         self.head_dim = cfg.n_embd // cfg.n_head
-        qkv_out = (self.n_head + 2 * self.n_kv_head) * self.head_dim
-        self.c_attn = nn.Linear(cfg.n_embd, qkv_out, bias=cfg.bias)  # q, k and v in one matmul
+        self.c_attn = nn.Linear(cfg.n_embd, sum(cfg.qkv_rows), bias=cfg.bias)  # q, k and v in one matmul
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.c_proj.residual = True  # scaled init, see GPT.init_weights
         self.q_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None

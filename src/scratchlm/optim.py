@@ -66,13 +66,12 @@ def fused_row_blocks(model: torch.nn.Module) -> dict[int, list[int]]:
     """The matrices the model keeps fused for one matmul, by id, with their parts' row counts: attention's
     [q; k; v] and SwiGLU's [up; gate]. Muon orthogonalises each part on its own, as if they were separate."""
     cfg = model.config
-    head_dim = cfg.n_embd // cfg.n_head
     blocks = {}
     for name, p in model.named_parameters():
         if name.endswith("attn.c_attn.weight"):
-            blocks[id(p)] = [cfg.n_head * head_dim, cfg.kv_heads * head_dim, cfg.kv_heads * head_dim]
+            blocks[id(p)] = cfg.qkv_rows
         elif name.endswith("mlp.c_fc.weight") and cfg.flavour == "llama":
-            blocks[id(p)] = [p.size(0) // 2] * 2
+            blocks[id(p)] = [cfg.ffn_hidden] * 2
     return blocks
 
 

@@ -228,15 +228,13 @@ def to_hf_state_dict(sd: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tenso
         out["lm_head.weight"] = sd["lm_head.weight"][:V]
         return out
 
-    hd = cfg.n_embd // cfg.n_head
-    sizes = [cfg.n_head * hd, cfg.kv_heads * hd, cfg.kv_heads * hd]
     out["model.embed_tokens.weight"] = sd["transformer.wte.weight"][:V]
     for i in range(cfg.n_layer):
         p, q = f"transformer.h.{i}.", f"model.layers.{i}."
         out[q + "input_layernorm.weight"] = sd[p + "ln_1.weight"]
         out[q + "post_attention_layernorm.weight"] = sd[p + "ln_2.weight"]
         for suffix in ("weight", "bias") if cfg.bias else ("weight",):
-            qkv = sd[p + "attn.c_attn." + suffix].split(sizes, dim=0)
+            qkv = sd[p + "attn.c_attn." + suffix].split(cfg.qkv_rows, dim=0)
             for name, t in zip(("q_proj", "k_proj", "v_proj"), qkv, strict=True):
                 out[q + f"self_attn.{name}.{suffix}"] = t.contiguous()
             out[q + f"self_attn.o_proj.{suffix}"] = sd[p + "attn.c_proj." + suffix]
