@@ -100,28 +100,72 @@ def test_a_shape_that_read_slower_than_a_costlier_one_is_measured_again(prepared
     readings = {(2, 128): [4_452, 11_000], (4, 128): [6_357]}
     calls = []
 
-    def probe(shape, vocab, device, **kwargs):
+    def probe(shape, vocab, device, rows=planning.PROBE_ROWS, **kwargs):
         key = (shape.n_layer, shape.n_embd)
-        calls.append(key)
+        calls.append((*key, rows))
         rate = readings[key].pop(0) if len(readings.get(key, [])) > 1 else readings.get(key, [FAST[key]])[0]
-        return planning.Probe(shape, "float32", rate, planning._params(planning._model_config(shape, vocab)))
+        params = planning._params(planning._model_config(shape, vocab))
+        return planning.Probe(shape, "float32", rate, params, rows)
 
     monkeypatch.setattr(planning, "probe", probe)
     plan = planning.make_plan(prepared, RunConfig(), 3.5)
-    assert plan.chosen.shape.n_layer == 2 and calls == [(2, 128), (4, 128), (2, 128)]
+    assert plan.chosen.shape.n_layer == 2 and calls[:3] == [(2, 128, 8), (4, 128, 8), (2, 128, 8)]
     assert plan.chosen.tokens_per_s == 11_000 and "2x128 11,000, 4x128 6,357" in plan.lines()[0]
     train_s = 3.5 * 60 * (1 - planning.EVAL_SHARE)
     assert plan.rows == planning._rows(11_000 * train_s, plan.chosen.shape)
-    # A steady machine's readings fall with each costlier shape: nothing is measured twice.
+    # A steady machine's readings fall with each costlier shape: no shape is measured twice at 8 rows.
     steady, calls = fake_speed(FAST), []
 
-    def recorded(shape, *args, **kwargs):
-        calls.append((shape.n_layer, shape.n_embd))
+    def recorded(shape, *args, rows=planning.PROBE_ROWS, **kwargs):
+        calls.append((shape.n_layer, shape.n_embd, rows))
         return steady(shape, *args, **kwargs)
 
     monkeypatch.setattr(planning, "probe", recorded)
     planning.make_plan(prepared, RunConfig(), 3.5)
     assert len(calls) == len(set(calls)) >= 2
+
+
+def test_the_chosen_shape_is_timed_again_at_the_rows_it_will_train(prepared, monkeypatch):
+    """More rows a step use the cores better: the demo's 2 x 128 read 7,078 tokens/s at the probe's 8 rows
+    and trained at ~9,000 at 28, so the plan said ~348 steps and trained 499. Timed at the rows planned
+    from the first reading, the plan sizes its batch and counts its steps at the training's speed."""
+    calls = []
+
+    def probe(shape, vocab, device, rows=planning.PROBE_ROWS, dtypes=None, **kwargs):
+        calls.append((shape.n_layer, rows, dtypes))
+        rate = 7_000 if rows <= 8 else 9_100
+        params = planning._params(planning._model_config(shape, vocab))
+        return planning.Probe(shape, "float32", rate, params, rows)
+
+    monkeypatch.setattr(planning, "probe", probe)
+    monkeypatch.setattr(planning, "LADDER", planning.LADDER[:1])
+    plan = planning.make_plan(prepared, RunConfig(), 3.5)
+    train_s = 3.5 * 60 * (1 - planning.EVAL_SHARE)
+    first_rows = planning._rows(7_000 * train_s, plan.chosen.shape)
+    assert calls == [(2, 8, None), (2, first_rows, ["float32"])]  # again at its rows, in its dtype only
+    assert plan.chosen.tokens_per_s == 9_100 and plan.rows == planning._rows(
+        9_100 * train_s, plan.chosen.shape
+    )
+    assert plan.rows > first_rows and f"9,100 tokens/s at {first_rows} rows" in plan.lines()[2]
+    assert plan.steps == planning.steps_in_budget(
+        3.5 * 60, plan.rows * 128 / 9_100, plan.chosen.params, RunConfig().train.eval_batches
+    )
+
+    # A GPU too small for the training's rows: the ladder's reading stands (training then says so).
+    def out_of_memory(shape, vocab, device, rows=planning.PROBE_ROWS, **kwargs):
+        if rows > planning.PROBE_ROWS:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return probe(shape, vocab, device, rows)
+
+    monkeypatch.setattr(planning, "probe", out_of_memory)
+    kept = planning.make_plan(prepared, RunConfig(), 3.5)
+    assert kept.chosen.tokens_per_s == 7_000 and kept.rows == first_rows
+    # A budget whose two steps at those rows would take over 2% of it keeps the first reading.
+    monkeypatch.setattr(planning, "probe", probe)
+    calls.clear()
+    monkeypatch.setattr(planning, "_rows", lambda tokens, shape: 256)
+    planning.make_plan(prepared, RunConfig(), 0.05)
+    assert calls == [(2, 8, None)]
 
 
 def test_a_small_corpus_caps_the_model_whatever_the_minutes(prepared, monkeypatch):
