@@ -379,19 +379,19 @@ def make_plan(run_dir, cfg: RunConfig, minutes: float, context: int | None = Non
         if chosen is not None and available and device.type == "cpu" and mem.total > 0.8 * available:
             why = "a larger model would not fit in memory"
             break
-        chosen, chosen_rows, memory = p, rows, mem
+        chosen, chosen_rows = p, rows
     assert chosen is not None
     if _read_slow(chosen, probes):
         again = probe(chosen.shape, vocab, device)
         if again.tokens_per_s > chosen.tokens_per_s:
             probes[probes.index(chosen)] = chosen = again
             chosen_rows = _rows(chosen.tokens_per_s * train_s, chosen.shape)
-            memory = _memory(chosen, chosen_rows, vocab, baseline)
-    chosen, chosen_rows, memory = _timed_at_rows(chosen, chosen_rows, vocab, device, train_s, baseline)
-    # The count above misses what autograd and the allocator hold beyond the tensors it names (6x384 at 8
+    chosen, chosen_rows = _timed_at_rows(chosen, chosen_rows, vocab, device, train_s)
+    # The count (_memory) misses what autograd and the allocator hold beyond the tensors it names (6x384 at 8
     # rows: 886 MB counted, 1,294 MB measured), while the probes just ran the same steps in this process, and
     # a process's peak never falls: the measured high-water mark bounds the estimate from below.
-    memory = replace(memory, measured=_proc_bytes("/proc/self/status", "VmHWM:") or 0)
+    peak = _proc_bytes("/proc/self/status", "VmHWM:") or 0
+    memory = replace(_memory(chosen, chosen_rows, vocab, baseline), measured=peak)
     shape, rows = chosen.shape, chosen_rows
     step_s = rows * shape.block_size / chosen.tokens_per_s
     steps = steps_in_budget(minutes * 60, step_s, chosen.params, cfg.train.eval_batches)
@@ -447,21 +447,21 @@ def _read_slow(chosen: Probe, probes: list[Probe]) -> bool:
 # The ladder's probes run PROBE_ROWS rows a step, and a step of more rows uses the cores better: the demo's
 # 2 x 128 read 7,078 tokens/s at 8 rows and trained at ~9,000 at the 28 rows planned from that reading, so
 # the plan said ~348 steps and trained 499 (docs/benchmarks.md, "The plan times the rows it trains").
-def _timed_at_rows(chosen: Probe, rows: int, vocab: int, device, train_s: float, baseline: int):
+def _timed_at_rows(chosen: Probe, rows: int, vocab: int, device, train_s: float) -> tuple[Probe, int]:
     """The chosen shape timed again at the rows planned from its ladder reading, and the rows planned again
     from that speed when it is faster; skipped when two steps would take over 2% of the budget."""
     step_s = rows * chosen.shape.block_size / chosen.tokens_per_s
     if rows <= chosen.rows or 2 * step_s > 0.02 * train_s:
-        return chosen, rows, _memory(chosen, rows, vocab, baseline)
+        return chosen, rows
     import torch
 
     try:
         again = probe(chosen.shape, vocab, device, rows=rows, dtypes=[chosen.dtype])
     except torch.OutOfMemoryError:  # a small GPU: the ladder's reading stands, and training will say so
-        return chosen, rows, _memory(chosen, rows, vocab, baseline)
+        return chosen, rows
     if again.tokens_per_s > chosen.tokens_per_s:
-        chosen, rows = again, _rows(again.tokens_per_s * train_s, chosen.shape)
-    return chosen, rows, _memory(chosen, rows, vocab, baseline)
+        return again, _rows(again.tokens_per_s * train_s, chosen.shape)
+    return chosen, rows
 
 
 def _eval_interval(steps: int) -> int:
