@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
 from collections import Counter
 from pathlib import Path
 
@@ -149,6 +150,54 @@ def test_whitespace_normalization_across_pieces():
     assert "".join(cleaner.feed(p) for p in pieces) == "a\n\nb\nc\n\na line cut in two"
     raw = DocCleaner(DataConfig(normalize_whitespace=False))
     assert "".join(raw.feed(p) for p in pieces) == "".join(pieces)
+
+
+def _wrapped_book(count: int = 30) -> tuple[str, str]:
+    """A book wrapped at 70 columns as Project Gutenberg's are, with a verse quoted in it, and the same
+    book with one line a paragraph."""
+    words = "the old prince said that Natasha had gone to the ball with Pierre and Sonya".split()
+    paras = [" ".join(words[(i * 7 + j) % len(words)] for j in range(40 + i % 30)) for i in range(count)]
+    verse = "    Fetching water clear and sweet,\n    Stop, dear maiden, I entreat."
+    parts = [*paras[:10], verse, *paras[10:]]
+    wrapped = "\n\n".join(p if p == verse else textwrap.fill(p, 70) for p in parts)
+    return wrapped, "\n\n".join(parts)
+
+
+def test_a_text_wrapped_at_a_fixed_width_gets_its_paragraphs_back_on_one_line():
+    wrapped, paragraphs = _wrapped_book()
+    report = Counter()
+    cleaner = DocCleaner(DataConfig(), report)
+    # Pieces end after a newline, as files are read; the first one decides (a file's is 64 KiB).
+    cut = [m.end() for m in re.finditer("\n", wrapped)][40::7]
+    pieces = [wrapped[a:b] for a, b in zip([0, *cut], [*cut, len(wrapped)], strict=True)]
+    assert "".join(cleaner.feed(p) for p in pieces) == paragraphs  # the verse keeps its lines
+    assert len(paragraphs) == len(wrapped)
+    assert report["unwrapped_lines"] == wrapped.count("\n") - paragraphs.count("\n")
+    assert DocCleaner(DataConfig(unwrap=False)).feed(wrapped) == wrapped
+
+
+def test_verse_short_texts_and_east_asian_lines_keep_their_newlines():
+    lines = ["First Citizen:", "Before we proceed any further, hear me speak.", "All:", "Speak, speak."]
+    verse = "\n".join(lines * 20)
+    assert clean(verse) == verse
+    assert clean("A short note\nwrapped once at a narrow width, and then\nonce more.") == (
+        "A short note\nwrapped once at a narrow width, and then\nonce more."
+    )
+    japanese = "\n".join(["吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。"] * 40)
+    assert clean(japanese) == japanese
+
+
+def _line_ends_inside_paragraphs(text: str) -> int:
+    lines = text.split("\n")
+    return sum(1 for a, b in zip(lines, lines[1:], strict=False) if a and b)
+
+
+def test_the_bundled_book_is_unwrapped_to_one_line_a_paragraph_at_the_same_length():
+    book = read_text(bundled_corpus())
+    joined, kept = clean(book), DocCleaner(DataConfig(unwrap=False)).feed(book)
+    assert len(joined) == len(kept)
+    assert _line_ends_inside_paragraphs(kept) > 39_000
+    assert _line_ends_inside_paragraphs(joined) < 100  # what stays: indented verse and notes
 
 
 # ---- reading ----

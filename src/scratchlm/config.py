@@ -112,6 +112,10 @@ class DataConfig(Checked):
     """Unicode normalization (NFKC also folds full-width letters and compatibility characters)."""
     normalize_whitespace: bool = True
     """CRLF to LF, no trailing spaces, at most one blank line in a row, no blank lines at the ends."""
+    unwrap: bool = True
+    """Join the lines that a fixed-width text broke inside its paragraphs (Project Gutenberg's ~70
+    columns) when the document is wrapped so (most line ends fall where the next word would not fit);
+    verse, lists, code and short lines keep their newlines."""
     min_chars: int = bounded(1, ge=0)
     """Drop documents shorter than this many characters after cleaning."""
     max_chars: int = bounded(0, ge=0)

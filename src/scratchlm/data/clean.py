@@ -2,7 +2,8 @@
 
 Pieces end after a newline (see sources.py), so every step works line-wise on one piece at a time and
 keeps only a few flags of state: whether we are inside a Gutenberg START…END block, whether the
-Aozora colophon has begun, and how many newlines are waiting to be written.
+Aozora colophon has begun, how many newlines are waiting to be written, and, for a text wrapped at a
+fixed width, that width and the line in progress (unwrap.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import unicodedata
 from collections import Counter
 
 from ..config import DataConfig
+from .unwrap import Unwrapper
 
 _GUTENBERG = re.compile(
     r"^\*\*\*\s*(?P<kind>START|END) OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK.*$", re.M | re.I
@@ -44,6 +46,8 @@ class DocCleaner:
         self.colophon = False
         self.newlines = 0  # newlines held back, written before the next text (at most 2)
         self.first_text_seen = False
+        # Joining needs the newlines held back between pieces, as normalize_whitespace does.
+        self.unwrapper = Unwrapper() if cfg.unwrap and cfg.normalize_whitespace else None
 
     def _count(self, step: str, before: str, after: str) -> str:
         self.report[step] += len(before) - len(after)
@@ -68,6 +72,9 @@ class DocCleaner:
             piece = self._count("unicode_chars", piece, unicodedata.normalize(self.cfg.unicode, piece))
         if self.cfg.normalize_whitespace:
             piece = self._count("whitespace_chars", piece, self._whitespace(piece))
+            if self.unwrapper and piece:
+                piece, joined = self.unwrapper.feed(piece)
+                self.report["unwrapped_lines"] += joined
         self.first = False
         return piece
 

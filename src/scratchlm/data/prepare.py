@@ -22,6 +22,7 @@ REPORT_LINES = {
     "aozora_chars": "characters of Aozora Bunko markup, header and colophon removed",
     "unicode_chars": "characters removed by Unicode normalization",
     "whitespace_chars": "characters of whitespace removed",
+    "unwrapped_lines": "line ends inside paragraphs joined (the text was wrapped at a fixed width)",
     "dropped_too_short": "documents dropped: shorter than --data.min_chars",
     "dropped_too_long": "documents dropped: longer than --data.max_chars",
     "dropped_not_included": "documents dropped: no --data.include match",
