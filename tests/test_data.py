@@ -153,13 +153,14 @@ def test_whitespace_normalization_across_pieces():
 
 
 def _wrapped_book(count: int = 30) -> tuple[str, str]:
-    """A book wrapped at 70 columns as Project Gutenberg's are, with a verse quoted in it, and the same
-    book with one line a paragraph."""
+    """A book wrapped at 70 columns as Project Gutenberg's are, with a verse and a list of full lines in
+    it, and the same book with one line a paragraph."""
     words = "the old prince said that Natasha had gone to the ball with Pierre and Sonya".split()
     paras = [" ".join(words[(i * 7 + j) % len(words)] for j in range(40 + i % 30)) for i in range(count)]
     verse = "    Fetching water clear and sweet,\n    Stop, dear maiden, I entreat."
-    parts = [*paras[:10], verse, *paras[10:]]
-    wrapped = "\n\n".join(p if p == verse else textwrap.fill(p, 70) for p in parts)
+    items = [textwrap.shorten(f"{mark} " + " ".join(words * 2), 69) for mark in ("1.", "2.", "-", "-", "•")]
+    parts = [*paras[:10], verse, "\n".join(items), *paras[10:]]
+    wrapped = "\n\n".join(p if p in (verse, parts[11]) else textwrap.fill(p, 70) for p in parts)
     return wrapped, "\n\n".join(parts)
 
 
@@ -170,7 +171,7 @@ def test_a_text_wrapped_at_a_fixed_width_gets_its_paragraphs_back_on_one_line():
     # Pieces end after a newline, as files are read; the first one decides (a file's is 64 KiB).
     cut = [m.end() for m in re.finditer("\n", wrapped)][40::7]
     pieces = [wrapped[a:b] for a, b in zip([0, *cut], [*cut, len(wrapped)], strict=True)]
-    assert "".join(cleaner.feed(p) for p in pieces) == paragraphs  # the verse keeps its lines
+    assert "".join(cleaner.feed(p) for p in pieces) == paragraphs  # the verse and list keep their lines
     assert len(paragraphs) == len(wrapped)
     assert report["unwrapped_lines"] == wrapped.count("\n") - paragraphs.count("\n")
     assert DocCleaner(DataConfig(unwrap=False)).feed(wrapped) == wrapped

@@ -115,7 +115,7 @@ class DataConfig(Checked):
     unwrap: bool = True
     """Join the lines that a fixed-width text broke inside its paragraphs (Project Gutenberg's ~70
     columns) when the document is wrapped so (most line ends fall where the next word would not fit);
-    verse, lists, code and short lines keep their newlines."""
+    verse, lists, code and short lines keep their newlines. Works with normalize_whitespace on."""
     min_chars: int = bounded(1, ge=0)
     """Drop documents shorter than this many characters after cleaning."""
     max_chars: int = bounded(0, ge=0)

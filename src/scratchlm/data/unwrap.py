@@ -27,6 +27,8 @@ WRAP_EVIDENCE = 20
 WRAP_SHARE = 0.8
 _NEWLINE, _SPACE = ord("\n"), ord(" ")
 _DASHES = np.array([ord(c) for c in "-‐–—"], dtype=np.uint32)
+_BULLETS = np.array([ord(c) for c in "-*•+"], dtype=np.uint32)
+_NUMBER_ENDS = np.array([ord("."), ord(")")], dtype=np.uint32)
 _WIDE_SPACES = np.array([0x85, 0xA0, 0x1680, 0x2028, 0x2029, 0x202F, 0x205F, 0x3000], dtype=np.uint32)
 
 
@@ -66,11 +68,20 @@ def wrap_ends(codes: np.ndarray, width: int, carried: int = 0, last: int = 0) ->
     spaces = np.append(np.flatnonzero(codes == _SPACE), codes.size)
     starts = newlines + 1  # of the next lines
     word = np.minimum(spaces[np.searchsorted(spaces, starts)], bounds[2:]) - starts
-    ends = newlines[inside & (before + 1 + word > width - max(2, width // 8))]
-    first = codes[ends + 1]
+    past = inside & (before + 1 + word > width - max(2, width // 8))
+    ends, word = newlines[past], word[past]
+    first, word_end = codes[ends + 1], codes[ends + np.maximum(word, 1)]
     prev = np.where(ends > 0, codes[np.maximum(ends - 1, 0)], last)
     keep = _is_space(first) | np.isin(prev, _DASHES) | _is_wide(prev) | _is_wide(first)
+    keep |= _is_list_item(first, word, word_end)
     return ends[~keep], int(inside.sum())
+
+
+def _is_list_item(first: np.ndarray, word: np.ndarray, word_end: np.ndarray) -> np.ndarray:
+    """Lines that open with a bullet ("- ", "* ", "• ") or a number ("1.", "12)") start items."""
+    bullet = (word == 1) & np.isin(first, _BULLETS)
+    numbered = (word <= 3) & (first >= ord("0")) & (first <= ord("9")) & np.isin(word_end, _NUMBER_ENDS)
+    return bullet | numbered
 
 
 def wrap_width(codes: np.ndarray) -> int:
