@@ -26,18 +26,24 @@ WRAP_WIDTHS = range(40, 101)
 WRAP_EVIDENCE = 20
 WRAP_SHARE = 0.8
 _NEWLINE, _SPACE = ord("\n"), ord(" ")
-_DASHES = np.array([ord(c) for c in "-‐–—"], dtype=np.uint32)
-_BULLETS = np.array([ord(c) for c in "-*•+"], dtype=np.uint32)
-_NUMBER_ENDS = np.array([ord("."), ord(")")], dtype=np.uint32)
-_WIDE_SPACES = np.array([0x85, 0xA0, 0x1680, 0x2028, 0x2029, 0x202F, 0x205F, 0x3000], dtype=np.uint32)
+
+# What a character tells at a line end, looked up in one table (np.isin costs ~70 us a call, more than
+# the rest of a short document's cleaning); characters past the table have no flag.
+SPACE, DASH, BULLET, NUMBER_END = 1, 2, 4, 8
+_FLAGS = np.zeros(0x3002, dtype=np.uint8)
+_FLAGS[: _SPACE + 1] |= SPACE
+for _code in (0x85, 0xA0, 0x1680, *range(0x2000, 0x200B), 0x2028, 0x2029, 0x202F, 0x205F, 0x3000):
+    _FLAGS[_code] |= SPACE
+for _chars, _flag in (("-‐–—", DASH), ("-*•+", BULLET), (".)", NUMBER_END)):
+    _FLAGS[[ord(c) for c in _chars]] |= _flag
+
+
+def _flags(codes: np.ndarray) -> np.ndarray:
+    return _FLAGS[np.minimum(codes, _FLAGS.size - 1)]
 
 
 def _codes(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-
-
-def _is_space(codes: np.ndarray) -> np.ndarray:
-    return (codes <= _SPACE) | np.isin(codes, _WIDE_SPACES) | ((codes >= 0x2000) & (codes <= 0x200A))
 
 
 @lru_cache(maxsize=4096)
@@ -70,28 +76,29 @@ def wrap_ends(codes: np.ndarray, width: int, carried: int = 0, last: int = 0) ->
     word = np.minimum(spaces[np.searchsorted(spaces, starts)], bounds[2:]) - starts
     past = inside & (before + 1 + word > width - max(2, width // 8))
     ends, word = newlines[past], word[past]
-    first, word_end = codes[ends + 1], codes[ends + np.maximum(word, 1)]
-    prev = np.where(ends > 0, codes[np.maximum(ends - 1, 0)], last)
-    keep = _is_space(first) | np.isin(prev, _DASHES) | _is_wide(prev) | _is_wide(first)
-    keep |= _is_list_item(first, word, word_end)
+    first, prev = codes[ends + 1], np.where(ends > 0, codes[np.maximum(ends - 1, 0)], last)
+    # A bullet ("- ", "* ", "• ") or a number ("1.", "12)") opens a list item.
+    first_flags, word_end = _flags(first), _flags(codes[ends + np.maximum(word, 1)])
+    item = (word == 1) & (first_flags & BULLET > 0)
+    item |= (word <= 3) & (first >= ord("0")) & (first <= ord("9")) & (word_end & NUMBER_END > 0)
+    keep = (first_flags & SPACE > 0) | (_flags(prev) & DASH > 0) | item | _is_wide(prev) | _is_wide(first)
     return ends[~keep], int(inside.sum())
 
 
-def _is_list_item(first: np.ndarray, word: np.ndarray, word_end: np.ndarray) -> np.ndarray:
-    """Lines that open with a bullet ("- ", "* ", "• ") or a number ("1.", "12)") start items."""
-    bullet = (word == 1) & np.isin(first, _BULLETS)
-    numbered = (word <= 3) & (first >= ord("0")) & (first <= ord("9")) & np.isin(word_end, _NUMBER_ENDS)
-    return bullet | numbered
-
-
-def wrap_width(codes: np.ndarray) -> int:
-    """The width `codes` were wrapped at, or 0 when its line ends are not a wrapper's."""
+def wrap_width(codes: np.ndarray) -> tuple[int, np.ndarray]:
+    """The width `codes` were wrapped at (0 when its line ends are not a wrapper's), and those ends."""
     bounds = np.concatenate(([-1], np.flatnonzero(codes == _NEWLINE), [codes.size]))
     width = int(np.diff(bounds).max()) - 1
-    if width not in WRAP_WIDTHS:
-        return 0
+    if width not in WRAP_WIDTHS or bounds.size < WRAP_EVIDENCE + 2:
+        return 0, bounds[:0]
     ends, inside = wrap_ends(codes, width)
-    return width if inside >= WRAP_EVIDENCE and ends.size >= WRAP_SHARE * inside else 0
+    wrapped = inside >= WRAP_EVIDENCE and ends.size >= WRAP_SHARE * inside
+    return (width, ends) if wrapped else (0, bounds[:0])
+
+
+def _may_be_wrapped(text: str) -> bool:
+    """A cheap first look (most documents are not wrapped): enough lines, none too wide."""
+    return text.count("\n") >= WRAP_EVIDENCE and max(map(len, text.split("\n"))) in WRAP_WIDTHS
 
 
 class Unwrapper:
@@ -105,12 +112,18 @@ class Unwrapper:
 
     def feed(self, text: str) -> tuple[str, int]:
         """The piece with its wrapper's line ends as spaces, and how many there were."""
+        if self.width == 0 or not text:
+            return text, 0
+        if self.width is None and not _may_be_wrapped(text):
+            self.width = 0
+            return text, 0
         codes = _codes(text)
         if self.width is None:
-            self.width = wrap_width(codes)
-        if not self.width or not text:
-            return text, 0
-        ends, _ = wrap_ends(codes, self.width, self.carried, self.last)
+            self.width, ends = wrap_width(codes)  # the first piece starts a line: nothing carried
+            if not self.width:
+                return text, 0
+        else:
+            ends, _ = wrap_ends(codes, self.width, self.carried, self.last)
         tail = text.rfind("\n")
         self.carried = self.carried + len(text) if tail < 0 else len(text) - tail - 1
         self.last = ord(text[-1])
