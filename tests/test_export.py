@@ -465,6 +465,7 @@ def test_llama_cpp_greedy_output_equals_scratchlm(prepared, tmp_path, variant, k
     llm = Llama(
         model_path=str(path), n_ctx=lm.config.model.block_size, n_threads=1, verbose=False, logits_all=True
     )
+    decoded = []
     try:
         for prompt in PROMPTS + ["  two  spaces\tand a tab\n鬱蒼"]:
             ids = prompt_ids(lm, prompt)
@@ -482,9 +483,13 @@ def test_llama_cpp_greedy_output_equals_scratchlm(prepared, tmp_path, variant, k
             np.testing.assert_allclose(np.asarray(llm.scores[: len(ids)]), ours_logits, atol=1e-2, rtol=0)
             ours = greedy(lm, ids)
             theirs = llama_cpp_greedy(llm, ids, len(ours), lm.tokenizer.eos_id)
-            assert theirs == ours and len(set(ours)) > 3, (ours, theirs)
+            assert theirs == ours, (prompt, ours, theirs)
+            decoded += ours
     finally:
         llm.close()
+    # Random weights may end a prompt's run early or loop on an id; over the three runs the comparison
+    # must still have covered more than a handful of ids.
+    assert len(set(decoded)) > 5, decoded
 
 
 def llama_cpp_greedy(llm, ids: list[int], n: int, eos_id: int) -> list[int]:
