@@ -85,20 +85,17 @@ def wrap_ends(codes: np.ndarray, width: int, carried: int = 0, last: int = 0) ->
     return ends[~keep], int(inside.sum())
 
 
-def wrap_width(codes: np.ndarray) -> tuple[int, np.ndarray]:
-    """The width `codes` were wrapped at (0 when its line ends are not a wrapper's), and those ends."""
-    bounds = np.concatenate(([-1], np.flatnonzero(codes == _NEWLINE), [codes.size]))
-    width = int(np.diff(bounds).max()) - 1
-    if width not in WRAP_WIDTHS or bounds.size < WRAP_EVIDENCE + 2:
-        return 0, bounds[:0]
-    ends, inside = wrap_ends(codes, width)
-    wrapped = inside >= WRAP_EVIDENCE and ends.size >= WRAP_SHARE * inside
-    return (width, ends) if wrapped else (0, bounds[:0])
-
-
-def _may_be_wrapped(text: str) -> bool:
-    """A cheap first look (most documents are not wrapped): enough lines, none too wide."""
-    return text.count("\n") >= WRAP_EVIDENCE and max(map(len, text.split("\n"))) in WRAP_WIDTHS
+def wrap_width(text: str) -> tuple[int, np.ndarray, np.ndarray]:
+    """The width `text` was wrapped at, its code points and the wrapper's line ends among them; width 0
+    when its line ends are not a wrapper's. The line count and the widest line come first: they rule
+    out most texts for the cost of one split, before any array work."""
+    width = max(map(len, text.split("\n"))) if text.count("\n") >= WRAP_EVIDENCE else 0
+    if width in WRAP_WIDTHS:
+        codes = _codes(text)
+        ends, inside = wrap_ends(codes, width)
+        if inside >= WRAP_EVIDENCE and ends.size >= WRAP_SHARE * inside:
+            return width, codes, ends
+    return 0, np.empty(0, np.uint32), np.empty(0, np.int64)
 
 
 class Unwrapper:
@@ -114,15 +111,12 @@ class Unwrapper:
         """The piece with its wrapper's line ends as spaces, and how many there were."""
         if self.width == 0 or not text:
             return text, 0
-        if self.width is None and not _may_be_wrapped(text):
-            self.width = 0
-            return text, 0
-        codes = _codes(text)
-        if self.width is None:
-            self.width, ends = wrap_width(codes)  # the first piece starts a line: nothing carried
+        if self.width is None:  # the first piece starts a line: nothing carried
+            self.width, codes, ends = wrap_width(text)
             if not self.width:
                 return text, 0
         else:
+            codes = _codes(text)
             ends, _ = wrap_ends(codes, self.width, self.carried, self.last)
         tail = text.rfind("\n")
         self.carried = self.carried + len(text) if tail < 0 else len(text) - tail - 1
