@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
+import scratchlm.evaluation
 from scratchlm.cli import main
 from scratchlm.config import EvalConfig, ModelConfig
 from scratchlm.data.corpus import clean
@@ -92,6 +94,29 @@ def test_stride_equal_to_context_matches_the_training_estimate(trained_run):
     full = score_tokens(lm.model, tokens, 64, 8, token_bytes, skip_id=bos)
     assert full["tokens"] == quick["tokens"] and full["bytes"] == quick["bytes"]
     assert full["loss"] == pytest.approx(quick["loss"], rel=1e-5)
+
+
+def test_eval_of_a_text_file_cleans_it_as_the_runs_prepare_did(trained_run, tmp_path, monkeypatch):
+    """A wrapped file's line ends are joined for a run prepared with the default --data.unwrap true, and
+    kept for one prepared with false: its score then compares with that run's val split."""
+    paragraph = "Prince Andrew looked at the sky above him and thought of nothing at all for a while. " * 4
+    text = "\n\n".join(textwrap.fill(paragraph.strip(), 60) for _ in range(8))
+    path = tmp_path / "wrapped.txt"
+    path.write_text(text, encoding="utf-8")
+    cfg = EvalConfig(text=str(path), stride=32, prompts=[])
+    tok = Tokenizer.load(trained_run / "tokenizer")
+    joined = evaluate(trained_run, cfg)["tokens"]
+    load = scratchlm.evaluation.load
+
+    def load_unwrap_false(*args, **kwargs):
+        lm = load(*args, **kwargs)
+        lm.config.data.unwrap = False
+        return lm
+
+    monkeypatch.setattr(scratchlm.evaluation, "load", load_unwrap_false)
+    kept = evaluate(trained_run, cfg)["tokens"]
+    assert joined == len(tok.encode("\n\n".join(paragraph.strip() for _ in range(8)))) + 1
+    assert kept == len(tok.encode(text)) + 1 and kept != joined
 
 
 def test_eval_of_a_text_file_scores_all_its_bytes_and_writes_the_reports(trained_run, tmp_path):

@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import textwrap
 import unicodedata
 
 import numpy as np
@@ -14,8 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scratchlm.common import UserError
-from scratchlm.config import TokenizerConfig
+from scratchlm.config import RunConfig, TokenizerConfig
 from scratchlm.data.corpus import bundled_corpus, clean, read_text
+from scratchlm.run import Run
 from scratchlm.tokenizer import SPECIALS, Tokenizer, split_for_batch, train_tokenizer
 
 from .conftest import SHARED_DATA
@@ -389,6 +391,30 @@ def test_stats_counts_tokens_bytes_and_byte_fallback(saved, tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert f"{result['bytes_per_token']:.3f}" in out and "5 longest tokens" in out
+
+
+def test_stats_of_a_file_clean_it_with_the_runs_own_data_settings(saved, tmp_path):
+    """A run prepared with --data.unwrap false keeps a wrapped file's line ends in its numbers; a run with
+    the default joins them, as its prepare did."""
+    from scratchlm.commands.tokenizer import stats
+
+    paragraph = "Prince Andrew looked at the sky above him and thought of nothing at all for a while. " * 4
+    text = "\n\n".join(textwrap.fill(paragraph.strip(), 60) for _ in range(8))
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    tok = Tokenizer.load(saved["unigram"])
+    counts = {}
+    for unwrap in (True, False):
+        run = Run.at(tmp_path / f"unwrap-{unwrap}")
+        (run.root / "tokenizer").mkdir(parents=True)
+        for f in saved["unigram"].iterdir():
+            (run.root / "tokenizer" / f.name).write_bytes(f.read_bytes())
+        cfg = RunConfig()
+        cfg.data.unwrap = unwrap
+        run.save_config(cfg)
+        counts[unwrap] = stats(run.root, text=str(tmp_path / "t.txt"))["tokens"]
+    joined = "\n\n".join(paragraph.strip() for _ in range(8))
+    assert counts == {True: len(tok.encode(joined)), False: len(tok.encode(text))}
+    assert counts[True] != counts[False]
 
 
 def test_cli_tokenizer_train_takes_a_recipe(tmp_path):

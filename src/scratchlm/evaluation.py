@@ -13,7 +13,7 @@ import yaml
 
 from .checkpoint import load
 from .common import UserError, atomic_write_text, pick_device, rank0_print
-from .config import EvalConfig
+from .config import DataConfig, EvalConfig
 from .data.corpus import clean, read_text
 from .data.shards import open_split
 from .data.sources import get_field, jsonl_objects
@@ -22,14 +22,16 @@ from .run import Run
 from .scoring import batches_loss, score_tokens
 
 
-def _documents(cfg: EvalConfig) -> tuple[str, list[str]]:
+def _documents(cfg: EvalConfig, data: DataConfig) -> tuple[str, list[str]]:
+    """The documents of --text (cleaned as the run's `prepare` cleaned its text, so its score compares
+    with the val split's) or of --jsonl."""
     if cfg.text and cfg.jsonl:
         raise UserError("give --text or --jsonl, not both")
     if cfg.text:
         path = Path(cfg.text)
         if not path.is_file():
             raise UserError(f"--text {path}: no such file")
-        return str(path), [clean(read_text(path), gutenberg=False)]
+        return str(path), [clean(read_text(path), gutenberg=False, data=data)]
     path = Path(cfg.jsonl)
     if not path.is_file():
         raise UserError(f"--jsonl {path}: no such file")
@@ -51,7 +53,7 @@ def _eval_tokens(lm, run: Run, cfg: EvalConfig) -> tuple[str, np.ndarray]:
         if shards.total < 2:
             raise UserError(f"{run.data_dir}: the val split is empty; evaluate a file with --text")
         return "val", np.concatenate([np.asarray(a) for a in shards.arrays])
-    source, docs = _documents(cfg)
+    source, docs = _documents(cfg, lm.config.data)
     tok = lm.tokenizer
     # The leading <|bos|> makes each document's first token a scored target: a file's bytes all count.
     ids = []

@@ -106,12 +106,13 @@ def decode(run: str | Path, ids: list[str]) -> str:
 def _texts(run: Run, text: str | None) -> Iterator[str]:
     from ..data.corpus import Corpus, clean, read_text
 
-    if text:  # cleaned as prepare cleans, so the numbers are those of the training data
+    data = run.config_or_default().data
+    if text:  # cleaned as the run's prepare cleans, so the numbers are those of its training data
         if not Path(text).is_file():
             raise UserError(f"--text {text}: no such file")
-        yield clean(read_text(Path(text)), gutenberg=False)
+        yield clean(read_text(Path(text)), gutenberg=False, data=data)
         return
-    for doc in Corpus(run.config_or_default().data).documents(Counter()):
+    for doc in Corpus(data).documents(Counter()):
         yield from doc.pieces()
 
 

@@ -12,7 +12,7 @@ import hashlib
 import re
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
@@ -47,9 +47,10 @@ def read_text(path: Path) -> str:
         raise UserError(f"{path}: the file is {e}; give a UTF-8 text file with text in it") from None
 
 
-def clean(text: str, gutenberg: bool = True) -> str:
-    """Clean one text with the default steps (BOM, newlines, Gutenberg, NFC, whitespace)."""
-    return DocCleaner(DataConfig(strip_gutenberg=gutenberg)).feed(text)
+def clean(text: str, gutenberg: bool = True, data: DataConfig | None = None) -> str:
+    """Clean one text as `prepare` would with the settings `data` (default: the defaults), except that
+    `gutenberg` says whether to cut a Project Gutenberg header and licence."""
+    return DocCleaner(replace(data or DataConfig(), strip_gutenberg=gutenberg)).feed(text)
 
 
 @dataclass
