@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import scratchlm
+import scratchlm.compiled
 import scratchlm.decode as engine_mod  # the engine picks by decode.py's step
 from scratchlm.config import ModelConfig, SampleConfig
 from scratchlm.decode import generate_ids
@@ -85,11 +86,16 @@ def test_16_concurrent_requests_each_equal_their_solo_run(model):
     assert [r.prompt_tokens for r in requests] == [len(p) for p in ps]
 
 
-def test_the_compiled_engine_gives_the_eager_engines_ids(model):
+@pytest.mark.parametrize("span", [None, 8], ids=["whole-cache", "filled-part"])
+def test_the_compiled_engine_gives_the_eager_engines_ids(model, span, monkeypatch):
     """serve --compile: the batch's forward as compiled graphs at 1, 2, 4, 8 and 16 rows, the rows padded
     up to the next size. 16 requests that prefill in chunks, refill past the context end and leave at
     different steps get the eager engine's ids, and so does one alone (float64: no near tie can flip on
-    the two paths' rounding)."""
+    the two paths' rounding). filled-part: attention over the positions up to the furthest row's, in
+    spans of 8, as for contexts of 512 and more (the padding rows' positions included)."""
+    if span:
+        monkeypatch.setattr(scratchlm.compiled, "_PREFIX_MIN", 0)
+        monkeypatch.setattr(scratchlm.compiled, "_SPAN", span)
     m = copy.deepcopy(model).double()
     cfgs, ps = configs(16), prompts(16)
     assert max(len(p) + c.max_new_tokens for p, c in zip(ps, cfgs, strict=True)) > 2 * m.config.block_size

@@ -89,6 +89,33 @@ def test_the_compiled_step_gives_the_eager_tokens_past_the_cache_and_from_a_prom
     assert compiled_step(model) is compiled_step(model)  # compiled once per model
 
 
+@pytest.mark.parametrize("flavour", ["gpt2", "llama"])
+def test_a_long_context_step_reads_the_filled_part_in_one_graph_and_gives_the_eager_tokens(
+    flavour, monkeypatch
+):
+    """Contexts of 512 and more (here 32, in spans of 8) attend over the positions up to the newest one
+    only: one graph, traced with the length as a symbol, serves every length the decoding passes through,
+    over prefills and the refills at the context end."""
+    monkeypatch.setattr(scratchlm.compiled, "_PREFIX_MIN", 0)
+    monkeypatch.setattr(scratchlm.compiled, "_SPAN", 8)
+    lengths = []
+    view = scratchlm.compiled.StepCache.view
+    monkeypatch.setattr(
+        scratchlm.compiled.StepCache,
+        "view",
+        lambda self, *a: lengths.append(view(self, *a).k[0].size(2)) or view(self, *a),
+    )
+    model = tiny_model(flavour)
+    block = model.config.block_size
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    for prompt in ([5, 17, 3], list(range(3, 3 + block - 1))):
+        for cfg in (SampleConfig(temperature=0.0, max_new_tokens=80), SampleConfig(max_new_tokens=40)):
+            eager = list(generate_ids(model, prompt, cfg))
+            assert list(generate_ids(model, prompt, dataclasses.replace(cfg, compile=True))) == eager
+    assert sorted(set(lengths)) == [8, 16, 24, 32]
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs + 1
+
+
 def test_the_compiled_step_follows_new_weights_and_keeps_two_models_apart():
     a, b = tiny_model("gpt2"), tiny_model("gpt2")
     with torch.no_grad():

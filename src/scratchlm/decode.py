@@ -23,7 +23,7 @@ import torch
 
 from . import chat_template
 from .checkpoint import Restored
-from .compiled import compiled_step
+from .compiled import StepCache, compiled_step
 from .config import SampleConfig
 from .model import GPT, KVCache
 
@@ -270,14 +270,19 @@ def prefill(model: GPT, cache: KVCache, ids: list[int]) -> torch.Tensor:
 
 class Steps:
     """The decode step on a one-row cache, eager or compiled. Eager: `cache.pos` is an int and attention
-    reads the filled part of the cache. Compiled: after each prefill `cache.pos` becomes a (1,) tensor
-    that the step moves on, and every step has the same shapes, so inductor compiles it once."""
+    reads the filled part of the cache. Compiled: after each prefill the step cache's (1,) position tensor
+    is set and the step moves it on; every step has the same shapes (or, for long contexts, one symbolic
+    length: `StepCache`), so inductor compiles it once."""
 
     def __init__(self, model: GPT, compile: bool):
         weight = model.transformer.wte.weight
-        self.model, self.device = model, weight.device
-        self.cache = KVCache.empty(model.config, 1, model.config.block_size, weight.device, weight.dtype)
+        self.model = model
         self.compiled = compiled_step(model) if compile else None
+        if compile:
+            self.step_cache = StepCache(model, 1)
+            self.cache = self.step_cache.cache
+        else:
+            self.cache = KVCache.empty(model.config, 1, model.config.block_size, weight.device, weight.dtype)
         self.pos = 0  # the cache's position as a Python int, whichever form cache.pos has
         # One preallocated (1, 1) input reused for every decode step instead of a new tensor per token.
         self.input = torch.empty(1, 1, dtype=torch.long, device=weight.device)
@@ -286,7 +291,7 @@ class Steps:
         logits = prefill(self.model, self.cache, ids)
         self.pos = len(ids)
         if self.compiled is not None:
-            self.cache.pos = torch.tensor([self.pos], device=self.device)
+            self.step_cache.positions.fill_(self.pos)
         return logits
 
     def __call__(self, token: int) -> tuple[torch.Tensor, int | None]:
@@ -296,7 +301,7 @@ class Steps:
         if self.compiled is None:
             logits, _ = self.model(self.input, cache=self.cache)
             return logits[0, -1], None
-        logits, best = self.compiled(self.model, self.input, self.cache)
+        logits, best = self.compiled(self.model, self.input, self.step_cache.view(1, self.pos))
         return logits, int(best)
 
 

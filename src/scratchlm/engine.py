@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import torch
 
-from .compiled import compiled_step
+from .compiled import StepCache, compiled_step
 from .config import SampleConfig
 from .decode import Decoding, TokenLogprobs, fit, pick_together, token_logprobs
 from .model import GPT, KVCache
@@ -190,17 +190,18 @@ class Engine:
         self.vocab = model.config.vocab_size
         weight = model.transformer.wte.weight
         self.device = weight.device
-        self.cache = KVCache.empty(model.config, max_batch, self.block, self.device, weight.dtype)
-        self.cache.pos = torch.zeros(max_batch, dtype=torch.long, device=self.device)
         # compile: the batch's forward runs as a compiled graph at a few batch sizes (powers of two up to
-        # max_batch, each over the whole cache); every graph is compiled here, before the first request.
+        # max_batch, each over the cache's views of StepCache); every graph is compiled here, before the
+        # first request.
         self.compiled = compiled_step(model, rows=True) if compile else None
         self.buckets = sorted({min(2**i, max_batch) for i in range(max_batch.bit_length() + 1)})
         if compile:
-            # Each bucket's rows as views made once: narrowing 2 x n_layer tensors a step cost ~5% of a
-            # 1-row step.
-            self._bucket_rows = {size: self.cache.rows(0, size) for size in self.buckets}
+            self.step_cache = StepCache(model, max_batch)
+            self.cache = self.step_cache.cache
             self._warm_up()
+        else:
+            self.cache = KVCache.empty(model.config, max_batch, self.block, self.device, weight.dtype)
+            self.cache.pos = torch.zeros(max_batch, dtype=torch.long, device=self.device)
         self.active: list[Request] = []  # active[i] holds cache row i
         self._waiting: deque[Request] = deque()
         self._cond = threading.Condition()
@@ -378,7 +379,8 @@ class Engine:
         tokens = torch.tensor([[i] for i in ids] + [[0]] * (size - n), device=self.device)
         if size > n:  # a free padding row may have stopped at the context end
             self.cache.pos[n:size].clamp_(max=self.block - 1)
-        return self.compiled(self.model, tokens, self._bucket_rows[size])[:n]
+        end = int(self.cache.pos[:size].max()) + 1 if self.step_cache.any_length else self.block
+        return self.compiled(self.model, tokens, self.step_cache.view(size, end))[:n]
 
     def _warm_up(self) -> None:
         """Compile every bucket's graph on the empty cache (its dummy writes land in free rows)."""

@@ -84,6 +84,11 @@ class KVCache:
         pos = self.pos if isinstance(self.pos, int) else self.pos.narrow(0, start, n)
         return KVCache([k.narrow(0, start, n) for k in self.k], [v.narrow(0, start, n) for v in self.v], pos)
 
+    def prefix(self, length: int) -> KVCache:
+        """The first `length` positions of every row as a cache of their own: views, as in `rows`."""
+        k, v = [t.narrow(2, 0, length) for t in self.k], [t.narrow(2, 0, length) for t in self.v]
+        return KVCache(k, v, self.pos)
+
 
 @dataclass
 class RowSlots:
@@ -288,9 +293,10 @@ class GPT(nn.Module):
 
     def forward_static(self, idx: torch.Tensor, cache: KVCache):
         """The cached forward at shapes that do not change from step to step, for torch.compile (decode.py):
-        cache.pos is a (B,) tensor, and attention reads the whole cache with a mask instead of the filled
-        part. The caller keeps every position below the cache's length (nothing here checks it: reading
-        the position back into Python would break the compiled graph). Returns logits, None."""
+        cache.pos is a (B,) tensor, and attention reads all of the cache it is given with a mask (the whole
+        cache, or for long contexts its first positions: compiled.StepCache). The caller keeps every
+        position below the cache's length (nothing here checks it: reading the position back into Python
+        would break the compiled graph). Returns logits, None."""
         return self._forward_rows(idx, cache, static=True)
 
     def _forward_rows(self, idx: torch.Tensor, cache: KVCache, logits_to_keep: int = 0, static: bool = False):
