@@ -58,7 +58,8 @@ def serve(
     sock = _bound(host, port)  # before announcing: a busy port is one line, and --port 0 names the real one
     port = sock.getsockname()[1]
     if sample.compile:  # --compile true: the engine's batched step, compiled before the first request
-        print(f"scratchlm: compiling the decode step for batches of up to {max_batch} (once; ~10-60 s)…")
+        wait = "~10-60 s" if lm.model.num_params() < 20_000_000 else "minutes: ~5 for GPT-2 124M on 2 cores"
+        print(f"scratchlm: compiling the decode step for batches of up to {max_batch} (once; {wait})…")
     name = Path(run).resolve().name
     app = create_app(lm, name, api_key=api_key, max_batch=max_batch, compile=sample.compile)
     print(f"scratchlm: serving {run} on http://{host}:{port}/ (chat page) and http://{host}:{port}/v1")
