@@ -158,8 +158,7 @@ def compiled_step(model: GPT, rows: bool = False):
         fresh = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__)
         options = {"guard_filter_fn": torch.compiler.keep_tensor_guards_unsafe}
         step = torch.compile(fresh, backend=_backend, fullgraph=True, dynamic=False, options=options)
-        any_length = model.config.block_size >= _PREFIX_MIN
-        hit = steps[fn] = (version, _traced_frozen(step, any_length))
+        hit = steps[fn] = (version, _traced_frozen(step, _any_length(model.config.block_size)))
     return hit[1]
 
 
@@ -167,6 +166,11 @@ def compiled_step(model: GPT, rows: bool = False):
 # rounded up to _SPAN positions (StepCache); below, over all of it, in a graph of fixed shapes.
 _PREFIX_MIN = 512
 _SPAN = 64
+
+
+def _any_length(block_size: int) -> bool:
+    """Whether a compiled step of this context traces the cache's length as a symbol (StepCache)."""
+    return block_size >= _PREFIX_MIN
 
 
 class StepCache:
@@ -186,7 +190,7 @@ class StepCache:
     def __init__(self, model: GPT, batch: int):
         cfg, weight = model.config, model.transformer.wte.weight
         self.block = cfg.block_size
-        self.any_length = self.block >= _PREFIX_MIN
+        self.any_length = _any_length(self.block)
         length = self.block + self.any_length
         self.cache = KVCache.empty(cfg, batch, length, weight.device, weight.dtype)
         # Each row's position, which the step moves on; every view shares it (a prefill may set the
@@ -194,9 +198,14 @@ class StepCache:
         self.cache.pos = self.positions = torch.zeros(batch, dtype=torch.long, device=weight.device)
         self._views: dict[tuple[int, int], KVCache] = {}
 
-    def view(self, rows: int, end: int) -> KVCache:
-        """Rows 0..rows-1 over the positions a step needs when the furthest row writes at end - 1."""
-        length = min(self.block, -(-end // _SPAN) * _SPAN) if self.any_length else self.block
+    def view(self, rows: int, end: int | None = None) -> KVCache:
+        """Rows 0..rows-1 over the positions a step needs when the furthest row writes at end - 1 (end
+        None: read from the rows' positions, when the length depends on it)."""
+        length = self.block
+        if self.any_length:
+            if end is None:
+                end = int(self.positions[:rows].max()) + 1
+            length = min(self.block, -(-end // _SPAN) * _SPAN)
         hit = self._views.get((rows, length))
         if hit is None:  # views made once: narrowing 2 x n_layer tensors a step cost ~5% of a 1-row step
             whole = KVCache(self.cache.k, self.cache.v, self.positions)

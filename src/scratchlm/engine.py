@@ -379,8 +379,7 @@ class Engine:
         tokens = torch.tensor([[i] for i in ids] + [[0]] * (size - n), device=self.device)
         if size > n:  # a free padding row may have stopped at the context end
             self.cache.pos[n:size].clamp_(max=self.block - 1)
-        end = int(self.cache.pos[:size].max()) + 1 if self.step_cache.any_length else self.block
-        return self.compiled(self.model, tokens, self.step_cache.view(size, end))[:n]
+        return self.compiled(self.model, tokens, self.step_cache.view(size))[:n]
 
     def _warm_up(self) -> None:
         """Compile every bucket's graph on the empty cache (its dummy writes land in free rows)."""
