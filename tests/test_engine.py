@@ -105,6 +105,7 @@ def test_the_compiled_engine_gives_the_eager_engines_ids(model, span, monkeypatc
             requests = [engine.submit(p, c) for p, c in zip(ps, cfgs, strict=True)]
             got[compile] = [list(r) for r in requests], list(engine.submit(ps[5], cfgs[5]))
     assert got[True] == got[False]
+    assert scratchlm.compiled.compiled_step(m, rows=True).replay.replayed > 100  # steps past dynamo
 
 
 def test_logprobs_on_keep_batched_equal_to_solo_and_are_the_models_log_softmax(model):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import io
 import random
 
@@ -114,6 +115,26 @@ def test_a_long_context_step_reads_the_filled_part_in_one_graph_and_gives_the_ea
             assert list(generate_ids(model, prompt, dataclasses.replace(cfg, compile=True))) == eager
     assert sorted(set(lengths)) == [8, 16, 24, 32]
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs + 1
+
+
+@pytest.mark.parametrize("long_context", [False, True], ids=["whole-cache", "filled-part"])
+def test_a_compiled_decoder_calls_its_graph_straight_after_dynamo_chose_it(long_context, monkeypatch):
+    """After dynamo's first call with a cache view, the decoder's steps call the graph it chose directly
+    (compiled._Replay) and still give the eager tokens, prompt after prompt, over refills at the context
+    end and (long contexts) over views of every length; what a decoder left is freed with it."""
+    if long_context:
+        monkeypatch.setattr(scratchlm.compiled, "_PREFIX_MIN", 0)
+        monkeypatch.setattr(scratchlm.compiled, "_SPAN", 8)
+    model = tiny_model("llama")
+    replay = compiled_step(model).replay
+    cfg = SampleConfig(temperature=0.0, max_new_tokens=40, compile=True)
+    for prompt in ([5, 17, 3], [9, 9, 1, 4]):
+        before = replay.replayed
+        eager = list(generate_ids(model, prompt, dataclasses.replace(cfg, compile=False)))
+        assert list(generate_ids(model, prompt, cfg)) == eager
+        assert replay.replayed - before >= 39 - (4 if long_context else 1)  # one dynamo call per view
+    gc.collect()
+    assert not replay._calls
 
 
 def test_the_compiled_step_follows_new_weights_and_keeps_two_models_apart():

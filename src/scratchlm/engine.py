@@ -197,6 +197,7 @@ class Engine:
         self.buckets = sorted({min(2**i, max_batch) for i in range(max_batch.bit_length() + 1)})
         if compile:
             self.step_cache = StepCache(model, max_batch)
+            self._tokens = {b: torch.zeros(b, 1, dtype=torch.long, device=self.device) for b in self.buckets}
             self.cache = self.step_cache.cache
             self._warm_up()
         else:
@@ -376,7 +377,8 @@ class Engine:
             logits, _ = self.model(tokens, cache=self.cache.rows(0, n))  # (n, 1, vocab)
             return logits[:, -1]
         size = next(b for b in self.buckets if b >= n)
-        tokens = torch.tensor([[i] for i in ids] + [[0]] * (size - n), device=self.device)
+        tokens = self._tokens[size]  # the same tensor at every step of this size: compiled._Replay
+        tokens.copy_(torch.tensor([[i] for i in ids] + [[0]] * (size - n)))
         if size > n:  # a free padding row may have stopped at the context end
             self.cache.pos[n:size].clamp_(max=self.block - 1)
         return self.compiled(self.model, tokens, self.step_cache.view(size))[:n]
