@@ -10,6 +10,7 @@ they lie in memory, fed by an input computed once. Each change's figure is in do
 
 from __future__ import annotations
 
+import functools
 import threading
 import types
 import weakref
@@ -28,9 +29,19 @@ def _static_step(model: GPT, idx: torch.Tensor, cache: KVCache) -> tuple[torch.T
     return logits[0, -1], logits[0, -1].argmax()
 
 
-# Weights of at least this many elements (1 MiB in float32) are read in blocks of _BLOCK output rows.
+# Weights of at least this many elements (1 MiB in float32) are read in blocks of output rows.
 _BLOCKED_MIN = 2**18
-_BLOCK = 16
+
+
+@functools.cache
+def _block_rows() -> int:
+    """Rows per block of a repacked weight: the floats in one of inductor's vectors, so a block's sums fill
+    one register. 16 (AVX-512) gained 10% on the 6x384 model where 8 lost 4x in half-vector loops; on an
+    AVX2 CPU 8 gained 9% where 16 lost 9% against row dots (docs/benchmarks.md, issue 27.1)."""
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    isa = pick_vec_isa()
+    return isa.nelements(torch.float32) if isa else 16
 
 
 def _static_rows(model: GPT, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
@@ -46,18 +57,20 @@ def _row_mm(x: torch.Tensor, w_t: torch.Tensor):
     x is pinned to a buffer of its own first (as_strided makes inductor realize it): left to fusion,
     inductor recomputed x's producer (a layer norm, GELU's erf) inside the loop for every one of the m
     weight rows. A small weight is read row by row, a dot product each. A large one is repacked once, at
-    compile time (freezing folds the copy into a constant), as (m / 16, n, 16): blocks of 16 outputs whose
-    loop keeps a vector of 16 sums and reads the block as one contiguous stream, with no horizontal sum
-    per output: +10% tokens/s on the 6x384 model, whose weights do not fit in cache; on the tiny preset's
+    compile time (freezing folds the copy into a constant), as (m / r, n, r) with r rows a vector holds
+    (`_block_rows`): blocks of r outputs whose loop keeps one vector of r sums and reads the block as one
+    contiguous stream, with no horizontal sum per output: +9-10% tokens/s on the 6x384 model (AVX-512 and
+    AVX2 alike), whose weights do not fit in cache; on the tiny preset's
     small weights, held in cache, the row dots are ~5% faster. The copy costs the memory of those weights
     again while the compiled step lives."""
     if x.shape[0] != 1:
         return NotImplemented
     x = x.as_strided(x.shape, x.stride())
     n, m = w_t.shape
-    if n * m < _BLOCKED_MIN or m % _BLOCK or w_t.device.type != "cpu":  # measured on CPUs only
+    rows = _block_rows() if w_t.device.type == "cpu" else 0  # measured on CPUs only
+    if n * m < _BLOCKED_MIN or not rows or m % rows:
         return (x[:, None, :] * w_t.t()[None]).sum(-1)  # (1, m, n) summed over n: W's rows are contiguous
-    blocks = w_t.reshape(n, m // _BLOCK, _BLOCK).permute(1, 0, 2).contiguous()  # (m / 16, n, 16)
+    blocks = w_t.reshape(n, m // rows, rows).permute(1, 0, 2).contiguous()  # (m / rows, n, rows)
     return (x.view(1, n, 1) * blocks).sum(1).reshape(1, m)
 
 
