@@ -137,6 +137,16 @@ def test_a_compiled_decoder_calls_its_graph_straight_after_dynamo_chose_it(long_
     assert not replay._calls
 
 
+def test_a_model_made_under_inference_mode_decodes_compiled():
+    """A model loaded inside torch.inference_mode has weights with no version counter: the compiled step
+    takes them as they are (it raised "Inference tensors do not track version counter")."""
+    with torch.inference_mode():
+        model = tiny_model("gpt2")
+        cfg = SampleConfig(temperature=0.0, max_new_tokens=20, compile=True)
+        got = list(generate_ids(model, [5, 17], cfg))
+        assert got == list(generate_ids(model, [5, 17], dataclasses.replace(cfg, compile=False)))
+
+
 def test_the_compiled_step_follows_new_weights_and_keeps_two_models_apart():
     a, b = tiny_model("gpt2"), tiny_model("gpt2")
     with torch.no_grad():

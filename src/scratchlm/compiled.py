@@ -225,7 +225,9 @@ def compiled_step(model: GPT, rows: bool = False):
     a code object of its own, because dynamo keeps compiled graphs per code object and the trimmed
     guards would not tell two models apart.
     """
-    version = tuple(p._version for p in model.parameters())
+    # Weights made under torch.inference_mode (a model loaded inside it) keep no version counter; no
+    # optimizer can step them, so they count as never changed.
+    version = tuple(-1 if p.is_inference() else p._version for p in model.parameters())
     fn = _static_rows if rows else _static_step
     steps = _COMPILED.setdefault(model, {})
     hit = steps.get(fn)
