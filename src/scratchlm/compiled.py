@@ -36,8 +36,8 @@ _BLOCKED_MIN = 2**18
 @functools.cache
 def _block_rows() -> int:
     """Rows per block of a repacked weight: the floats in one of inductor's vectors, so a block's sums fill
-    one register. 16 (AVX-512) gained 10% on the 6x384 model where 8 lost 4x in half-vector loops; on an
-    AVX2 CPU 8 gained 9% where 16 lost 9% against row dots (docs/benchmarks.md, issue 27.1)."""
+    one register. On AVX-512, 16 gained 10% on the 6x384 model where 8 lost 4x in half-vector loops; on
+    AVX2, 16 took 9% longer than row dots and 8 the same time (docs/benchmarks.md, issue 27.1)."""
     from torch._inductor.cpu_vec_isa import pick_vec_isa
 
     isa = pick_vec_isa()
@@ -59,9 +59,9 @@ def _row_mm(x: torch.Tensor, w_t: torch.Tensor):
     weight rows. A small weight is read row by row, a dot product each. A large one is repacked once, at
     compile time (freezing folds the copy into a constant), as (m / r, n, r) with r rows a vector holds
     (`_block_rows`): blocks of r outputs whose loop keeps one vector of r sums and reads the block as one
-    contiguous stream, with no horizontal sum per output: +9-10% tokens/s on the 6x384 model (AVX-512 and
-    AVX2 alike), whose weights do not fit in cache; on the tiny preset's
-    small weights, held in cache, the row dots are ~5% faster. The copy costs the memory of those weights
+    contiguous stream, with no horizontal sum per output: +10% tokens/s on the 6x384 model, whose weights
+    do not fit in cache, on AVX-512 (on AVX2 the same as row dots); on the tiny preset's small weights,
+    held in cache, the row dots are ~5% faster. The copy costs the memory of those weights
     again while the compiled step lives."""
     if x.shape[0] != 1:
         return NotImplemented
