@@ -14,7 +14,7 @@ import yaml
 from .checkpoint import load
 from .common import UserError, atomic_write_text, pick_device, rank0_print
 from .config import DataConfig, EvalConfig
-from .data.corpus import clean, read_text
+from .data.corpus import read_cleaned
 from .data.shards import open_split
 from .data.sources import get_field, jsonl_objects
 from .metrics import read_metrics
@@ -29,9 +29,7 @@ def _documents(cfg: EvalConfig, data: DataConfig) -> tuple[str, list[str]]:
         raise UserError("give --text or --jsonl, not both")
     if cfg.text:
         path = Path(cfg.text)
-        if not path.is_file():
-            raise UserError(f"--text {path}: no such file")
-        return str(path), [clean(read_text(path), gutenberg=False, data=data)]
+        return str(path), [read_cleaned(path, data)]
     path = Path(cfg.jsonl)
     if not path.is_file():
         raise UserError(f"--jsonl {path}: no such file")

@@ -104,13 +104,11 @@ def decode(run: str | Path, ids: list[str]) -> str:
 
 
 def _texts(run: Run, text: str | None) -> Iterator[str]:
-    from ..data.corpus import Corpus, clean, read_text
+    from ..data.corpus import Corpus, read_cleaned
 
     data = run.config_or_default().data
     if text:  # cleaned as the run's prepare cleans, so the numbers are those of its training data
-        if not Path(text).is_file():
-            raise UserError(f"--text {text}: no such file")
-        yield clean(read_text(Path(text)), gutenberg=False, data=data)
+        yield read_cleaned(Path(text), data)
         return
     for doc in Corpus(data).documents(Counter()):
         yield from doc.pieces()

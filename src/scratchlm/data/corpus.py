@@ -53,6 +53,14 @@ def clean(text: str, gutenberg: bool = True, data: DataConfig | None = None) -> 
     return DocCleaner(replace(data or DataConfig(), strip_gutenberg=gutenberg)).feed(text)
 
 
+def read_cleaned(path: Path, data: DataConfig) -> str:
+    """A --text file (eval, tokenizer stats) cleaned as the run's `prepare` cleaned its corpus, so its
+    numbers compare with the val split's; it keeps any Gutenberg header."""
+    if not path.is_file():
+        raise UserError(f"--text {path}: no such file")
+    return clean(read_text(path), gutenberg=False, data=data)
+
+
 @dataclass
 class CleanDoc:
     """A kept document: its cleaned length and its cleaned pieces (cached, or cleaned again on demand)."""
